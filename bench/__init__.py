@@ -1,0 +1,1 @@
+"""Benchmarks of chatmail-salt; run them all with ``./cmsalt bench``."""

@@ -1,0 +1,54 @@
+"""Run the benchmarks and print their tables.
+
+    python -m bench              # every bench/bench_*.py
+    python -m bench doveauth     # only bench/bench_doveauth.py
+
+Each benchmark is a standalone script that prints a markdown table; this
+runner adds the machine and date so the output can be pasted into
+BENCHMARKS.md as it is.
+"""
+
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.node()}: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+def main(argv: list[str]) -> int:
+    scripts = sorted(HERE.glob("bench_*.py"))
+    if argv:
+        scripts = [s for s in scripts if s.stem.removeprefix("bench_") in argv]
+        if not scripts:
+            print(f"no benchmark named {' '.join(argv)}", file=sys.stderr)
+            return 2
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"# Benchmarks, {now}\n\nMachine: {machine()}\n")
+    failed = 0
+    for script in scripts:
+        print(f"## {script.stem.removeprefix('bench_')}\n", flush=True)
+        proc = subprocess.run([sys.executable, str(script)], stdin=subprocess.DEVNULL)
+        if proc.returncode:
+            print(f"\n(benchmark {script.name} failed with exit code {proc.returncode})")
+            failed += 1
+        print(flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
