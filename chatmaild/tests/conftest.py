@@ -1,0 +1,316 @@
+"""Shared fixtures for the chatmaild tests.
+
+Fixtures for everyone:
+
+``make_ini(**params, domains=None, sections=None) -> Path``
+    Write a ``chatmail.ini`` into the test's temp dir.  Mailboxes, state dir
+    and kill-switch file live under ``tmp_path``; the resource brakes are
+    relaxed (tests must not fail on a loaded CI machine).  ``domains`` is a
+    list (first = primary; default ``["chat.example.org"]``), ``sections``
+    maps a domain to a dict of per-domain overrides, ``params`` override or
+    add ``[params]`` keys (``None`` removes a key).  Calling it again rewrites
+    the same file.
+
+``chatmail_ini`` / ``config``
+    The default ini path and its :class:`chatmaild.config.Config`.
+
+``start_daemon(argv, *, socket=None, port=None, timeout=20, env=None) -> Popen``
+    Start a console script (``argv[0]`` is looked up next to the Python
+    interpreter, e.g. ``"doveauth"``) with stdin/stdout/stderr redirected to
+    a log file, and wait until ``socket`` (a unix socket path) accepts
+    connections or ``port`` (127.0.0.1) is listening.  The process is killed
+    at fixture teardown; ``proc.logpath`` is its combined output, shown if
+    it dies during start.
+
+``dict_client(socket_path, user="", dict_name="") -> DictClient``
+    A Dovecot 2.3 dict protocol client on a real unix socket (sends the
+    hello line first).  Methods: ``send_line(line)``, ``read_line()``,
+    ``lookup(key, user=None) -> ("O"|"N"|"F", value)``,
+    ``iterate(path, flags=0, max_rows=0) -> list[(key, value)]``,
+    ``transaction(id, [("S", key, value), ("U", key), ("A", key, diff)])
+    -> reply line`` (begin, the changes, commit).  Closed at teardown.
+
+``socket_path(name) -> Path``
+    A unix socket path in a short private temp dir (``tmp_path`` can exceed
+    the 108-byte ``sun_path`` limit).
+
+``free_port()``
+    The fixture returns a function giving a free 127.0.0.1 TCP port.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket as socketmod
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+BIN_DIR = Path(sys.executable).parent
+DEFAULT_DOMAIN = "chat.example.org"
+
+
+def find_free_port() -> int:
+    with socketmod.socket(socketmod.AF_INET, socketmod.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dovecot_escape(text: str) -> str:
+    """Tab-escape a field the way Dovecot's ``str_append_tabescaped`` does."""
+    return (
+        text.replace("\001", "\0011")
+        .replace("\t", "\001t")
+        .replace("\r", "\001r")
+        .replace("\n", "\001n")
+        .replace("\0", "\0010")
+    )
+
+
+def dovecot_unescape(text: str) -> str:
+    out = []
+    i = 0
+    table = {"0": "\0", "1": "\001", "t": "\t", "r": "\r", "n": "\n"}
+    while i < len(text):
+        c = text[i]
+        if c == "\001" and i + 1 < len(text):
+            out.append(table.get(text[i + 1], text[i + 1]))
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def write_ini(path: Path, base: Path, domains=None, sections=None, **params) -> Path:
+    domains = list(domains or [DEFAULT_DOMAIN])
+    values = {
+        "mail_domain": " ".join(domains),
+        "mailboxes_dir": str(base / "mailboxes"),
+        "state_dir": str(base / "state"),
+        "nocreate_file": str(base / "nocreate"),
+        "max_load_1m": "10000",
+        "min_available_memory": "0",
+        "min_free_disk_space": "0",
+    }
+    for key, value in params.items():
+        if value is None:
+            values.pop(key, None)
+        elif isinstance(value, (list, tuple)):
+            values[key] = " ".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            values[key] = "true" if value else "false"
+        else:
+            values[key] = str(value)
+    lines = ["[params]"] + [f"{k} = {v}" for k, v in values.items()]
+    for dom, overrides in (sections or {}).items():
+        lines.append("")
+        lines.append(f"[domain:{dom}]")
+        lines += [f"{k} = {v}" for k, v in overrides.items()]
+    path.write_text("\n".join(lines) + "\n")
+    (base / "mailboxes").mkdir(exist_ok=True)
+    (base / "state").mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def make_ini(tmp_path):
+    path = tmp_path / "chatmail.ini"
+
+    def make(domains=None, sections=None, **params) -> Path:
+        return write_ini(path, tmp_path, domains=domains, sections=sections, **params)
+
+    return make
+
+
+@pytest.fixture
+def chatmail_ini(make_ini) -> Path:
+    return make_ini()
+
+
+@pytest.fixture
+def config(chatmail_ini):
+    from chatmaild.config import read_config
+
+    return read_config(chatmail_ini)
+
+
+@pytest.fixture
+def socket_path():
+    base = Path(tempfile.mkdtemp(prefix="cmsock-", dir="/tmp"))
+
+    def make(name: str) -> Path:
+        return base / name
+
+    yield make
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def free_port():
+    return find_free_port
+
+
+def script_path(name: str) -> str:
+    candidate = BIN_DIR / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"console script {name!r} not installed (pip install -e chatmaild)")
+    return found
+
+
+def _socket_ready(path) -> bool:
+    if not os.path.exists(path):
+        return False
+    s = socketmod.socket(socketmod.AF_UNIX, socketmod.SOCK_STREAM)
+    try:
+        s.settimeout(1)
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _port_ready(port) -> bool:
+    try:
+        with socketmod.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def start_process(argv, logpath, *, socket=None, port=None, timeout=20.0, env=None):
+    argv = [str(a) for a in argv]
+    argv[0] = script_path(argv[0]) if os.sep not in argv[0] else argv[0]
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    with open(logpath, "ab") as log, open(os.devnull, "rb") as devnull:
+        proc = subprocess.Popen(
+            argv,
+            stdin=devnull,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            start_new_session=True,
+        )
+    proc.logpath = Path(logpath)
+    deadline = time.monotonic() + timeout
+    while True:
+        if socket is not None and _socket_ready(socket):
+            break
+        if port is not None and _port_ready(port):
+            break
+        if socket is None and port is None:
+            break
+        if proc.poll() is not None:
+            raise RuntimeError(f"{argv} exited with {proc.returncode}:\n{proc.logpath.read_text()}")
+        if time.monotonic() > deadline:
+            stop_process(proc)
+            raise RuntimeError(f"{argv} not ready in {timeout}s:\n{proc.logpath.read_text()}")
+        time.sleep(0.05)
+    return proc
+
+
+def stop_process(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture
+def start_daemon(tmp_path):
+    procs = []
+
+    def start(argv, *, socket=None, port=None, timeout=20.0, env=None):
+        logpath = tmp_path / f"{Path(str(argv[0])).name}-{len(procs)}.log"
+        proc = start_process(argv, logpath, socket=socket, port=port, timeout=timeout, env=env)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        stop_process(proc)
+
+
+class DictClient:
+    """Speaks Dovecot 2.3's dict client protocol (major 3, minor 2)."""
+
+    def __init__(self, path, user="", dict_name="", timeout=30.0):
+        self.user = user
+        self.sock = socketmod.socket(socketmod.AF_UNIX, socketmod.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+        self.rfile = self.sock.makefile("rb")
+        self.send_line(f"H3\t2\t0\t{dovecot_escape(user)}\t{dovecot_escape(dict_name)}")
+
+    def send_line(self, line: str | bytes):
+        if isinstance(line, str):
+            line = line.encode("utf-8")
+        self.sock.sendall(line + b"\n")
+
+    def read_line(self) -> str:
+        raw = self.rfile.readline()
+        if not raw:
+            raise ConnectionError("dict server closed the connection")
+        return raw.decode("utf-8").rstrip("\n")
+
+    def lookup(self, key, user=None):
+        user = self.user if user is None else user
+        self.send_line(f"L{dovecot_escape(key)}\t{dovecot_escape(user)}")
+        line = self.read_line()
+        return line[:1], dovecot_unescape(line[1:])
+
+    def iterate(self, path, flags=0, max_rows=0, user=None):
+        user = self.user if user is None else user
+        self.send_line(f"I{flags}\t{max_rows}\t{dovecot_escape(path)}\t{dovecot_escape(user)}")
+        rows = []
+        while True:
+            line = self.read_line()
+            if line == "":
+                return rows
+            if line[0] != "O":
+                raise AssertionError(f"unexpected iterate reply {line!r}")
+            key, _, value = line[1:].partition("\t")
+            rows.append((dovecot_unescape(key), dovecot_unescape(value)))
+
+    def transaction(self, tid, changes, user=None, commit="C"):
+        user = self.user if user is None else user
+        self.send_line(f"B{tid}\t{dovecot_escape(user)}")
+        for change in changes:
+            cmd, *fields = change
+            self.send_line(f"{cmd}{tid}\t" + "\t".join(dovecot_escape(str(f)) for f in fields))
+        self.send_line(f"{commit}{tid}")
+        return self.read_line()
+
+    def close(self):
+        try:
+            self.rfile.close()
+        finally:
+            self.sock.close()
+
+
+@pytest.fixture
+def dict_client():
+    clients = []
+
+    def connect(path, user="", dict_name="", timeout=30.0):
+        client = DictClient(path, user=user, dict_name=dict_name, timeout=timeout)
+        clients.append(client)
+        return client
+
+    yield connect
+    for client in clients:
+        client.close()
