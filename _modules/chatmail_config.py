@@ -1,0 +1,587 @@
+"""Merge and validate the chatmail pillar into the data every state uses.
+
+``salt/chatmail/map.jinja`` calls :func:`build` with ``defaults.yaml``, the
+os-family overrides and the pillar ``chatmail`` subtree.  The result is the
+one merged dict (``chatmail``) that templates receive.  Every problem found
+in the pillar is reported at once, one line per problem, each line starting
+with the pillar path of the offending key (``chatmail:domains:x:tls:mode``),
+so a bad pillar fails the rendering of every SLS and thereby the whole
+highstate before any state runs.
+
+The module has no dependencies beyond the standard library and Salt, so
+that it also works through salt-ssh.
+"""
+
+import copy
+import ipaddress
+import os
+import re
+
+try:
+    from salt.exceptions import CommandExecutionError
+except ImportError:  # pragma: no cover - only without salt installed
+
+    class CommandExecutionError(Exception):
+        pass
+
+
+__virtualname__ = "chatmail_config"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+class ChatmailConfigError(CommandExecutionError):
+    """The pillar is invalid; ``errors`` lists one message per problem."""
+
+    def __init__(self, errors):
+        self.errors = list(errors)
+        super().__init__("invalid chatmail pillar:\n" + "\n".join(self.errors))
+
+
+# Kinds of the chatmaild [params] keys (mirrors chatmaild.config.PARAMS; a
+# unit test keeps both in sync).  Keys in PER_DOMAIN may be overridden below
+# chatmail:domains:<domain>.
+PARAM_KINDS = {
+    "max_user_send_per_minute": "int",
+    "max_user_send_burst_size": "int",
+    "max_mailbox_size": "size",
+    "max_message_size": "int",
+    "delete_mails_after": "int",
+    "delete_large_after": "int",
+    "delete_inactive_users_after": "int",
+    "username_min_length": "int",
+    "username_max_length": "int",
+    "password_min_length": "int",
+    "passthrough_senders": "list",
+    "passthrough_recipients": "list",
+    "filtermail_smtp_port": "port",
+    "filtermail_smtp_port_incoming": "port",
+    "postfix_reinject_port": "port",
+    "postfix_reinject_port_incoming": "port",
+    "filtermail_dkim_check": "bool",
+    "mailboxes_dir": "path",
+    "state_dir": "path",
+    "nocreate_file": "path",
+    "max_load_1m": "float",
+    "min_available_memory": "size",
+    "min_free_disk_space": "size",
+    "max_imap_connections": "int",
+    "max_smtp_connections": "int",
+    "max_smtp_recipients": "int",
+    "push_notification_url": "str",
+    "push_token_expiry_days": "int",
+    "push_retry_max_seconds": "int",
+    "turn_server": "str",
+    "turn_secret": "str",
+    "disable_ipv6": "bool",
+    "acme_email": "str",
+    "imap_rawlog": "bool",
+    "imap_compress": "bool",
+    "privacy_postal": "str",
+    "privacy_mail": "str",
+    "privacy_pdo": "str",
+    "privacy_supervisor": "str",
+}
+
+PER_DOMAIN = {
+    "max_user_send_per_minute",
+    "max_user_send_burst_size",
+    "max_mailbox_size",
+    "delete_mails_after",
+    "delete_large_after",
+    "delete_inactive_users_after",
+    "username_min_length",
+    "username_max_length",
+    "password_min_length",
+    "passthrough_senders",
+    "passthrough_recipients",
+    "turn_server",
+    "turn_secret",
+    "acme_email",
+    "privacy_postal",
+    "privacy_mail",
+    "privacy_pdo",
+    "privacy_supervisor",
+}
+
+# Ports the relay's public services use; chatmaild's internal ports must not
+# collide with them nor with each other.
+SERVICE_PORTS = {
+    25: "smtp",
+    80: "http",
+    143: "imap",
+    443: "https",
+    465: "submissions",
+    587: "submission",
+    993: "imaps",
+}
+
+TLS_MODES = ("auto", "acme", "self", "external")
+DNS_CHECK_MODES = ("off", "warn", "fail")
+
+_SIZE_RE = re.compile(r"^\s*\d+\s*[kKmMgGtT]?[bB]?\s*$")
+_LABEL_RE = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+_SELECTOR_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_POSTFIX_TIME_RE = re.compile(r"^\d+[smhdw]?$")
+_SYSTEMD_TIME_RE = re.compile(r"^\d+\s*(s|sec|min|m|h|hour|day|d|week|w|month|year|y)?$")
+
+
+class _Errors(list):
+    def add(self, path, problem):
+        self.append(f"{':'.join(str(p) for p in path)}: {problem}")
+
+
+def _is_ip(text):
+    try:
+        ipaddress.ip_address(str(text).strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def normalize_domain(name):
+    """Return the canonical form of a chatmail domain or raise ``ValueError``.
+
+    Lower case, no trailing dot; IP literals lose their brackets.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call chatmail_config.normalize_domain Chat.Example.ORG
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"not a domain name: {name!r}")
+    dom = name.strip().lower().rstrip(".")
+    if _is_ip(dom):
+        return str(ipaddress.ip_address(dom.strip("[]")))
+    if len(dom) > 253 or "." not in dom:
+        raise ValueError(f"not a fully qualified domain name: {name!r}")
+    for label in dom.split("."):
+        if not _LABEL_RE.match(label):
+            raise ValueError(f"invalid label {label!r} in domain {name!r}")
+    return dom
+
+
+def _type_name(value):
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return "null" if value is None else type(value).__name__
+
+
+def _check_param(kind, value):
+    """Return a problem text or None."""
+    if kind in ("int", "port"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"must be an integer, not {_type_name(value)} {value!r}"
+        if value < 0:
+            return f"must not be negative: {value}"
+        if kind == "port" and not 0 < value < 65536:
+            return f"not a TCP port: {value}"
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"must be a number, not {_type_name(value)} {value!r}"
+        if value < 0:
+            return f"must not be negative: {value}"
+    elif kind == "size":
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            return f"must be a size such as 500M, not {_type_name(value)}"
+        if not _SIZE_RE.match(str(value)):
+            return f"not a size {value!r} (expected e.g. 500M, 1G, 1024)"
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            return f"must be true or false, not {_type_name(value)} {value!r}"
+    elif kind == "list":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return f"must be a list of strings, not {_type_name(value)} {value!r}"
+        bad = [v for v in value if not v or any(c.isspace() or c == "," for c in v)]
+        if bad:
+            return f"list items must not be empty or contain spaces or commas: {bad[0]!r}"
+    elif kind in ("str", "path"):
+        if not isinstance(value, str):
+            return f"must be a string, not {_type_name(value)} {value!r}"
+        if "\n" in value:
+            return "must not contain a line break"
+        if kind == "path" and not value.startswith("/"):
+            return f"must be an absolute path: {value!r}"
+    return None
+
+
+def _merge_checked(base, over, path, errors, free=()):
+    """Deep-merge ``over`` into a copy of ``base``.
+
+    Every key of ``over`` must exist in ``base`` (except at the paths listed
+    in ``free``) and its value must have the type of the default.
+    """
+    result = copy.deepcopy(base)
+    if over is None:
+        return result
+    if not isinstance(over, dict):
+        errors.add(path, f"must be a mapping, not {_type_name(over)}")
+        return result
+    for key, value in over.items():
+        kpath = path + [key]
+        if key not in base:
+            known = ", ".join(sorted(str(k) for k in base)) or "none"
+            errors.add(kpath, f"unknown key (known keys: {known})")
+            continue
+        default = base[key]
+        if isinstance(default, dict):
+            if tuple(kpath[1:]) in free:
+                if value is None:
+                    value = {}
+                if not isinstance(value, dict):
+                    errors.add(kpath, f"must be a mapping, not {_type_name(value)}")
+                    continue
+                merged = copy.deepcopy(default)
+                merged.update(copy.deepcopy(value))
+                result[key] = merged
+            else:
+                result[key] = _merge_checked(default, value, kpath, errors, free)
+            continue
+        problem = _check_default_type(default, value)
+        if problem:
+            errors.add(kpath, problem)
+            continue
+        result[key] = copy.deepcopy(value)
+    return result
+
+
+def _check_default_type(default, value):
+    if isinstance(default, bool):
+        kind = "bool"
+    elif isinstance(default, int):
+        kind = "int"
+    elif isinstance(default, float):
+        kind = "float"
+    elif isinstance(default, list):
+        if not isinstance(value, list):
+            return f"must be a list, not {_type_name(value)} {value!r}"
+        return None
+    elif isinstance(default, str):
+        kind = "str"
+    else:
+        return None
+    return _check_param(kind, value)
+
+
+def _deep_update(base, over):
+    for key, value in (over or {}).items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def _size_bytes(value):
+    m = re.match(r"^\s*(\d+)\s*([kKmMgGtT]?)", str(value))
+    return int(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " ")
+
+
+def _file_exists(path):
+    try:
+        return __salt__["file.file_exists"](path)
+    except (NameError, KeyError):
+        return os.path.isfile(path)
+
+
+def _auto_tls_mode(domain):
+    return (
+        "self" if domain.startswith("_") or domain.endswith(".test") or _is_ip(domain) else "acme"
+    )
+
+
+def build(defaults, osfamily=None, pillar=None, check_files=True):
+    """Merge ``defaults`` <- ``osfamily`` <- ``pillar`` and validate the result.
+
+    ``defaults`` is the content of ``defaults.yaml`` (with or without the
+    top-level ``chatmail`` key), ``osfamily`` the os-family overrides (same
+    shape), ``pillar`` the pillar subtree ``chatmail``.  Returns the merged,
+    resolved dict described in the state-tree contract; raises
+    :class:`ChatmailConfigError` listing every problem, each line naming the
+    pillar key.  ``check_files=False`` skips the existence check of external
+    TLS files (for rendering on another machine).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call chatmail_config.build "$(cat defaults.yaml)" "{}" "$PILLAR_JSON"
+    """
+    defaults = copy.deepcopy(defaults or {})
+    if set(defaults) == {"chatmail"}:
+        defaults = defaults["chatmail"]
+    base = _deep_update(defaults, osfamily or {})
+    base.setdefault("primary", "")
+    errors = _Errors()
+    if pillar is not None and not isinstance(pillar, dict):
+        raise ChatmailConfigError([f"chatmail: must be a mapping, not {_type_name(pillar)}"])
+    pillar = copy.deepcopy(pillar or {})
+
+    raw_domains = pillar.pop("domains", None)
+    raw_params = pillar.pop("params", None)
+    merged = _merge_checked(base, pillar, ["chatmail"], errors)
+
+    # Global params with their own kinds.
+    params = copy.deepcopy(base["params"])
+    if raw_params is not None and not isinstance(raw_params, dict):
+        errors.add(["chatmail", "params"], f"must be a mapping, not {_type_name(raw_params)}")
+        raw_params = {}
+    for key, value in (raw_params or {}).items():
+        if key not in PARAM_KINDS:
+            errors.add(["chatmail", "params", key], "unknown key")
+            continue
+        problem = _check_param(PARAM_KINDS[key], value)
+        if problem:
+            errors.add(["chatmail", "params", key], problem)
+            continue
+        params[key] = value
+    merged["params"] = params
+    _check_ports(params, errors)
+    for key in ("max_message_size",):
+        if not errors and params[key] <= 0:
+            errors.add(["chatmail", "params", key], "must be positive")
+
+    # Other global sections.
+    if merged["dns"]["check"] not in DNS_CHECK_MODES:
+        errors.add(
+            ["chatmail", "dns", "check"],
+            f"must be one of {', '.join(DNS_CHECK_MODES)}, not {merged['dns']['check']!r}",
+        )
+    for i, ns in enumerate(merged["dns"]["nameservers"]):
+        if not isinstance(ns, str) or not _is_ip(ns):
+            errors.add(["chatmail", "dns", "nameservers", i], f"not an IP address: {ns!r}")
+    qlt = merged["limits"]["queue_lifetime"]
+    if not _POSTFIX_TIME_RE.match(str(qlt)):
+        errors.add(
+            ["chatmail", "limits", "queue_lifetime"], f"not a postfix time such as 5d: {qlt!r}"
+        )
+    for key, value in merged["limits"].items():
+        if isinstance(value, int) and value <= 0:
+            errors.add(["chatmail", "limits", key], "must be positive")
+    ret = merged["journald"]["max_retention"]
+    if not _SYSTEMD_TIME_RE.match(str(ret)):
+        errors.add(
+            ["chatmail", "journald", "max_retention"], f"not a time span such as 2day: {ret!r}"
+        )
+    for key, value in merged["lookup"]["paths"].items():
+        if not str(value).startswith("/"):
+            errors.add(["chatmail", "lookup", "paths", key], f"must be an absolute path: {value!r}")
+
+    # Domains.
+    domains = {}
+    seen = {}
+    if raw_domains is None or raw_domains == {}:
+        errors.add(["chatmail", "domains"], "must name at least one chatmail domain")
+        raw_domains = {}
+    elif not isinstance(raw_domains, dict):
+        errors.add(["chatmail", "domains"], f"must be a mapping, not {_type_name(raw_domains)}")
+        raw_domains = {}
+    for name, dpillar in raw_domains.items():
+        dpath = ["chatmail", "domains", name]
+        try:
+            dom = normalize_domain(name)
+        except ValueError as exc:
+            errors.add(dpath, str(exc))
+            continue
+        if dom in seen:
+            errors.add(dpath, f"duplicate domain (same as {seen[dom]!r})")
+            continue
+        seen[dom] = name
+        domains[dom] = _build_domain(dom, dpillar, merged, dpath, errors, check_files)
+
+    domain_list = sorted(domains)
+    primary = merged.get("primary") or ""
+    if primary:
+        try:
+            primary = normalize_domain(primary)
+        except ValueError as exc:
+            errors.add(["chatmail", "primary"], str(exc))
+        else:
+            if primary not in domains and domains:
+                errors.add(["chatmail", "primary"], f"{primary!r} is not in chatmail:domains")
+    elif domain_list:
+        primary = domain_list[0]
+
+    if errors:
+        raise ChatmailConfigError(errors)
+
+    merged["domains"] = domains
+    merged["domain_list"] = domain_list
+    merged["primary"] = primary
+    return merged
+
+
+def _check_ports(params, errors):
+    seen = {}
+    for key in sorted(k for k, kind in PARAM_KINDS.items() if kind == "port"):
+        port = params.get(key)
+        if not isinstance(port, int):
+            continue
+        if port in SERVICE_PORTS:
+            errors.add(
+                ["chatmail", "params", key],
+                f"port {port} clashes with the {SERVICE_PORTS[port]} service",
+            )
+        elif port in seen:
+            errors.add(["chatmail", "params", key], f"port {port} clashes with {seen[port]}")
+        else:
+            seen[port] = key
+
+
+def _build_domain(dom, dpillar, merged, dpath, errors, check_files):
+    if dpillar is None:
+        dpillar = {}
+    if not isinstance(dpillar, dict):
+        errors.add(dpath, f"must be a mapping, not {_type_name(dpillar)}")
+        dpillar = {}
+    dpillar = copy.deepcopy(dpillar)
+    is_ip = _is_ip(dom)
+    values = {k: copy.deepcopy(v) for k, v in merged["params"].items() if k in PER_DOMAIN}
+    sub = {}
+    for key, value in dpillar.items():
+        if key in merged["domain_defaults"]:
+            sub[key] = value
+        elif key in PER_DOMAIN:
+            problem = _check_param(PARAM_KINDS[key], value)
+            if problem:
+                errors.add(dpath + [key], problem)
+            else:
+                values[key] = value
+        elif key in PARAM_KINDS:
+            errors.add(dpath + [key], "is a host-wide setting; set it in chatmail:params")
+        else:
+            errors.add(dpath + [key], "unknown key")
+    extra = _merge_checked(merged["domain_defaults"], sub, dpath, errors)
+
+    if values["username_min_length"] > values["username_max_length"]:
+        errors.add(
+            dpath + ["username_min_length"],
+            f"{values['username_min_length']} is greater than username_max_length"
+            f" {values['username_max_length']}",
+        )
+    if values["username_min_length"] < 1:
+        errors.add(dpath + ["username_min_length"], "must be at least 1")
+
+    paths = merged["lookup"]["paths"]
+    tls = extra["tls"]
+    mode = tls["mode"]
+    if mode not in TLS_MODES:
+        errors.add(dpath + ["tls", "mode"], f"must be one of {', '.join(TLS_MODES)}, not {mode!r}")
+        mode = "self"
+    if mode == "auto":
+        mode = _auto_tls_mode(dom)
+    if mode == "self":
+        cert = f"{paths['tls_dir']}/{dom}/fullchain.pem"
+        key = f"{paths['tls_dir']}/{dom}/privkey.pem"
+    elif mode == "acme":
+        if is_ip:
+            errors.add(dpath + ["tls", "mode"], "acme is not possible for an IP address domain")
+        cert = f"{paths['acme_dir']}/{dom}/fullchain"
+        key = f"{paths['acme_dir']}/{dom}/privkey"
+    else:
+        cert, key = tls["cert"], tls["key"]
+        for what, path in (("cert", cert), ("key", key)):
+            if not path:
+                errors.add(dpath + ["tls", what], "external TLS mode needs a file path")
+            elif not path.startswith("/"):
+                errors.add(dpath + ["tls", what], f"must be an absolute path: {path!r}")
+            elif check_files and not _file_exists(path):
+                errors.add(dpath + ["tls", what], f"file does not exist on the host: {path}")
+    extra["tls"] = {"mode": mode, "cert": cert, "key": key}
+
+    selector = extra["dkim"]["selector"]
+    if not _SELECTOR_RE.match(str(selector)):
+        errors.add(dpath + ["dkim", "selector"], f"not a valid DKIM selector: {selector!r}")
+    extra["dkim"]["key"] = f"{paths['dkim_dir']}/{dom}.{selector}.private"
+
+    if extra["mta_sts"]["max_age"] <= 0:
+        errors.add(dpath + ["mta_sts", "max_age"], "must be positive")
+    for fam, key in ((4, "ipv4"), (6, "ipv6")):
+        addr = extra["dns"][key]
+        if addr:
+            try:
+                if ipaddress.ip_address(addr).version != fam:
+                    raise ValueError
+            except ValueError:
+                errors.add(dpath + ["dns", key], f"not an IPv{fam} address: {addr!r}")
+    if is_ip and not extra["dns"]["ipv4"] and ipaddress.ip_address(dom).version == 4:
+        extra["dns"]["ipv4"] = dom
+    if not extra["web"]["title"]:
+        extra["web"]["title"] = dom
+
+    domain = {"name": dom}
+    domain.update(values)
+    domain.update(extra)
+    domain["is_ip"] = is_ip
+    domain["address_domain"] = f"[{dom}]" if is_ip else dom
+    domain["mailboxes_path"] = f"{merged['params']['mailboxes_dir'].rstrip('/')}/{dom}"
+    return domain
+
+
+def _ini_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return " ".join(value)
+    return str(value)
+
+
+def ini_text(chatmail):
+    """Render ``/etc/chatmail/chatmail.ini`` from the merged map.
+
+    ``[params]`` carries ``mail_domain`` (primary first) and every global
+    value; each domain gets a ``[domain:<name>]`` section with its TLS mode
+    and the per-domain values that differ from ``[params]``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call chatmail_config.ini_text "$(salt-call --out=json ...)"
+    """
+    params = chatmail["params"]
+    primary = chatmail["primary"]
+    order = [primary] + [d for d in chatmail["domain_list"] if d != primary]
+    lines = [
+        "# Managed by Salt (chatmail-salt); edit the pillar, not this file.",
+        "[params]",
+        f"mail_domain = {' '.join(order)}",
+    ]
+    for key in sorted(params):
+        value = params[key]
+        if key == "passthrough_recipients" and not value:
+            continue  # chatmaild then defaults to echo@<domain>
+        lines.append(f"{key} = {_ini_value(value)}".rstrip())
+    for dom in order:
+        dconf = chatmail["domains"][dom]
+        lines += ["", f"[domain:{dom}]", f"tls_mode = {dconf['tls']['mode']}"]
+        for key in sorted(PER_DOMAIN):
+            if key in params and dconf[key] != params[key]:
+                lines.append(f"{key} = {_ini_value(dconf[key])}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def size_bytes(value):
+    """Convert a size such as ``500M`` to bytes.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call chatmail_config.size_bytes 500M
+    """
+    return _size_bytes(value)
