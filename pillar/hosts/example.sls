@@ -1,0 +1,144 @@
+# Example pillar of one chatmail relay serving two domains.  Every key is
+# shown; values are the defaults unless marked "example".  Only
+# chatmail:domains is required.  This file is identical to
+# pillar/hosts/example.sls (a unit test keeps them equal and compares the
+# rendered map with tests/unit/mapdata/example.yaml).
+# A bad value fails the whole highstate before any change, naming the key.
+chatmail:
+  # Domain whose certificate is the default (no SNI) certificate of postfix
+  # and dovecot.  Empty: the first domain in sorted order.
+  primary: chat.example.org     # example
+
+  # Chatmail domains served by this host (example).  Each value may override
+  # the per-domain chatmaild params (marked "per domain" below) and the keys
+  # of domain_defaults.  An IPv4 address as domain makes an IP-only relay
+  # (addresses user@[1.2.3.4], self-signed TLS, no DNS).
+  domains:
+    chat.example.org:
+      tls:
+        mode: acme
+      acme_email: admin@example.org
+      privacy_mail: privacy@example.org
+      dns:
+        ipv4: 192.0.2.10
+        tlsrpt: tlsrpt@example.org
+    _test.example.org:
+      max_mailbox_size: 100M
+      delete_mails_after: 10
+      dns:
+        ipv4: 192.0.2.10
+
+  # Defaults for every domain (may be overridden below domains:<domain>).
+  domain_defaults:
+    tls:
+      # auto: self for domains starting with "_", ending in ".test" and IPs;
+      # acme otherwise.  acme: acmetool + Let's Encrypt.  self: self-signed.
+      # external: cert/key are files placed on the host by other means;
+      # services reload when they change.
+      mode: auto
+      cert: ''
+      key: ''
+    dkim:
+      selector: opendkim        # key: <dkim_dir>/<domain>.<selector>.private
+    mta_sts:
+      max_age: 2419200          # seconds, in /.well-known/mta-sts.txt
+    dns:
+      ipv4: ''                  # A record; empty: the host's first non-loopback IPv4
+      ipv6: ''                  # AAAA record; empty: none
+      tlsrpt: ''                # TLS-RPT report address; empty: no record
+      caa: true                 # CAA record allowing letsencrypt.org (acme mode)
+    web:
+      title: ''                 # web page title; empty: the domain
+
+  # chatmaild [params] (names as in chatmail/relay's chatmail.ini).
+  params:
+    max_user_send_per_minute: 60        # per domain
+    max_user_send_burst_size: 10        # per domain
+    max_mailbox_size: 500M              # per domain; dovecot quota
+    max_message_size: 31457280          # bytes, postfix message_size_limit
+    delete_mails_after: 20              # per domain; days
+    delete_large_after: 7               # per domain; days, messages > 200 kB
+    delete_inactive_users_after: 90     # per domain; days without login
+    username_min_length: 9              # per domain
+    username_max_length: 9              # per domain
+    password_min_length: 9              # per domain
+    passthrough_senders: []             # per domain; may send cleartext
+    passthrough_recipients: []          # per domain; may receive cleartext (empty: echo@<domain>)
+    filtermail_smtp_port: 10080         # 127.0.0.1 port of filtermail outgoing
+    filtermail_smtp_port_incoming: 10081
+    postfix_reinject_port: 10025
+    postfix_reinject_port_incoming: 10026
+    filtermail_dkim_check: true         # refuse incoming mail without aligned DKIM
+    mailboxes_dir: /home/vmail/mail     # <mailboxes_dir>/<domain>/<address>/
+    state_dir: /var/lib/chatmaild
+    nocreate_file: /etc/chatmail-nocreate   # while it exists no account is created
+    max_load_1m: 5                      # no account creation above this load
+    min_available_memory: 200M
+    min_free_disk_space: 1G
+    max_imap_connections: 10000
+    max_smtp_connections: 1000
+    max_smtp_recipients: 1000
+    push_notification_url: https://notifications.delta.chat/notify
+    push_token_expiry_days: 90
+    push_retry_max_seconds: 3600
+    turn_server: ''                     # per domain
+    turn_secret: ''                     # per domain
+    disable_ipv6: false
+    acme_email: ''                      # per domain; Let's Encrypt account contact
+    imap_rawlog: false
+    imap_compress: false
+    privacy_postal: ''                  # per domain; shown on the privacy page
+    privacy_mail: ''                    # per domain
+    privacy_pdo: ''                     # per domain
+    privacy_supervisor: ''              # per domain
+
+  limits:
+    imap_max_userip_connections: 20      # concurrent IMAP connections per account and IP
+    imap_login_rate_per_minute: 60       # new IMAP connections per client IP and minute
+    smtp_connection_rate_per_minute: 60  # new SMTP connections per client IP and minute
+    smtp_max_connections_per_client: 100
+    queue_lifetime: 5d                   # postfix maximal_queue_lifetime
+
+  dns:
+    check: warn          # off | warn | fail: gate the highstate on the live DNS check
+    nameservers: []      # query these instead of the domain's authoritative servers
+
+  journald:
+    max_retention: 2day  # journald MaxRetentionSec (logs are kept in memory only)
+
+  # Distribution specifics; override only for unusual hosts.
+  lookup:
+    pkgs:
+      postfix: [postfix]
+      dovecot: [dovecot-imapd, dovecot-lmtpd, dovecot-auth-lua, lua-json]
+      opendkim: [opendkim, opendkim-tools]
+      nginx: [nginx, libnginx-mod-stream]
+      unbound: [unbound]
+      chatmaild: [python3, python3-venv, python3-setuptools, python3-wheel, python3-aiosmtpd, python3-dkim]
+      base: [ca-certificates, openssl, cron]
+      fcgiwrap: [fcgiwrap]
+      web: [qrencode]
+      acme: [acmetool]
+    paths:
+      config_dir: /etc/chatmail
+      ini: /etc/chatmail/chatmail.ini
+      venv: /usr/local/lib/chatmaild
+      src_dir: /usr/local/src/chatmaild
+      vmail_home: /home/vmail
+      dkim_dir: /etc/dkimkeys
+      tls_dir: /etc/chatmail/tls
+      acme_dir: /var/lib/acme/live
+      www_root: /var/www/chatmail
+      zone_dir: /etc/chatmail/zones
+      run_dir: /run/chatmail
+      journald_dropin: /etc/systemd/journald.conf.d/chatmail.conf
+      systemd_dir: /etc/systemd/system
+    users:
+      vmail: vmail
+    sockets:
+      doveauth: /run/doveauth/doveauth.socket
+      metadata: /run/chatmail-metadata/metadata.socket
+      lastlogin: /run/chatmail-lastlogin/lastlogin.socket
+      newemail: /run/fcgiwrap.socket
+    pip:
+      args: ''           # extra pip arguments, e.g. --find-links=/wheels

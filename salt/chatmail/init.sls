@@ -1,0 +1,12 @@
+# The whole relay.  validate comes first: it renders the merged map, so a bad
+# pillar fails here (and in every other SLS) before any state runs.
+include:
+  - .validate
+  - .base
+  - .tls
+  - .chatmaild
+  - .opendkim
+  - .dovecot
+  - .postfix
+  - .nginx
+  - .dns
