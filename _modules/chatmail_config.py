@@ -361,9 +361,10 @@ def build(defaults, osfamily=None, pillar=None, check_files=True):
             ["chatmail", "dns", "check"],
             f"must be one of {', '.join(DNS_CHECK_MODES)}, not {merged['dns']['check']!r}",
         )
-    for i, ns in enumerate(merged["dns"]["nameservers"]):
-        if not isinstance(ns, str) or not _is_ip(ns):
-            errors.add(["chatmail", "dns", "nameservers", i], f"not an IP address: {ns!r}")
+    for key in ("nameservers", "forwarders"):
+        for i, ns in enumerate(merged["dns"][key]):
+            if not isinstance(ns, str) or not _is_ip(ns):
+                errors.add(["chatmail", "dns", key, i], f"not an IP address: {ns!r}")
     qlt = merged["limits"]["queue_lifetime"]
     if not _POSTFIX_TIME_RE.match(str(qlt)):
         errors.add(

@@ -102,6 +102,8 @@ chatmail:
   dns:
     check: warn          # off | warn | fail: gate the highstate on the live DNS check
     nameservers: []      # query these instead of the domain's authoritative servers
+    forwarders: []       # unbound forwards every query to these IPs (empty: full recursion)
+    manage_resolv_conf: true  # point /etc/resolv.conf at the local unbound once it runs
 
   journald:
     max_retention: 2day  # journald MaxRetentionSec (logs are kept in memory only)

@@ -1,0 +1,32 @@
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ "/map.jinja" import chatmail with context %}
+
+include:
+  - .config
+
+chatmail-base-journald-service-restarted:
+  cmd.run:
+    - name: systemctl restart systemd-journald
+    - onchanges:
+      - file: chatmail-base-journald-config-file-managed
+
+chatmail-base-unbound-service-running:
+  service.running:
+    - name: unbound
+    - enable: true
+    - watch:
+      - file: chatmail-base-unbound-config-file-managed
+    - require:
+      - pkg: chatmail-base-pkgs-installed
+{%- if chatmail.dns.manage_resolv_conf %}
+
+{#- Written in place, never replaced: in containers /etc/resolv.conf is often
+    a bind mount that cannot be renamed over.  Only once unbound answers. #}
+chatmail-base-resolv-conf-cmd-run:
+  cmd.run:
+    - name: printf 'nameserver 127.0.0.1\n' > /etc/resolv.conf
+    - unless: test "$(grep '^nameserver' /etc/resolv.conf)" = "nameserver 127.0.0.1"
+    - onlyif: systemctl is-active --quiet unbound
+    - require:
+      - service: chatmail-base-unbound-service-running
+{%- endif %}
