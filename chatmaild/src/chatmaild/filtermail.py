@@ -1,0 +1,408 @@
+"""filtermail: the SMTP filter between Postfix and the mailboxes.
+
+``filtermail CONFIG outgoing`` listens on 127.0.0.1:``filtermail_smtp_port``
+as Postfix's before-queue ``smtpd_proxy_filter`` for mail submitted by users;
+``filtermail CONFIG incoming`` listens on ``filtermail_smtp_port_incoming``
+for mail arriving from other servers.  A mail that passes the checks is
+handed, byte for byte and with the same envelope, to Postfix's reinjection
+listener (``postfix_reinject_port`` / ``postfix_reinject_port_incoming``) and
+Postfix's answer is relayed to the client.
+
+Outgoing: ``From:`` must equal the envelope sender, each sender is rate
+limited (GCRA, ``max_user_send_per_minute`` / ``max_user_send_burst_size`` of
+the sender's domain), and only OpenPGP/MIME encrypted mail passes, except a
+Secure-Join request, a self-addressed Autocrypt Setup Message and mail of
+``passthrough_senders`` or to ``passthrough_recipients`` only.
+
+Incoming: a valid DKIM signature aligned with the ``From:`` domain is required
+(``filtermail_dkim_check``), and cleartext is refused when any recipient has
+the ``enforceE2EEincoming`` marker, except Secure-Join requests and
+multipart/report bounces from ``mailer-daemon@``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from email import message_from_bytes
+from email.message import Message
+from email.policy import compat32
+from email.utils import getaddresses
+
+from aiosmtpd.smtp import SMTP
+
+from .config import ConfigError, main_config_error, read_config
+from .filtermail_dkim import check_dkim, make_dnsfunc
+from .filtermail_reinject import reinject
+from .openpgp import is_encrypted_armor
+
+log = logging.getLogger("chatmaild.filtermail")
+
+ENCRYPTION_NEEDED = "523 Encryption Needed: Invalid Unencrypted Mail"
+E2EE_MARKER = "enforceE2EEincoming"
+DNS_SERVER_ENV = "FILTERMAIL_DNS_SERVER"
+SECUREJOIN_REQUESTS = ("vc-request", "vg-request")
+# MAIL/RCPT parameters aiosmtpd understands; others (ORCPT, NOTIFY, AUTH...)
+# that Postfix may pass through are dropped instead of failing the command.
+KNOWN_PARAMS = ("SIZE", "BODY", "SMTPUTF8")
+FORWARDED_OPTIONS = ("BODY=8BITMIME", "SMTPUTF8")
+
+
+class Reject(Exception):
+    """A check failed; ``args[0]`` is the SMTP reply for the client."""
+
+
+# --- message structure checks (pure functions on email.message.Message) ---
+
+
+def parse_message(content: bytes) -> Message:
+    return message_from_bytes(content, policy=compat32)
+
+
+def _payload_text(part: Message) -> str | None:
+    if part.is_multipart():
+        return None
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return None
+    try:
+        return payload.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+def is_encrypted(msg: Message, allow_armor_headers: bool = False) -> bool:
+    """True for RFC 3156 OpenPGP/MIME whose payload is PKESK/SKESK + SEIPD."""
+    if msg.get_content_type() != "multipart/encrypted":
+        return False
+    protocol = msg.get_param("protocol")
+    if not isinstance(protocol, str) or protocol.lower() != "application/pgp-encrypted":
+        return False
+    parts = msg.get_payload()
+    if not isinstance(parts, list) or len(parts) != 2:
+        return False
+    control, data = parts
+    if control.get_content_type() != "application/pgp-encrypted":
+        return False
+    text = _payload_text(control)
+    if text is None or text.strip() != "Version: 1":
+        return False
+    if data.get_content_type() != "application/octet-stream":
+        return False
+    text = _payload_text(data)
+    return text is not None and is_encrypted_armor(text, allow_headers=allow_armor_headers)
+
+
+def is_securejoin_request(msg: Message) -> bool:
+    """A Secure-Join ``vc-request``/``vg-request``: header and a body that is
+    exactly one text/plain part saying the same (case-insensitive)."""
+    kind = str(msg.get("secure-join") or "").strip().lower()
+    if kind not in SECUREJOIN_REQUESTS:
+        return False
+    if msg.get_content_type() != "multipart/mixed":
+        return False
+    parts = msg.get_payload()
+    if not isinstance(parts, list) or len(parts) != 1:
+        return False
+    part = parts[0]
+    if part.get_content_type() != "text/plain":
+        return False
+    text = _payload_text(part)
+    if text is None:
+        return False
+    return text.strip().lower() in (f"secure-join: {req}" for req in SECUREJOIN_REQUESTS)
+
+
+def is_autocrypt_setup_message(msg: Message, mail_from: str, rcpt_tos: list[str]) -> bool:
+    """A self-addressed Autocrypt Setup Message (Autocrypt Level 1, 4.4)."""
+    sender = mail_from.lower()
+    if not rcpt_tos or any(rcpt.lower() != sender for rcpt in rcpt_tos):
+        return False
+    if str(msg.get("autocrypt-setup-message") or "").strip().lower() != "v1":
+        return False
+    if msg.get_content_type() != "multipart/mixed":
+        return False
+    parts = msg.get_payload()
+    if not isinstance(parts, list):
+        return False
+    return any(p.get_content_type() == "application/autocrypt-setup" for p in parts)
+
+
+def is_bounce(msg: Message) -> bool:
+    """A delivery report from a mailer daemon (multipart/report, Auto-Submitted)."""
+    auto = str(msg.get("auto-submitted") or "").strip().lower()
+    if not auto or auto == "no":
+        return False
+    if msg.get_content_type() != "multipart/report":
+        return False
+    addr = single_from_address(msg)
+    return addr is not None and addr.lower().startswith("mailer-daemon@")
+
+
+def single_from_address(msg: Message) -> str | None:
+    """The address of the only ``From:`` header with exactly one mailbox."""
+    values = msg.get_all("from") or []
+    if len(values) != 1:
+        return None
+    addrs = getaddresses([str(values[0])])
+    if len(addrs) != 1 or not addrs[0][1] or addrs[0][1].count("@") != 1:
+        return None
+    return addrs[0][1]
+
+
+def matches_passthrough(addr: str, entries: list[str]) -> bool:
+    addr = addr.lower()
+    for entry in entries:
+        entry = entry.lower()
+        if addr == entry or (entry.startswith("@") and addr.endswith(entry)):
+            return True
+    return False
+
+
+# --- rate limiting ---
+
+
+class SendRateLimiter:
+    """GCRA per sender: ``burst`` messages at once, then ``rate`` per minute.
+
+    ``rate`` 0 means no limit.  State is one timestamp (the theoretical
+    arrival time) per sender; stale entries are dropped as they expire.
+    """
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.tat: dict[str, float] = {}
+        self._next_prune = 0.0
+
+    def allow(self, key: str, rate: int, burst: int) -> bool:
+        if rate <= 0:
+            return True
+        now = self.clock()
+        if now >= self._next_prune:
+            self.tat = {k: v for k, v in self.tat.items() if v > now}
+            self._next_prune = now + 60
+        interval = 60.0 / rate
+        tolerance = interval * max(burst - 1, 0)
+        tat = max(self.tat.get(key, now), now)
+        if tat - now > tolerance + 1e-9:
+            return False
+        self.tat[key] = tat + interval
+        return True
+
+
+# --- SMTP handlers ---
+
+
+class FilterSMTP(SMTP):
+    def _getparams(self, params):
+        result = super()._getparams(params)
+        if result is None:
+            return None
+        return {k: v for k, v in result.items() if k in KNOWN_PARAMS}
+
+
+class BaseHandler:
+    direction = ""
+
+    def __init__(self, config, executor=None):
+        self.config = config
+        self.executor = executor
+        self.reinject_host = "127.0.0.1"
+
+    @property
+    def reinject_port(self) -> int:
+        raise NotImplementedError
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        # aiosmtpd treats an empty sender as "no MAIL yet"; keep a marker.
+        envelope.mail_from = address or "<>"
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        loop = asyncio.get_running_loop()
+        mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from
+        content = envelope.original_content
+        try:
+            await loop.run_in_executor(
+                self.executor, self.check, mail_from, list(envelope.rcpt_tos), content
+            )
+        except Reject as exc:
+            log.info("%s from %r refused: %s", self.direction, mail_from, exc.args[0])
+            return exc.args[0]
+        except Exception:
+            log.exception("%s from %r: check failed", self.direction, mail_from)
+            return "554 5.6.0 Malformed message"
+        options = tuple(o for o in envelope.mail_options if o.upper() in FORWARDED_OPTIONS)
+        reply = await reinject(
+            self.reinject_host,
+            self.reinject_port,
+            mail_from,
+            list(envelope.rcpt_tos),
+            content,
+            options,
+        )
+        log.info("%s from %r reinjected: %s", self.direction, mail_from, reply)
+        return reply
+
+    def check(self, mail_from: str, rcpt_tos: list[str], content: bytes) -> None:
+        raise NotImplementedError
+
+
+class OutgoingHandler(BaseHandler):
+    direction = "outgoing"
+
+    def __init__(self, config, executor=None):
+        super().__init__(config, executor)
+        self.limiter = SendRateLimiter()
+
+    @property
+    def reinject_port(self) -> int:
+        return self.config.postfix_reinject_port
+
+    def domain_config(self, addr: str):
+        return self.config.for_address(addr) or self.config.primary
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if address.count("@") != 1:
+            return f"553 5.1.7 Invalid sender address <{address}>"
+        dc = self.domain_config(address)
+        key = address.lower()
+        if not self.limiter.allow(key, dc.max_user_send_per_minute, dc.max_user_send_burst_size):
+            log.info("rate limit hit by %s", address)
+            return f"450 4.7.1 Too much mail from {address}"
+        return await super().handle_MAIL(server, session, envelope, address, mail_options)
+
+    def check(self, mail_from, rcpt_tos, content):
+        msg = parse_message(content)
+        from_addr = single_from_address(msg)
+        if from_addr is None or from_addr.lower() != mail_from.lower():
+            raise Reject(f"554 5.7.1 From header {from_addr!r} does not match sender <{mail_from}>")
+        if is_encrypted(msg) or is_securejoin_request(msg):
+            return
+        if is_autocrypt_setup_message(msg, mail_from, rcpt_tos):
+            return
+        dc = self.domain_config(mail_from)
+        if matches_passthrough(mail_from, dc.passthrough_senders):
+            return
+        if all(matches_passthrough(r, dc.passthrough_recipients) for r in rcpt_tos):
+            return
+        raise Reject(ENCRYPTION_NEEDED)
+
+
+class IncomingHandler(BaseHandler):
+    direction = "incoming"
+
+    def __init__(self, config, executor=None, dnsfunc=None):
+        super().__init__(config, executor)
+        self.dnsfunc = dnsfunc
+
+    @property
+    def reinject_port(self) -> int:
+        return self.config.postfix_reinject_port_incoming
+
+    def check(self, mail_from, rcpt_tos, content):
+        msg = parse_message(content)
+        from_addr = single_from_address(msg)
+        if from_addr is None:
+            raise Reject("550 5.7.1 Message needs exactly one From address")
+        if self.config.filtermail_dkim_check:
+            from_domain = from_addr.rsplit("@", 1)[1]
+            problem = check_dkim(content, from_domain, self.dnsfunc)
+            if problem:
+                raise Reject(f"550 5.7.1 DKIM check failed: {problem}")
+        if is_encrypted(msg, allow_armor_headers=True) or is_securejoin_request(msg):
+            return
+        if is_bounce(msg):
+            return
+        for rcpt in rcpt_tos:
+            try:
+                marker = self.config.user_dir(rcpt) / E2EE_MARKER
+            except ValueError:
+                continue
+            if marker.exists():
+                raise Reject(ENCRYPTION_NEEDED)
+
+
+# --- server ---
+
+
+def make_handler(config, mode: str, executor=None, dnsfunc=None) -> BaseHandler:
+    if mode == "outgoing":
+        return OutgoingHandler(config, executor)
+    if mode == "incoming":
+        return IncomingHandler(config, executor, dnsfunc=dnsfunc)
+    raise ValueError(f"mode must be outgoing or incoming, not {mode!r}")
+
+
+async def start_server(config, handler: BaseHandler, host="127.0.0.1", port=None):
+    """Listen for SMTP; return the asyncio server."""
+    if port is None:
+        port = (
+            config.filtermail_smtp_port
+            if isinstance(handler, OutgoingHandler)
+            else config.filtermail_smtp_port_incoming
+        )
+    loop = asyncio.get_running_loop()
+
+    def factory():
+        return FilterSMTP(
+            handler,
+            data_size_limit=config.max_message_size,
+            enable_SMTPUTF8=True,
+            hostname="localhost",
+            ident="chatmail filtermail",
+        )
+
+    return await loop.create_server(factory, host=host, port=port)
+
+
+async def serve(config, mode: str, dnsfunc=None):
+    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="filtermail")
+    handler = make_handler(config, mode, executor, dnsfunc)
+    server = await start_server(config, handler)
+    addr = server.sockets[0].getsockname()
+    log.info("filtermail %s listening on %s:%s", mode, addr[0], addr[1])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.close()
+    executor.shutdown(wait=False, cancel_futures=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="filtermail", description="chatmail SMTP filter (outgoing or incoming)"
+    )
+    parser.add_argument("config", help="path to chatmail.ini")
+    parser.add_argument("mode", choices=["outgoing", "incoming"])
+    parser.add_argument(
+        "--dns-server",
+        default=os.environ.get(DNS_SERVER_ENV) or None,
+        metavar="IP:PORT",
+        help="ask only this DNS server for DKIM keys (default: system resolver;"
+        f" env {DNS_SERVER_ENV})",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s"
+    )
+    try:
+        config = read_config(args.config)
+    except ConfigError as exc:
+        return main_config_error(exc)
+    dnsfunc = make_dnsfunc(args.dns_server) if args.dns_server else None
+    asyncio.run(serve(config, args.mode, dnsfunc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
