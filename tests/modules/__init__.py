@@ -1,0 +1,1 @@
+"""Tests of the chatmail Salt execution and state modules."""
