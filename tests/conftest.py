@@ -1,0 +1,1 @@
+"""Repository-wide pytest setup: host fixtures live in tests/hosts/conftest.py."""

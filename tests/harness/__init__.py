@@ -1,0 +1,26 @@
+"""Test-host harness: real systemd Debian 12 hosts in a private dockerd.
+
+Pieces (each module can be used on its own):
+  docker  -- our own dockerd (socket, data root under the cache dir) and a CLI wrapper
+  image   -- wheelhouse, debootstrapped base image, systemd+salt image (content-hashed tag)
+  network -- the test bridge network and the apt proxy bound to its gateway
+  hosts   -- boot / exec / converge / destroy hosts
+"""
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("CHATMAIL_CACHE", "/var/cache/chatmail-salt"))
+LOG_DIR = CACHE / "logs"
+
+LABEL = "chatmail-salt.harness"
+NETWORK = "cmsalt-net"
+SUBNET = "172.31.77.0/24"
+GATEWAY = "172.31.77.1"
+PROXY_PORT = 3142
+PROXY_URL = f"http://{GATEWAY}:{PROXY_PORT}"
+
+SALT_VERSION = "3008.3"
+RELAY_NAME = "cmsalt-relay"
+RELAY_IP = "172.31.77.10"

@@ -1,0 +1,278 @@
+"""Boot systemd hosts on the test network, run commands in them, converge them with salt."""
+
+import atexit
+import json
+import shlex
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import GATEWAY, LABEL, NETWORK, REPO, docker, image, network
+from .docker import DockerError
+from .docker import docker as docker_cli
+
+REPO_MOUNT = "/srv/chatmail-salt"
+PILLAR_MOUNT = "/srv/pillar"
+MINION_CONF = "/etc/salt/minion.d/chatmail.conf"
+FILE_ROOTS = [f"{REPO_MOUNT}/salt", f"{REPO_MOUNT}/tests/hosts/data"]
+
+_booted = set()
+_booted_lock = threading.Lock()
+
+
+@dataclass
+class Host:
+    name: str
+    fqdn: str
+    ip: str
+    pillar_dir: Path | None = None
+
+    def exec(self, *cmd, check=True, input=None, timeout=600, user=None):
+        """Run argv inside the host; returns CompletedProcess (text, captured)."""
+        args = ["exec", "-i" if input is not None else None, *(["-u", user] if user else [])]
+        args = [a for a in args if a]
+        proc = docker_cli(*args, self.name, *cmd, check=False, input=input, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise DockerError(
+                f"{self.name}: {shlex.join(cmd)} -> {proc.returncode}\n"
+                f"stdout: {proc.stdout[-4000:]}\nstderr: {proc.stderr[-4000:]}"
+            )
+        return proc
+
+    def sh(self, script, **kw):
+        return self.exec("bash", "-c", script, **kw)
+
+    def is_active(self, unit):
+        return self.exec("systemctl", "is-active", unit, check=False).stdout.strip() == "active"
+
+    def write_file(self, path, content, mode="0644"):
+        self.exec(
+            "sh",
+            "-c",
+            f"mkdir -p \"$(dirname '{path}')\" && cat > '{path}' && chmod {mode} '{path}'",
+            input=content,
+        )
+
+
+@dataclass
+class ConvergeResult:
+    retcode: int
+    states: dict = field(default_factory=dict)
+    errors: list = field(default_factory=list)
+    stdout: str = ""
+    stderr: str = ""
+
+    @property
+    def changed(self):
+        return [s["__id__"] for s in self._ordered() if s.get("changes")]
+
+    @property
+    def failed(self):
+        return [
+            (s["__id__"], s.get("comment", "")) for s in self._ordered() if s.get("result") is False
+        ]
+
+    @property
+    def ok(self):
+        return self.retcode == 0 and not self.errors and not self.failed
+
+    def _ordered(self):
+        return sorted(self.states.values(), key=lambda s: s.get("__run_num__", 0))
+
+    def summary(self):
+        lines = [f"retcode={self.retcode} states={len(self.states)} changed={len(self.changed)}"]
+        lines += [f"ERROR: {e}" for e in self.errors]
+        lines += [f"FAILED {sid}: {comment}" for sid, comment in self.failed]
+        if not self.states and not self.errors:
+            lines.append(f"stdout: {self.stdout[-2000:]}\nstderr: {self.stderr[-2000:]}")
+        return "\n".join(lines)
+
+
+def _container_state(name):
+    proc = docker_cli("inspect", "--format", "{{.State.Running}}", name, check=False)
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.strip() == "true"
+
+
+def minion_config(fqdn):
+    return json.dumps(
+        {
+            "id": fqdn,
+            "file_client": "local",
+            "file_roots": {"base": FILE_ROOTS},
+            "pillar_roots": {"base": [PILLAR_MOUNT]},
+            "enable_fqdns_grains": False,
+            "log_level_logfile": "info",
+        },
+        indent=2,
+    )
+
+
+def wait_running(host, timeout=120):
+    state = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc = host.exec("systemctl", "is-system-running", check=False, timeout=30)
+        state = proc.stdout.strip()
+        if state in ("running", "degraded"):
+            return state
+        time.sleep(0.5)
+    raise TimeoutError(f"{host.name}: systemd is still {state!r} after {timeout}s")
+
+
+def boot(name, fqdn, ip=None, pillar_dir=None, extra_mounts=(), reuse=False, keep=False):
+    """Start a systemd host (or reuse a running one of that name when reuse=True).
+
+    extra_mounts: iterable of (host_path, container_path[, "ro"|"rw"]).
+    Hosts are removed at interpreter exit unless keep=True.
+    """
+    docker.ensure()
+    tag = image.ensure_image()
+    network.ensure_network()
+    network.ensure_proxy()
+    running = _container_state(name)
+    if running and reuse:
+        ip = docker_cli(
+            "inspect", "--format", f"{{{{.NetworkSettings.Networks.{NETWORK}.IPAddress}}}}", name
+        ).stdout.strip()
+        host = Host(name, fqdn, ip, Path(pillar_dir) if pillar_dir else None)
+    else:
+        if running is not None:
+            docker_cli("rm", "-f", name)
+        args = [
+            "run", "-d", "--name", name, "--label", f"{LABEL}=1",
+            "--cap-add", "SYS_ADMIN", "--security-opt", "seccomp=unconfined",
+            "--tmpfs", "/run", "--tmpfs", "/run/lock",
+            "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro",
+            "--stop-signal", "SIGRTMIN+3",
+            "--network", NETWORK, "--hostname", fqdn, "--dns", GATEWAY,
+            "-v", f"{REPO}:{REPO_MOUNT}:ro",
+        ]  # fmt: skip
+        if ip:
+            args += ["--ip", ip]
+        if pillar_dir:
+            args += ["-v", f"{Path(pillar_dir).resolve()}:{PILLAR_MOUNT}:ro"]
+        for mount in extra_mounts:
+            src, dst, *mode = mount
+            args += ["-v", f"{src}:{dst}:{mode[0] if mode else 'ro'}"]
+        args += [tag, "/lib/systemd/systemd"]
+        docker_cli(*args)
+        if not ip:
+            ip = docker_cli(
+                "inspect",
+                "--format",
+                f"{{{{.NetworkSettings.Networks.{NETWORK}.IPAddress}}}}",
+                name,
+            ).stdout.strip()
+        host = Host(name, fqdn, ip, Path(pillar_dir) if pillar_dir else None)
+    if not keep:
+        with _booted_lock:
+            _booted.add(name)
+    wait_running(host)
+    host.write_file(MINION_CONF, minion_config(fqdn) + "\n")
+    return host
+
+
+def boot_many(specs):
+    """Boot several hosts in parallel; specs are dicts of boot() keyword arguments."""
+    with ThreadPoolExecutor(max_workers=max(1, len(specs))) as pool:
+        return list(pool.map(lambda spec: boot(**spec), specs))
+
+
+def salt_call(host, *args, timeout=1800):
+    return host.exec(
+        "salt-call", "--local", "--retcode-passthrough", "--out=json", *args,
+        check=False, timeout=timeout,
+    )  # fmt: skip
+
+
+def converge(host, sls=None, pillar_override=None, test=False, timeout=1800):
+    """saltutil.sync_all, then state.apply [sls]; returns a ConvergeResult."""
+    sync = salt_call(host, "saltutil.sync_all", timeout=timeout)
+    if sync.returncode != 0:
+        return ConvergeResult(
+            sync.returncode, errors=[f"saltutil.sync_all failed: {sync.stderr[-2000:]}"],
+            stdout=sync.stdout, stderr=sync.stderr,
+        )  # fmt: skip
+    args = ["state.apply"]
+    if sls:
+        args.append(sls if isinstance(sls, str) else ",".join(sls))
+    if pillar_override is not None:
+        args.append("pillar=" + json.dumps(pillar_override))
+    if test:
+        args.append("test=True")
+    proc = salt_call(host, *args, timeout=timeout)
+    return parse_state_output(proc.returncode, proc.stdout, proc.stderr)
+
+
+def parse_state_output(retcode, stdout, stderr):
+    result = ConvergeResult(retcode, stdout=stdout, stderr=stderr)
+    try:
+        data = json.loads(stdout)
+    except ValueError:
+        result.errors.append(f"unparseable salt output: {stdout[-2000:]} {stderr[-2000:]}")
+        return result
+    local = data.get("local", data) if isinstance(data, dict) else data
+    if isinstance(local, dict):
+        for key, ret in local.items():
+            if isinstance(ret, dict):
+                ret.setdefault("__id__", key.split("_|-")[1] if "_|-" in key else key)
+                result.states[key] = ret
+            else:
+                result.errors.append(f"{key}: {ret}")
+    elif isinstance(local, list):
+        result.errors.extend(str(e) for e in local)
+    else:
+        result.errors.append(str(local))
+    return result
+
+
+def destroy(host):
+    name = host.name if isinstance(host, Host) else host
+    docker_cli("rm", "-f", "-v", name, check=False, timeout=120)
+    with _booted_lock:
+        _booted.discard(name)
+
+
+def list_hosts():
+    """[(name, status, ip)] of every harness container."""
+    if not docker.running():
+        return []
+    proc = docker_cli(
+        "ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}}\t{{.Status}}", check=False
+    )
+    rows = []
+    for line in proc.stdout.splitlines():
+        name, status = line.split("\t", 1)
+        ip = docker_cli(
+            "inspect", "--format", f"{{{{.NetworkSettings.Networks.{NETWORK}.IPAddress}}}}", name,
+            check=False,
+        ).stdout.strip()  # fmt: skip
+        rows.append((name, status, ip))
+    return rows
+
+
+def teardown_all(stop_daemons=True):
+    """Remove every harness container and the network; stop apt proxy and dockerd."""
+    if docker.running():
+        for name, _status, _ip in list_hosts():
+            destroy(name)
+        network.remove_network()
+    if stop_daemons:
+        network.stop_proxy()
+        docker.stop()
+
+
+@atexit.register
+def _cleanup_booted():
+    with _booted_lock:
+        names = list(_booted)
+    for name in names:
+        try:
+            destroy(name)
+        except (OSError, subprocess.SubprocessError):
+            pass

@@ -1,0 +1,147 @@
+"""The test bridge network and the apt proxy (apt-cacher-ng) on its gateway address.
+
+Hosts have no route outside (dockerd runs with --iptables=false); Debian packages
+reach them only through the proxy, which fetches from the mirror this machine uses.
+"""
+
+import glob
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+
+from . import CACHE, GATEWAY, LABEL, LOG_DIR, NETWORK, PROXY_PORT, SUBNET
+from .docker import docker
+
+ACNG_DIR = CACHE / "apt-cacher-ng"
+ACNG_CONF = CACHE / "apt-cacher-ng-conf"
+ACNG_PIDFILE = "/run/cmsalt-acng.pid"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+
+
+def debian_mirror():
+    """The Debian archive URL this machine's apt uses (not the security archive)."""
+    files = sorted(glob.glob("/etc/apt/sources.list.d/*.sources"))
+    files += sorted(glob.glob("/etc/apt/sources.list.d/*.list")) + ["/etc/apt/sources.list"]
+    for path in files:
+        try:
+            text = open(path).read()
+        except OSError:
+            continue
+        for url in re.findall(r"(?m)^(?:URIs:|deb)\s+(?:\[[^\]]*\]\s+)?(http\S+)", text):
+            if url.rstrip("/").endswith("/debian"):
+                return url.rstrip("/")
+    return DEFAULT_MIRROR
+
+
+def ensure_network():
+    if docker("network", "inspect", NETWORK, check=False).returncode == 0:
+        return False
+    docker(
+        "network",
+        "create",
+        "--driver",
+        "bridge",
+        "--subnet",
+        SUBNET,
+        "--gateway",
+        GATEWAY,
+        "--label",
+        f"{LABEL}=1",
+        NETWORK,
+    )
+    return True
+
+
+def remove_network():
+    return docker("network", "rm", NETWORK, check=False).returncode == 0
+
+
+def _port_open(host, port):
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _acng_pid():
+    try:
+        pid = int(open(ACNG_PIDFILE).read().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def _write_acng_conf():
+    ACNG_CONF.mkdir(parents=True, exist_ok=True)
+    (ACNG_CONF / "backends_debian").write_text(debian_mirror() + "/\n")
+    (ACNG_CONF / "acng.conf").write_text(
+        "\n".join(
+            [
+                f"CacheDir: {ACNG_DIR}",
+                f"LogDir: {LOG_DIR / 'apt-cacher-ng'}",
+                "SupportDir: /usr/lib/apt-cacher-ng",
+                "Remap-debrep: file:deb_mirror*.gz /debian ; file:backends_debian",
+                "Remap-secdeb: security.debian.org security.debian.org/debian-security"
+                " deb.debian.org/debian-security /debian-security"
+                " ; deb.debian.org/debian-security",
+                "ExThreshold: 4",
+                f"BindAddress: {GATEWAY}",
+                f"Port: {PROXY_PORT}",
+                "SocketPath: /run/cmsalt-acng.socket",
+                "ForeGround: 1",
+                "",
+            ]
+        )
+    )
+
+
+def ensure_proxy(timeout=30):
+    """Start apt-cacher-ng on the gateway address (the network must exist)."""
+    if _acng_pid() is not None and _port_open(GATEWAY, PROXY_PORT):
+        return False
+    ACNG_DIR.mkdir(parents=True, exist_ok=True)
+    (LOG_DIR / "apt-cacher-ng").mkdir(parents=True, exist_ok=True)
+    _write_acng_conf()
+    if _acng_pid() is None:
+        with open(LOG_DIR / "apt-cacher-ng.out", "ab") as log:
+            proc = subprocess.Popen(
+                ["/usr/sbin/apt-cacher-ng", "-c", str(ACNG_CONF)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        with open(ACNG_PIDFILE, "w") as f:
+            f.write(f"{proc.pid}\n")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _port_open(GATEWAY, PROXY_PORT):
+            return True
+        if _acng_pid() is None:
+            break
+        time.sleep(0.3)
+    raise RuntimeError(f"apt-cacher-ng did not listen on {GATEWAY}:{PROXY_PORT}; see {LOG_DIR}")
+
+
+def stop_proxy():
+    pid = _acng_pid()
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(50):
+        if _acng_pid() is None:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    os.unlink(ACNG_PIDFILE)
+    return True
