@@ -1,0 +1,249 @@
+"""chatmail-metadata: Dovecot's IMAP METADATA dict, device tokens and push.
+
+Dovecot is configured with ``mail_attribute_dict = proxy:<socket>:metadata``
+and passes every METADATA access through the dict protocol.  It names
+private attributes ``priv/<mailbox-guid>/<name>`` and shared ones
+``shared/<mailbox-guid>/<name>``; server attributes (mailbox ``""``) carry
+the extra prefix ``vendor/vendor.dovecot/pvt/server/``.  What we serve:
+
+``priv/<guid>/devicetoken``
+    set: remember a push token of a device (several per account, each with
+    the time it was last set, in ``<user_dir>/metadata.json``); lookup: all
+    valid tokens separated by spaces.  Tokens not set again within
+    ``push_token_expiry_days`` are forgotten.
+``priv/<guid>/messagenew``
+    set by Dovecot's push Lua script for each incoming (not self-sent)
+    message: queue one push request per token (see :mod:`chatmaild.notifier`).
+``shared/<guid>/[vendor/vendor.dovecot/pvt/server/]vendor/deltachat/<name>``
+    lookup of what the relay advertises: ``maxsmtprecipients``,
+    ``turn`` (``host:port:user:password``, coturn REST API credentials
+    derived from ``turn_secret``) and ``irohrelay`` when configured.
+
+Usage: ``chatmail-metadata <socket> <chatmail.ini>`` (the two arguments are
+also accepted in the other order).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .dictproxy import DictProxy, run_dict_daemon
+from .notifier import QUEUE_DIRNAME, Notifier, write_file_atomic
+
+log = logging.getLogger("chatmaild.metadata")
+
+DEVICETOKEN = "devicetoken"
+MESSAGENEW = "messagenew"
+SERVER_PREFIX = "vendor/vendor.dovecot/pvt/server/"
+VENDOR_PREFIX = "vendor/deltachat/"
+DEFAULT_TURN_PORT = 3478
+TURN_CREDENTIAL_SECONDS = 5 * 86400
+#: tokens stamped further in the future than this are considered invalid
+CLOCK_SKEW = 60
+
+
+def turn_credentials(secret: str, now: float | None = None, ttl=TURN_CREDENTIAL_SECONDS):
+    """Time-limited TURN credentials as coturn's ``use-auth-secret`` REST API
+    expects: user = expiry unix time, password = base64(HMAC-SHA1(secret, user))."""
+    now = time.time() if now is None else now
+    user = str(int(now) + ttl)
+    digest = hmac.new(secret.encode("utf-8"), user.encode("ascii"), hashlib.sha1).digest()
+    return user, base64.b64encode(digest).decode("ascii")
+
+
+def split_host_port(text: str, default_port: int):
+    text = text.strip()
+    if text.startswith("["):  # [v6]:port
+        host, _, rest = text[1:].partition("]")
+        port = rest.lstrip(":")
+        return f"[{host}]", int(port) if port else default_port
+    if text.count(":") == 1:
+        host, port = text.split(":")
+        return host, int(port)
+    return text, default_port
+
+
+class TokenStore:
+    """Device tokens per address in ``metadata.json``: ``{"devicetoken":
+    {token: unix_time_last_set}}`` (an older list form is accepted)."""
+
+    def __init__(self, config, expiry_days: int):
+        self.config = config
+        self.expiry_seconds = expiry_days * 86400
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+
+    def _lock(self, addr):
+        with self._locks_lock:
+            return self._locks.setdefault(addr, threading.Lock())
+
+    def _path(self, addr) -> Path:
+        return self.config.user_dir(addr) / "metadata.json"
+
+    def _read(self, path: Path) -> dict:
+        try:
+            data = json.loads(path.read_text("utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            log.warning("unreadable %s, starting afresh", path)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _valid(self, tokens, now) -> dict:
+        if isinstance(tokens, list):
+            tokens = {str(t): now for t in tokens}
+        if not isinstance(tokens, dict):
+            return {}
+        return {
+            str(t): ts
+            for t, ts in tokens.items()
+            if isinstance(ts, (int, float)) and now - self.expiry_seconds < ts < now + CLOCK_SKEW
+        }
+
+    def _modify(self, addr, change):
+        """Apply ``change(tokens)`` to the valid tokens and write if needed;
+        returns the resulting token dict."""
+        path = self._path(addr)
+        with self._lock(addr):
+            data = self._read(path)
+            now = int(time.time())
+            stored = data.get(DEVICETOKEN)
+            tokens = self._valid(stored, now)
+            change(tokens, now)
+            if tokens != stored:
+                if not path.parent.is_dir():
+                    raise FileNotFoundError(f"no account directory for {addr}")
+                data[DEVICETOKEN] = tokens
+                write_file_atomic(path, json.dumps(data, sort_keys=True).encode("utf-8"))
+            return tokens
+
+    def add(self, addr, token):
+        def change(tokens, now):
+            tokens[token] = now
+
+        self._modify(addr, change)
+
+    def remove(self, addr, token):
+        def change(tokens, now):
+            tokens.pop(token, None)
+
+        self._modify(addr, change)
+
+    def get(self, addr) -> list[str]:
+        """Valid tokens, oldest first; expired ones are removed from disk."""
+        path = self._path(addr)
+        stored = self._read(path).get(DEVICETOKEN)
+        if not stored:
+            return []
+        tokens = self._valid(stored, int(time.time()))
+        if tokens != stored:
+            tokens = self._modify(addr, lambda tokens, now: None)
+        return [t for t, _ in sorted(tokens.items(), key=lambda kv: (kv[1], kv[0]))]
+
+
+class MetadataDict(DictProxy):
+    def __init__(self, config, tokens: TokenStore, notifier: Notifier):
+        self.config = config
+        self.tokens = tokens
+        self.notifier = notifier
+
+    def _domain_config(self, user):
+        dc = self.config.for_address(user) if user else None
+        return dc or self.config.primary
+
+    def vendor_value(self, name: str, user: str):
+        dc = self._domain_config(user)
+        if name == "maxsmtprecipients":
+            return str(self.config.max_smtp_recipients)
+        if name == "turn" and dc.turn_server and dc.turn_secret:
+            host, port = split_host_port(dc.turn_server, DEFAULT_TURN_PORT)
+            tuser, password = turn_credentials(dc.turn_secret)
+            return f"{host}:{port}:{tuser}:{password}"
+        if name == "irohrelay" and dc.iroh_relay:
+            return dc.iroh_relay
+        return None
+
+    def lookup(self, key, user):
+        parts = key.split("/", 2)
+        if len(parts) != 3:
+            return None
+        scope, _guid, name = parts
+        if scope == "priv" and name == DEVICETOKEN:
+            if not user or self.config.for_address(user) is None:
+                return None
+            tokens = self.tokens.get(user)
+            return " ".join(tokens) if tokens else None
+        if scope == "shared":
+            if name.startswith(SERVER_PREFIX):
+                name = name[len(SERVER_PREFIX) :]
+            if name.startswith(VENDOR_PREFIX):
+                return self.vendor_value(name[len(VENDOR_PREFIX) :], user)
+        return None
+
+    def _private_name(self, key):
+        parts = key.split("/", 2)
+        if len(parts) == 3 and parts[0] == "priv":
+            return parts[2]
+        return None
+
+    def transaction_set(self, user, key, value):
+        name = self._private_name(key)
+        if name == DEVICETOKEN:
+            value = value.strip()
+            if not value or any(c.isspace() for c in value):
+                log.warning("refusing device token with whitespace from %s", user)
+                return False
+            self.tokens.add(user, value)
+            return True
+        if name == MESSAGENEW:
+            tokens = self.tokens.get(user)
+            if tokens:
+                self.notifier.notify(user, tokens)
+            return True
+        log.info("set of %r refused", key)
+        return False
+
+    def transaction_unset(self, user, key):
+        name = self._private_name(key)
+        if name == DEVICETOKEN:
+            # A client cannot name which of the account's devices it is;
+            # tokens only go by expiry or when the gateway rejects them.
+            return True
+        if name == MESSAGENEW:
+            return True
+        log.info("unset of %r refused", key)
+        return False
+
+
+def build(config) -> MetadataDict:
+    tokens = TokenStore(config, config.push_token_expiry_days)
+    notifier = Notifier(
+        Path(config.state_dir) / QUEUE_DIRNAME,
+        config.push_notification_url,
+        config.push_retry_max_seconds,
+        remove_token=tokens.remove,
+    )
+    notifier.start()
+    return MetadataDict(config, tokens, notifier)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # the socket path is never a regular file, the config always is
+    if len(argv) == 2 and os.path.isfile(argv[0]) and not os.path.isfile(argv[1]):
+        argv.reverse()
+    return run_dict_daemon("chatmail-metadata", build, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
