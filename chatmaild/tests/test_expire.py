@@ -62,7 +62,7 @@ def tree(make_ini, tmp_path):
         "large_size": add_message(acc, "7.M7.host:2,S", 8, size=250_000, folder=".Big"),
         # large but young -> stays
         "large_young": add_message(acc, "8.M8.host,S=300000:2,S", 3, now=now),
-        # large, old enough, but not yet seen by a client (new/) -> stays
+        # large, old enough, not yet fetched by a client (new/) -> goes as well
         "large_unseen": add_message(acc, "9.M9.host,S=300000", 10, sub="new", now=now),
         # exactly at the threshold is not large
         "limit": add_message(acc, "10.M10.host,S=200000:2,S", 10, now=now),
@@ -80,30 +80,30 @@ def test_dry_run_changes_nothing(tree):
     assert res.returncode == 0, res.stderr
     assert sorted(str(p) for p in mb.rglob("*")) == before
     out = res.stdout
-    for key in ("old", "old_new", "old_sub", "large_tag", "large_size"):
+    for key in ("old", "old_new", "old_sub", "large_tag", "large_size", "large_unseen"):
         assert f"would remove message {paths[key]} " in out
-    for key in ("fresh", "fresh_sub", "large_young", "large_unseen", "limit"):
+    for key in ("fresh", "fresh_sub", "large_young", "limit"):
         assert str(paths[key]) not in out
     assert f"would remove account {inactive} " in out
-    assert "would remove 1 of 2 accounts and 5 of 10 messages" in out
+    assert "would remove 1 of 2 accounts and 6 of 10 messages" in out
 
 
 def test_remove(tree):
     ini, mb, acc, inactive, paths = tree
     res = run(ini, "--remove")
     assert res.returncode == 0, res.stderr
-    gone = {"old", "old_new", "old_sub", "large_tag", "large_size"}
+    gone = {"old", "old_new", "old_sub", "large_tag", "large_size", "large_unseen"}
     for key, path in paths.items():
         assert path.exists() == (key not in gone), key
     assert not inactive.exists()
     assert (acc / "password").exists()
     assert not (acc / "maildirsize").exists()  # dovecot recounts the quota
     assert res.stdout.strip().splitlines() == [
-        "removed 1 of 2 accounts and 5 of 10 messages (550300 bytes) in the remaining accounts"
+        "removed 1 of 2 accounts and 6 of 10 messages (850300 bytes) in the remaining accounts"
     ]
     # a second run finds nothing more
     res = run(ini, "--remove")
-    assert "removed 0 of 1 accounts and 0 of 5 messages" in res.stdout
+    assert "removed 0 of 1 accounts and 0 of 4 messages" in res.stdout
 
 
 def test_days_offset_previews_future(tree):

@@ -8,8 +8,8 @@ walked once.  Per account directory (a name containing ``@``):
 * otherwise messages in ``cur/`` and ``new/`` of the inbox and of every
   Maildir++ subfolder (``.Name/``) go when older than ``delete_mails_after``
   days, and large ones (more than 200000 bytes, read from the ``,S=`` tag of
-  the file name or the file size) already seen by a client (``cur/``) go
-  when older than ``delete_large_after`` days.
+  the file name or the file size) go when older than ``delete_large_after``
+  days.
 
 Without ``--remove`` nothing is changed; every item that would go is
 printed.  Symbolic links are never followed below the domain directory, and
@@ -175,7 +175,7 @@ class Expiry:
                 self.messages += 1
                 if msg.mtime < cutoff_mails:
                     why = f"{_age_days(self.now, msg.mtime)} days old"
-                elif msg.size > LARGE_MESSAGE_BYTES and msg.seen and msg.mtime < cutoff_large:
+                elif msg.size > LARGE_MESSAGE_BYTES and msg.mtime < cutoff_large:
                     why = f"large, {msg.size} bytes, {_age_days(self.now, msg.mtime)} days old"
                 else:
                     continue
