@@ -173,3 +173,12 @@ def test_stale_and_broken_queue_files_on_start(metadata, gateways, tmp_path):
     # old requests are still tried once, within their bound nothing is lost
     assert sorted(gw.bodies()) == ["tok-fresh", "tok-old"]
     assert d.proc.poll() is None
+
+
+def test_no_push_url_disables_pushes(metadata, tmp_path):
+    make_account(tmp_path)
+    d = metadata.start(push_notification_url="")
+    d.set_token("tok")
+    assert d.message_new() == "O7"
+    assert d.tokens() == ["tok"]
+    assert not queue_files(tmp_path)

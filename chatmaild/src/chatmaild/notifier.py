@@ -105,7 +105,10 @@ class Notifier:
     # ---- queue ----------------------------------------------------------
 
     def notify(self, addr: str, tokens):
-        """Queue one push request per token (persisted before returning)."""
+        """Queue one push request per token (persisted before returning).
+        Nothing is queued when no ``push_notification_url`` is configured."""
+        if not self.url:
+            return
         now = time.time()
         for token in tokens:
             path = self.queue_dir / uuid.uuid4().hex
