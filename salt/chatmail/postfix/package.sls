@@ -1,0 +1,6 @@
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ "/map.jinja" import chatmail with context %}
+
+chatmail-postfix-package-pkg-installed:
+  pkg.installed:
+    - pkgs: {{ chatmail.lookup.pkgs.postfix | json }}

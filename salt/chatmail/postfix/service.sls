@@ -1,0 +1,42 @@
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ "/map.jinja" import chatmail with context %}
+{%- set ns = namespace(sni=false) %}
+{%- for d in chatmail.domain_list if not chatmail.domains[d].is_ip %}{% set ns.sni = true %}{% endfor %}
+{%- set files = ['main-cf', 'master-cf', 'submission-header-cleanup', 'lmtp-header-cleanup',
+                 'login-map', 'smtp-tls-policy-map'] %}
+
+include:
+  - .config
+
+{#- A configuration postfix does not accept never gets as far as a restart:
+    "postfix check" plus any warning postconf prints about main.cf/master.cf. #}
+chatmail-postfix-service-config-checked:
+  cmd.run:
+    - name: >-
+        postfix check
+        && w="$(postconf -n 2>&1 >/dev/null; postconf -M 2>&1 >/dev/null)"
+        && if [ -n "$w" ]; then echo "$w" >&2; exit 1; fi
+    - shell: /bin/sh
+    - onchanges:
+{%- for f in files %}
+      - file: chatmail-postfix-config-{{ f }}-file-managed
+{%- endfor %}
+{%- if ns.sni %}
+      - cmd: chatmail-postfix-config-tls-server-sni-cmd-run
+{%- endif %}
+
+chatmail-postfix-service-running:
+  service.running:
+    - name: postfix
+    - enable: true
+    - require:
+      - cmd: chatmail-postfix-service-config-checked
+    - watch:
+{%- for f in files %}
+      - file: chatmail-postfix-config-{{ f }}-file-managed
+{%- endfor %}
+      - file: chatmail-postfix-config-systemd-dropin-file-managed
+{%- if ns.sni %}
+      - cmd: chatmail-postfix-config-tls-server-sni-cmd-run
+      - group: chatmail-postfix-config-opendkim-group-present
+{%- endif %}
