@@ -1,0 +1,17 @@
+{#- Remove the chatmail vhosts and web roots; nginx keeps running. #}
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ "/map.jinja" import chatmail with context %}
+
+chatmail-nginx-clean-files-absent:
+  file.absent:
+    - names:
+{%- for domain in chatmail.domain_list %}
+      - /etc/nginx/sites-enabled/chatmail-{{ domain }}.conf
+      - {{ chatmail.lookup.paths.www_root }}/{{ domain }}
+{%- endfor %}
+
+chatmail-nginx-clean-service-reload-cmd-run:
+  cmd.run:
+    - name: systemctl try-reload-or-restart nginx
+    - onchanges:
+      - file: chatmail-nginx-clean-files-absent

@@ -1,0 +1,96 @@
+{#- One vhost file per domain (SNI), the web pages, autoconfig, MTA-STS
+    policy and the account QR code.  nginx -t runs on every config change and
+    the reload requires it, so a broken config is never loaded. #}
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ "/map.jinja" import chatmail with context %}
+{%- set www = chatmail.lookup.paths.www_root %}
+
+include:
+  - {{ tplroot }}.tls
+
+chatmail-nginx-pkgs-installed:
+  pkg.installed:
+    - pkgs: {{ (chatmail.lookup.pkgs.nginx + chatmail.lookup.pkgs.web) | json }}
+
+chatmail-nginx-default-site-file-absent:
+  file.absent:
+    - name: /etc/nginx/sites-enabled/default
+    - require:
+      - pkg: chatmail-nginx-pkgs-installed
+
+{%- for domain in chatmail.domain_list %}
+{%-   set d = chatmail.domains[domain] %}
+{#-   An acme certificate appears only after acmetool ran (which needs port
+      80 up): until then the vhost serves http only. #}
+{%-   set https = d.tls.mode != 'acme' or salt['file.file_exists'](d.tls.cert) %}
+
+chatmail-nginx-{{ domain }}-vhost-file-managed:
+  file.managed:
+    - name: /etc/nginx/sites-enabled/chatmail-{{ domain }}.conf
+    - source: salt://{{ tpldir }}/files/vhost.conf.jinja
+    - template: jinja
+    - mode: "0644"
+    - context:
+        chatmail: {{ chatmail | json }}
+        domain: {{ domain }}
+        https: {{ https | json }}
+    - require:
+      - pkg: chatmail-nginx-pkgs-installed
+      - sls: {{ tplroot }}.tls
+
+chatmail-nginx-{{ domain }}-www-directory:
+  file.directory:
+    - name: {{ www }}/{{ domain }}
+    - mode: "0755"
+    - makedirs: true
+
+{%-   for page in ['index', 'info', 'privacy'] %}
+
+chatmail-nginx-{{ domain }}-{{ page }}-page-file-managed:
+  file.managed:
+    - name: {{ www }}/{{ domain }}/{{ page }}.html
+    - source: salt://{{ tpldir }}/files/page.html.jinja
+    - template: jinja
+    - mode: "0644"
+    - context:
+        chatmail: {{ chatmail | json }}
+        domain: {{ domain }}
+        page: {{ page }}
+    - require:
+      - file: chatmail-nginx-{{ domain }}-www-directory
+{%-   endfor %}
+
+chatmail-nginx-{{ domain }}-autoconfig-file-managed:
+  file.managed:
+    - name: {{ www }}/{{ domain }}/autoconfig.xml
+    - source: salt://{{ tpldir }}/files/autoconfig.xml.jinja
+    - template: jinja
+    - mode: "0644"
+    - context:
+        chatmail: {{ chatmail | json }}
+        domain: {{ domain }}
+    - require:
+      - file: chatmail-nginx-{{ domain }}-www-directory
+{%-   if not d.is_ip %}
+
+chatmail-nginx-{{ domain }}-mta-sts-file-managed:
+  file.managed:
+    - name: {{ www }}/{{ domain }}/.well-known/mta-sts.txt
+    - contents: {{ salt['chatmail_dns.mta_sts_policy'](domain, max_age=d.mta_sts.max_age) | json }}
+    - contents_newline: false
+    - makedirs: true
+    - mode: "0644"
+    - require:
+      - file: chatmail-nginx-{{ domain }}-www-directory
+{%-   endif %}
+
+chatmail-nginx-{{ domain }}-qr-cmd-run:
+  cmd.run:
+    - name: >-
+        qrencode -t SVG -m 2 -o '{{ www }}/{{ domain }}/qr-chatmail-invite.svg'
+        'DCACCOUNT:https://{{ d.address_domain }}/new'
+    - creates: {{ www }}/{{ domain }}/qr-chatmail-invite.svg
+    - require:
+      - pkg: chatmail-nginx-pkgs-installed
+      - file: chatmail-nginx-{{ domain }}-www-directory
+{%- endfor %}

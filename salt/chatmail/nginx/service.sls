@@ -1,0 +1,27 @@
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ "/map.jinja" import chatmail with context %}
+
+include:
+  - .config
+
+chatmail-nginx-config-test-cmd-run:
+  cmd.run:
+    - name: nginx -t -q
+    - onchanges:
+      - file: chatmail-nginx-default-site-file-absent
+{%- for domain in chatmail.domain_list %}
+      - file: chatmail-nginx-{{ domain }}-vhost-file-managed
+{%- endfor %}
+
+chatmail-nginx-service-running:
+  service.running:
+    - name: nginx
+    - enable: true
+    - reload: true
+    - require:
+      - cmd: chatmail-nginx-config-test-cmd-run
+    - watch:
+      - file: chatmail-nginx-default-site-file-absent
+{%- for domain in chatmail.domain_list %}
+      - file: chatmail-nginx-{{ domain }}-vhost-file-managed
+{%- endfor %}
