@@ -178,11 +178,16 @@ def _txt_params(value):
 # MTA-STS
 
 
-def mta_sts_policy(domain, mx=None, max_age=DEFAULT_MAX_AGE):
+def mta_sts_policy(domain, mx=None, max_age=DEFAULT_MAX_AGE, crlf=False):
     """
-    Return the exact text of ``https://mta-sts.<domain>/.well-known/mta-sts.txt``
-    (RFC 8461: CRLF-separated ``key: value`` lines, mode enforce; the relay
-    itself is the MX unless ``mx`` names other hosts).
+    Return the exact text of ``https://mta-sts.<domain>/.well-known/mta-sts.txt``:
+    ``key: value`` lines, mode enforce, the relay itself as MX unless ``mx``
+    names other hosts.
+
+    Lines end in LF, which RFC 8461 allows (``sts-policy-term = LF / CRLF``)
+    and which Salt's ``file.managed`` keeps byte for byte (it rewrites CRLF),
+    so the served file hashes to :py:func:`mta_sts_id`.  ``crlf=True`` gives
+    CRLF line ends for servers that do not go through ``file.managed``.
 
     CLI Example:
 
@@ -198,7 +203,8 @@ def mta_sts_policy(domain, mx=None, max_age=DEFAULT_MAX_AGE):
     lines = ["version: STSv1", "mode: enforce"]
     lines += [f"mx: {host}" for host in _mx_hosts(domain, mx)]
     lines.append(f"max_age: {max_age}")
-    return "".join(line + "\r\n" for line in lines)
+    end = "\r\n" if crlf else "\n"
+    return "".join(line + end for line in lines)
 
 
 def mta_sts_id(domain, mx=None, max_age=DEFAULT_MAX_AGE):

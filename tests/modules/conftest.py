@@ -41,7 +41,12 @@ def minion_opts(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def loaders(minion_opts):
-    return Loaders(minion_opts)
+    yield Loaders(minion_opts)
+    # salt buffers early log records in a deferred stderr handler and flushes
+    # them at exit, after pytest closed its capture: hand them over now
+    import salt._logging.impl
+
+    salt._logging.impl.shutdown_temp_handler()
 
 
 @pytest.fixture

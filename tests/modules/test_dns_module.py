@@ -20,9 +20,11 @@ def keydir(modules, tmp_path):
 
 def test_mta_sts_policy_text(modules):
     text = modules.chatmail_dns.mta_sts_policy(DOMAIN)
-    assert text == ("version: STSv1\r\nmode: enforce\r\nmx: relay.test\r\nmax_age: 2419200\r\n")
+    assert text == "version: STSv1\nmode: enforce\nmx: relay.test\nmax_age: 2419200\n"
     text = modules.chatmail_dns.mta_sts_policy("Relay.Test.", mx=["a.test", "b.test"], max_age=60)
-    assert text == "version: STSv1\r\nmode: enforce\r\nmx: a.test\r\nmx: b.test\r\nmax_age: 60\r\n"
+    assert text == "version: STSv1\nmode: enforce\nmx: a.test\nmx: b.test\nmax_age: 60\n"
+    text = modules.chatmail_dns.mta_sts_policy(DOMAIN, crlf=True)
+    assert text == "version: STSv1\r\nmode: enforce\r\nmx: relay.test\r\nmax_age: 2419200\r\n"
     with pytest.raises(ValueError):
         modules.chatmail_dns.mta_sts_policy(DOMAIN, max_age=31557601)
 

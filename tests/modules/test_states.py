@@ -1,0 +1,274 @@
+"""chatmail_dkim / chatmail_dns state modules through state.single (salt loader):
+test mode predicts, real mode changes, a second run changes nothing."""
+
+import os
+import stat
+
+import pytest
+
+from .conftest import zone_text
+
+DOMAIN = "state.test"
+IPV4 = "192.0.2.30"
+
+
+# ---------------------------------------------------------------------------
+# chatmail_dkim.key_present
+
+
+def test_key_present_test_mode_then_real_then_idempotent(states, tmp_path):
+    path = tmp_path / f"{DOMAIN}.opendkim.private"
+    ret = states.chatmail_dkim.key_present(name=DOMAIN, keydir=str(tmp_path), test=True)
+    assert ret.result is None
+    assert ret.changes == {"created": str(path)}
+    assert not path.exists()
+
+    ret = states.chatmail_dkim.key_present(name=DOMAIN, keydir=str(tmp_path))
+    assert ret.result is True
+    assert ret.changes == {"created": str(path)}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    key = path.read_bytes()
+
+    for test in (True, False):
+        ret = states.chatmail_dkim.key_present(
+            name=DOMAIN, keydir=str(tmp_path), bits=4096, test=test
+        )
+        assert ret.result is True
+        assert ret.changes == {}
+    assert path.read_bytes() == key
+
+
+def test_key_present_fixes_mode(states, tmp_path):
+    states.chatmail_dkim.key_present(name=DOMAIN, keydir=str(tmp_path))
+    path = tmp_path / f"{DOMAIN}.opendkim.private"
+    key = path.read_bytes()
+    os.chmod(path, 0o644)
+    ret = states.chatmail_dkim.key_present(name=DOMAIN, keydir=str(tmp_path), test=True)
+    assert ret.result is None
+    assert ret.changes == {"mode": "0600"}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    ret = states.chatmail_dkim.key_present(name=DOMAIN, keydir=str(tmp_path))
+    assert ret.result is True
+    assert ret.changes == {"mode": "0600"}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_bytes() == key
+    assert states.chatmail_dkim.key_present(name=DOMAIN, keydir=str(tmp_path)).changes == {}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_key_present_fixes_owner(states, tmp_path):
+    ret = states.chatmail_dkim.key_present(
+        name=DOMAIN, keydir=str(tmp_path), user="nobody", group="nogroup"
+    )
+    path = tmp_path / f"{DOMAIN}.opendkim.private"
+    os.chown(path, 0, 0)
+    ret = states.chatmail_dkim.key_present(
+        name=DOMAIN, keydir=str(tmp_path), user="nobody", group="nogroup", test=True
+    )
+    assert ret.result is None
+    assert ret.changes == {"user": "nobody", "group": "nogroup"}
+    ret = states.chatmail_dkim.key_present(
+        name=DOMAIN, keydir=str(tmp_path), user="nobody", group="nogroup"
+    )
+    assert ret.result is True
+    assert ret.changes == {"user": "nobody", "group": "nogroup"}
+    assert path.stat().st_uid != 0
+
+
+def test_key_present_rotation_needs_rotate_and_keeps_old_key(states, modules, tmp_path):
+    keydir = str(tmp_path)
+    states.chatmail_dkim.key_present(name=DOMAIN, keydir=keydir)
+    old = (tmp_path / f"{DOMAIN}.opendkim.private").read_bytes()
+
+    ret = states.chatmail_dkim.key_present(name=DOMAIN, selector="dkim2026", keydir=keydir)
+    assert ret.result is False
+    assert "rotate" in ret.comment and "opendkim" in ret.comment
+    assert not (tmp_path / f"{DOMAIN}.dkim2026.private").exists()
+
+    ret = states.chatmail_dkim.key_present(
+        name=DOMAIN, selector="dkim2026", keydir=keydir, rotate=True, test=True
+    )
+    assert ret.result is None
+    assert not (tmp_path / f"{DOMAIN}.dkim2026.private").exists()
+
+    ret = states.chatmail_dkim.key_present(
+        name=DOMAIN, selector="dkim2026", keydir=keydir, rotate=True
+    )
+    assert ret.result is True
+    assert ret.changes == {
+        "created": str(tmp_path / f"{DOMAIN}.dkim2026.private"),
+        "kept": ["opendkim"],
+    }
+    assert (tmp_path / f"{DOMAIN}.opendkim.private").read_bytes() == old
+    assert modules.chatmail_dkim.selectors(DOMAIN, keydir=keydir) == ["dkim2026", "opendkim"]
+    # rotate on an existing selector never regenerates
+    ret = states.chatmail_dkim.key_present(name=DOMAIN, keydir=keydir, rotate=True)
+    assert ret.result is True and ret.changes == {}
+    assert (tmp_path / f"{DOMAIN}.opendkim.private").read_bytes() == old
+
+
+def test_key_present_refuses_symlink(states, tmp_path):
+    target = tmp_path / "elsewhere"
+    target.write_text("x")
+    (tmp_path / f"{DOMAIN}.opendkim.private").symlink_to(target)
+    ret = states.chatmail_dkim.key_present(name=DOMAIN, keydir=str(tmp_path))
+    assert ret.result is False
+    assert "not a regular file" in ret.comment
+    assert target.read_text() == "x"
+
+
+def test_key_present_bad_name(states, tmp_path):
+    ret = states.chatmail_dkim.key_present(name="../etc", keydir=str(tmp_path))
+    assert ret.result is False
+    assert "invalid DKIM domain" in ret.comment
+
+
+# ---------------------------------------------------------------------------
+# chatmail_dns.zone_fragment_managed
+
+
+def test_zone_fragment_managed(states, modules, tmp_path):
+    keydir = tmp_path / "keys"
+    modules.chatmail_dkim.generate(DOMAIN, keydir=str(keydir))
+    path = tmp_path / "zones" / f"{DOMAIN}.zone"
+    args = {"domain": DOMAIN, "ipv4": IPV4, "ipv6": False, "keydir": str(keydir)}
+
+    ret = states.chatmail_dns.zone_fragment_managed(name=str(path), test=True, **args)
+    assert ret.result is None
+    assert ret.changes == {"new": f"zone fragment of {DOMAIN}"}
+    assert not path.exists()
+
+    ret = states.chatmail_dns.zone_fragment_managed(name=str(path), **args)
+    assert ret.result is True
+    assert ret.changes == {"new": f"zone fragment of {DOMAIN}"}
+    expected = modules.chatmail_dns.zone_fragment(DOMAIN, ipv4=IPV4, ipv6=False, keydir=str(keydir))
+    assert path.read_text() == expected
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+    for test in (True, False):
+        ret = states.chatmail_dns.zone_fragment_managed(name=str(path), test=test, **args)
+        assert ret.result is True
+        assert ret.changes == {}
+
+    # a new address changes exactly the A line
+    args["ipv4"] = "192.0.2.31"
+    ret = states.chatmail_dns.zone_fragment_managed(name=str(path), test=True, **args)
+    assert ret.result is None
+    diff = ret.changes["diff"]
+    assert f"-{DOMAIN}." in diff and IPV4 in diff and "+" in diff
+    assert path.read_text() == expected
+    ret = states.chatmail_dns.zone_fragment_managed(name=str(path), **args)
+    assert ret.result is True and "diff" in ret.changes
+    assert "192.0.2.31" in path.read_text()
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+    os.chmod(path, 0o600)
+    ret = states.chatmail_dns.zone_fragment_managed(name=str(path), **args)
+    assert ret.changes == {"mode": "0644"}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+# ---------------------------------------------------------------------------
+# chatmail_dns.records_checked
+
+
+@pytest.fixture(scope="module")
+def served(loaders, nsd_factory, tmp_path_factory):
+    mods = loaders.modules
+    keydir = str(tmp_path_factory.mktemp("state-dkim"))
+    args = {"ipv4": IPV4, "ipv6": False, "keydir": keydir}
+    zones = {}
+    for domain in ("good.test", "nomx.test"):
+        mods.chatmail_dkim.generate(domain, keydir=keydir, bits=1024)
+        text = mods.chatmail_dns.zone_fragment(domain, **args)
+        if domain == "nomx.test":
+            text = "".join(line for line in text.splitlines(True) if " MX " not in line)
+        zones[domain] = zone_text(domain, text)
+    server = nsd_factory(zones)
+    return {"nameservers": [server.address], **args}
+
+
+@pytest.mark.parametrize("on_failure", ["warn", "fail"])
+@pytest.mark.parametrize("test", [False, True])
+def test_records_checked_good(states, served, on_failure, test):
+    ret = states.chatmail_dns.records_checked(
+        name="good.test", on_failure=on_failure, test=test, **served
+    )
+    assert ret.result is True
+    assert ret.changes == {}
+    assert "all required records are present" in ret.comment
+
+
+@pytest.mark.parametrize("test", [False, True])
+def test_records_checked_missing_mx(states, served, test):
+    ret = states.chatmail_dns.records_checked(
+        name="nomx.test", on_failure="fail", test=test, **served
+    )
+    assert ret.result is False
+    assert ret.changes == {}
+    assert "MX nomx.test.: missing" in ret.comment
+
+    ret = states.chatmail_dns.records_checked(
+        name="nomx.test", on_failure="warn", test=test, **served
+    )
+    assert ret.result is True
+    assert ret.changes == {}
+    assert "MX nomx.test.: missing" in ret.comment
+
+
+def test_records_checked_off_and_ip(states):
+    ret = states.chatmail_dns.records_checked(name="nowhere.test", on_failure="off")
+    assert ret.result is True and ret.changes == {} and "off" in ret.comment
+    ret = states.chatmail_dns.records_checked(name="192.0.2.1", on_failure="fail")
+    assert ret.result is True and "skipped" in ret.comment
+    ret = states.chatmail_dns.records_checked(name="good.test", on_failure="sometimes")
+    assert ret.result is False
+
+
+def test_records_checked_unreachable(states, served):
+    args = dict(served, nameservers=["127.0.0.1:9"], timeout=0.3)
+    ret = states.chatmail_dns.records_checked(name="good.test", on_failure="warn", **args)
+    assert ret.result is True and "could not run" in ret.comment
+    ret = states.chatmail_dns.records_checked(name="good.test", on_failure="fail", **args)
+    assert ret.result is False and "could not run" in ret.comment
+
+
+# ---------------------------------------------------------------------------
+# the way the state tree uses them: one SLS, rendered with Jinja
+
+
+def test_sls_renders_policy_and_zone(modules, tmp_path):
+    keydir = tmp_path / "keys"
+    www = tmp_path / "www"
+    sls = f"""
+chatmail-dkim-{DOMAIN}-key-present:
+  chatmail_dkim.key_present:
+    - name: {DOMAIN}
+    - keydir: {keydir}
+
+chatmail-web-{DOMAIN}-mta-sts-file-managed:
+  file.managed:
+    - name: {www}/.well-known/mta-sts.txt
+    - makedirs: true
+    - contents: {{{{ salt['chatmail_dns.mta_sts_policy']('{DOMAIN}') | json }}}}
+
+chatmail-dns-{DOMAIN}-zone-fragment-managed:
+  chatmail_dns.zone_fragment_managed:
+    - name: {tmp_path}/zones/{DOMAIN}.zone
+    - domain: {DOMAIN}
+    - ipv4: {IPV4}
+    - ipv6: false
+    - keydir: {keydir}
+    - require:
+      - chatmail_dkim: chatmail-dkim-{DOMAIN}-key-present
+"""
+    ret = modules.state.template_str(sls)
+    assert all(r.result is True for r in ret), ret
+    assert all(r.changes for r in ret), ret
+    policy = (www / ".well-known" / "mta-sts.txt").read_bytes()
+    assert policy == modules.chatmail_dns.mta_sts_policy(DOMAIN).encode()
+    zone = (tmp_path / "zones" / f"{DOMAIN}.zone").read_text()
+    assert "_domainkey" in zone
+    assert modules.chatmail_dns.mta_sts_id(DOMAIN) in zone
+    ret = modules.state.template_str(sls)
+    assert all(r.result is True and not r.changes for r in ret), ret
