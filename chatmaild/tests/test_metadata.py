@@ -7,9 +7,11 @@ import hmac
 import json
 import os
 import socket
+import subprocess
 import time
 
 import pytest
+from conftest import script_path
 
 DOMAIN = "chat.example.org"
 OTHER = "other.example.net"
@@ -197,10 +199,6 @@ def test_malformed_lines_do_not_kill_the_daemon(metadata, tmp_path):
 def test_config_order_and_errors(metadata, tmp_path, start_daemon, dict_client):
     ini = tmp_path / "bad.ini"
     ini.write_text("[params]\nmail_domain = x.example.org\npush_token_expiry_days = never\n")
-    import subprocess
-
-    from conftest import script_path
-
     res = subprocess.run(
         [script_path("chatmail-metadata"), str(ini), str(tmp_path / "s.sock")],
         capture_output=True,
