@@ -98,6 +98,11 @@ def _container_state(name):
     return proc.stdout.strip() == "true"
 
 
+def _ip(name):
+    fmt = f'{{{{(index .NetworkSettings.Networks "{NETWORK}").IPAddress}}}}'
+    return docker_cli("inspect", "--format", fmt, name, check=False).stdout.strip()
+
+
 def minion_config(fqdn):
     return json.dumps(
         {
@@ -136,9 +141,7 @@ def boot(name, fqdn, ip=None, pillar_dir=None, extra_mounts=(), reuse=False, kee
     network.ensure_proxy()
     running = _container_state(name)
     if running and reuse:
-        ip = docker_cli(
-            "inspect", "--format", f"{{{{.NetworkSettings.Networks.{NETWORK}.IPAddress}}}}", name
-        ).stdout.strip()
+        ip = _ip(name)
         host = Host(name, fqdn, ip, Path(pillar_dir) if pillar_dir else None)
     else:
         if running is not None:
@@ -162,12 +165,7 @@ def boot(name, fqdn, ip=None, pillar_dir=None, extra_mounts=(), reuse=False, kee
         args += [tag, "/lib/systemd/systemd"]
         docker_cli(*args)
         if not ip:
-            ip = docker_cli(
-                "inspect",
-                "--format",
-                f"{{{{.NetworkSettings.Networks.{NETWORK}.IPAddress}}}}",
-                name,
-            ).stdout.strip()
+            ip = _ip(name)
         host = Host(name, fqdn, ip, Path(pillar_dir) if pillar_dir else None)
     if not keep:
         with _booted_lock:
@@ -248,10 +246,7 @@ def list_hosts():
     rows = []
     for line in proc.stdout.splitlines():
         name, status = line.split("\t", 1)
-        ip = docker_cli(
-            "inspect", "--format", f"{{{{.NetworkSettings.Networks.{NETWORK}.IPAddress}}}}", name,
-            check=False,
-        ).stdout.strip()  # fmt: skip
+        ip = _ip(name)
         rows.append((name, status, ip))
     return rows
 
@@ -259,7 +254,7 @@ def list_hosts():
 def teardown_all(stop_daemons=True):
     """Remove every harness container and the network; stop apt proxy and dockerd."""
     if docker.running():
-        for name, _status, _ip in list_hosts():
+        for name, _status, _addr in list_hosts():
             destroy(name)
         network.remove_network()
     if stop_daemons:
