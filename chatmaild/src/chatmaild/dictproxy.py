@@ -431,7 +431,7 @@ class DictProxy:
         server = self.make_server(socket_path, mode)
 
         def stop(signum, frame):
-            threading.Thread(target=server.shutdown, daemon=True).start()
+            raise _Stop()
 
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, stop)
@@ -439,6 +439,8 @@ class DictProxy:
         log.info("serving dict protocol on %s", socket_path)
         try:
             server.serve_forever()
+        except _Stop:
+            log.info("stopping")
         finally:
             server.server_close()
             try:
@@ -449,6 +451,10 @@ class DictProxy:
 
 class _Malformed(Exception):
     pass
+
+
+class _Stop(BaseException):
+    """Raised by the SIGTERM/SIGINT handler to leave serve_forever at once."""
 
 
 def _fail_reply(cmd: str, rest: str):
