@@ -1,0 +1,387 @@
+"""chatmail_config.build: merging defaults <- os family <- pillar, and the
+validation that makes a bad pillar fail the whole highstate naming the key."""
+
+import configparser
+import copy
+
+import pytest
+
+
+def build(cc, defaults, pillar, osfamily=None, **kw):
+    return cc.build(defaults, osfamily or {}, pillar, **kw)
+
+
+def errors_of(cc, defaults, pillar, **kw):
+    with pytest.raises(cc.ChatmailConfigError) as info:
+        build(cc, defaults, pillar, **kw)
+    return info.value.errors
+
+
+def one_domain(**values):
+    return {"domains": {"chat.example.org": values}}
+
+
+def test_example_pillar_builds(cc, defaults, example_pillar):
+    cm = build(cc, defaults, example_pillar)
+    assert cm["domain_list"] == ["_test.example.org", "chat.example.org"]
+    assert cm["primary"] == "chat.example.org"
+    chat, test = cm["domains"]["chat.example.org"], cm["domains"]["_test.example.org"]
+    assert chat["tls"] == {
+        "mode": "acme",
+        "cert": "/var/lib/acme/live/chat.example.org/fullchain",
+        "key": "/var/lib/acme/live/chat.example.org/privkey",
+    }
+    assert test["tls"] == {
+        "mode": "self",
+        "cert": "/etc/chatmail/tls/_test.example.org/fullchain.pem",
+        "key": "/etc/chatmail/tls/_test.example.org/privkey.pem",
+    }
+    assert test["max_mailbox_size"] == "100M"
+    assert chat["max_mailbox_size"] == "500M"
+    assert chat["dkim"] == {
+        "selector": "opendkim",
+        "key": "/etc/dkimkeys/chat.example.org.opendkim.private",
+    }
+    assert chat["address_domain"] == "chat.example.org" and chat["is_ip"] is False
+    assert chat["web"]["title"] == "chat.example.org"
+    assert chat["mailboxes_path"] == "/home/vmail/mail/chat.example.org"
+
+
+def test_primary_defaults_to_first_sorted_domain(cc, defaults):
+    cm = build(cc, defaults, {"domains": {"b.example.org": {}, "a.example.org": {}}})
+    assert cm["primary"] == "a.example.org"
+
+
+def test_defaults_are_not_modified(cc, defaults, example_pillar):
+    before = copy.deepcopy(defaults)
+    pillar = copy.deepcopy(example_pillar)
+    build(cc, defaults, pillar)
+    assert defaults == before and pillar == example_pillar
+
+
+def test_lookup_override_from_osfamily_and_pillar(cc, defaults):
+    cm = build(
+        cc,
+        defaults,
+        {"domains": {"x.test": {}}, "lookup": {"paths": {"tls_dir": "/srv/tls"}}},
+        osfamily={"lookup": {"pkgs": {"unbound": ["unbound", "dns-root-data"]}}},
+    )
+    assert cm["lookup"]["pkgs"]["unbound"] == ["unbound", "dns-root-data"]
+    assert cm["lookup"]["paths"]["tls_dir"] == "/srv/tls"
+    assert cm["domains"]["x.test"]["tls"]["cert"] == "/srv/tls/x.test/fullchain.pem"
+
+
+def test_domain_defaults_apply_to_every_domain(cc, defaults):
+    cm = build(
+        cc,
+        defaults,
+        {
+            "domain_defaults": {"dkim": {"selector": "dkim2024"}},
+            "domains": {"a.example.org": {}, "b.example.org": {"dkim": {"selector": "other"}}},
+        },
+    )
+    assert cm["domains"]["a.example.org"]["dkim"]["selector"] == "dkim2024"
+    assert cm["domains"]["b.example.org"]["dkim"]["selector"] == "other"
+
+
+@pytest.mark.parametrize(
+    "pillar, key",
+    [
+        ({"bogus": 1}, "chatmail:bogus:"),
+        ({"lookup": {"paths": {"nope": "/x"}}}, "chatmail:lookup:paths:nope:"),
+        ({"params": {"max_mailbox": "1G"}}, "chatmail:params:max_mailbox:"),
+        ({"limits": {"foo": 1}}, "chatmail:limits:foo:"),
+        ({"dns": {"chek": "off"}}, "chatmail:dns:chek:"),
+    ],
+)
+def test_unknown_global_keys(cc, defaults, pillar, key):
+    pillar = dict(pillar, **one_domain())
+    errors = errors_of(cc, defaults, pillar)
+    assert len(errors) == 1 and errors[0].startswith(key) and "unknown key" in errors[0]
+
+
+@pytest.mark.parametrize(
+    "values, key",
+    [
+        ({"foo": 1}, "chatmail:domains:chat.example.org:foo:"),
+        ({"tls": {"mod": "self"}}, "chatmail:domains:chat.example.org:tls:mod:"),
+        ({"web": {"colour": "red"}}, "chatmail:domains:chat.example.org:web:colour:"),
+    ],
+)
+def test_unknown_domain_keys(cc, defaults, values, key):
+    errors = errors_of(cc, defaults, one_domain(**values))
+    assert len(errors) == 1 and errors[0].startswith(key) and "unknown key" in errors[0]
+
+
+@pytest.mark.parametrize(
+    "where, key, value, problem",
+    [
+        ("params", "max_user_send_per_minute", "sixty", "must be an integer"),
+        ("params", "max_user_send_per_minute", True, "must be an integer"),
+        ("params", "max_user_send_per_minute", -1, "must not be negative"),
+        ("params", "max_load_1m", "lots", "must be a number"),
+        ("params", "filtermail_dkim_check", "yes", "must be true or false"),
+        ("params", "passthrough_senders", "a@b.c", "must be a list"),
+        ("params", "passthrough_senders", ["a b"], "must not be empty or contain spaces"),
+        ("params", "min_free_disk_space", "much", "not a size"),
+        ("params", "filtermail_smtp_port", 70000, "not a TCP port"),
+        ("params", "mailboxes_dir", "relative/path", "must be an absolute path"),
+        ("params", "privacy_postal", "line1\nline2", "line break"),
+        ("domain", "max_mailbox_size", "lots", "not a size 'lots'"),
+        ("domain", "username_min_length", "9", "must be an integer"),
+        ("domain", "turn_server", 5, "must be a string"),
+        ("limits", "imap_max_userip_connections", "many", "must be an integer"),
+        ("limits", "imap_max_userip_connections", 0, "must be positive"),
+        ("limits", "queue_lifetime", "five days", "not a postfix time"),
+        ("journald", "max_retention", "forever", "not a time span"),
+        ("dns", "check", "maybe", "must be one of off, warn, fail"),
+        ("dns", "nameservers", ["ns1.example.org"], "not an IP address"),
+        ("dns", "forwarders", "192.0.2.1", "must be a list"),
+    ],
+)
+def test_wrong_values_name_the_key(cc, defaults, where, key, value, problem):
+    if where == "domain":
+        pillar = one_domain(**{key: value})
+        path = f"chatmail:domains:chat.example.org:{key}"
+    else:
+        pillar = dict(one_domain(), **{where: {key: value}})
+        path = f"chatmail:{where}:{key}"
+    errors = errors_of(cc, defaults, pillar)
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(path), errors
+    assert problem in errors[0], errors
+
+
+def test_size_accepts_int_and_units(cc, defaults):
+    cm = build(cc, defaults, one_domain(max_mailbox_size=1048576))
+    assert cm["domains"]["chat.example.org"]["max_mailbox_size"] == 1048576
+    assert cc.size_bytes("500M") == 500 * 1024**2
+    assert cc.size_bytes("1G") == 1024**3
+
+
+def test_host_wide_param_per_domain_is_refused(cc, defaults):
+    errors = errors_of(cc, defaults, one_domain(max_message_size=1000))
+    assert errors == [
+        "chatmail:domains:chat.example.org:max_message_size: is a host-wide setting;"
+        " set it in chatmail:params"
+    ]
+
+
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        ("localhost", "not a fully qualified domain name"),
+        ("exa mple.org", "invalid label"),
+        ("-bad.example.org", "invalid label"),
+        ("a..example.org", "invalid label"),
+        ("x" * 64 + ".org", "invalid label"),
+    ],
+)
+def test_invalid_domain_names(cc, defaults, name, problem):
+    errors = errors_of(cc, defaults, {"domains": {name: {}}})
+    assert errors[0].startswith(f"chatmail:domains:{name}:") and problem in errors[0]
+
+
+def test_duplicate_domains_case_insensitive(cc, defaults):
+    errors = errors_of(cc, defaults, {"domains": {"chat.example.org": {}, "Chat.Example.ORG.": {}}})
+    assert errors == [
+        "chatmail:domains:Chat.Example.ORG.: duplicate domain (same as 'chat.example.org')"
+    ]
+
+
+def test_domain_names_are_normalised(cc, defaults):
+    cm = build(cc, defaults, {"domains": {"Chat.Example.ORG": {}}})
+    assert cm["domain_list"] == ["chat.example.org"]
+
+
+@pytest.mark.parametrize("pillar", [{}, {"domains": {}}, {"domains": None}])
+def test_no_domain(cc, defaults, pillar):
+    errors = errors_of(cc, defaults, pillar)
+    assert errors == ["chatmail:domains: must name at least one chatmail domain"]
+
+
+def test_domain_value_must_be_mapping(cc, defaults):
+    errors = errors_of(cc, defaults, {"domains": {"chat.example.org": "yes"}})
+    assert errors == ["chatmail:domains:chat.example.org: must be a mapping, not a string"]
+
+
+def test_empty_domain_value_is_fine(cc, defaults):
+    cm = build(cc, defaults, {"domains": {"chat.example.org": None}})
+    assert cm["domains"]["chat.example.org"]["tls"]["mode"] == "acme"
+
+
+def test_ip_domain(cc, defaults):
+    cm = build(cc, defaults, {"domains": {"[192.0.2.7]": {}}})
+    dom = cm["domains"]["192.0.2.7"]
+    assert dom["is_ip"] is True
+    assert dom["address_domain"] == "[192.0.2.7]"
+    assert dom["tls"]["mode"] == "self"
+    assert dom["dns"]["ipv4"] == "192.0.2.7"
+
+
+def test_ip_domain_cannot_use_acme(cc, defaults):
+    errors = errors_of(cc, defaults, {"domains": {"192.0.2.7": {"tls": {"mode": "acme"}}}})
+    assert errors == [
+        "chatmail:domains:192.0.2.7:tls:mode: acme is not possible for an IP address domain"
+    ]
+
+
+@pytest.mark.parametrize(
+    "domain, mode",
+    [("_x.example.org", "self"), ("relay.test", "self"), ("chat.example.org", "acme")],
+)
+def test_auto_tls_mode(cc, defaults, domain, mode):
+    cm = build(cc, defaults, {"domains": {domain: {}}})
+    assert cm["domains"][domain]["tls"]["mode"] == mode
+
+
+def test_bad_tls_mode(cc, defaults):
+    errors = errors_of(cc, defaults, one_domain(tls={"mode": "letsencrypt"}))
+    assert errors[0].startswith("chatmail:domains:chat.example.org:tls:mode: must be one of")
+
+
+@pytest.mark.parametrize(
+    "port, clash",
+    [(25, "smtp service"), (443, "https service"), (993, "imaps service"), (10081, "clashes with")],
+)
+def test_port_clashes(cc, defaults, port, clash):
+    errors = errors_of(cc, defaults, dict(one_domain(), params={"filtermail_smtp_port": port}))
+    assert len(errors) == 1
+    assert errors[0].startswith("chatmail:params:")
+    assert f"port {port}" in errors[0] and clash in errors[0]
+
+
+def test_external_tls_needs_files(cc, defaults, tmp_path):
+    tls = {"mode": "external", "cert": str(tmp_path / "cert.pem"), "key": str(tmp_path / "k.pem")}
+    errors = errors_of(cc, defaults, one_domain(tls=tls))
+    where = "chatmail:domains:chat.example.org"
+    assert errors == [
+        f"{where}:tls:cert: file does not exist on the host: {tls['cert']}",
+        f"{where}:tls:key: file does not exist on the host: {tls['key']}",
+    ]
+    (tmp_path / "cert.pem").write_text("x")
+    (tmp_path / "k.pem").write_text("x")
+    cm = build(cc, defaults, one_domain(tls=tls))
+    assert cm["domains"]["chat.example.org"]["tls"] == tls
+    # rendering for another machine may skip the existence check
+    tls["cert"] = "/nonexistent/cert.pem"
+    assert build(cc, defaults, one_domain(tls=tls), check_files=False)
+
+
+def test_external_tls_without_paths(cc, defaults):
+    errors = errors_of(cc, defaults, one_domain(tls={"mode": "external"}))
+    assert errors == [
+        "chatmail:domains:chat.example.org:tls:cert: external TLS mode needs a file path",
+        "chatmail:domains:chat.example.org:tls:key: external TLS mode needs a file path",
+    ]
+
+
+def test_username_lengths(cc, defaults):
+    errors = errors_of(cc, defaults, one_domain(username_min_length=10))
+    assert errors == [
+        "chatmail:domains:chat.example.org:username_min_length: 10 is greater than"
+        " username_max_length 9"
+    ]
+    errors = errors_of(cc, defaults, dict(one_domain(), params={"username_max_length": 5}))
+    assert "username_min_length: 9 is greater than username_max_length 5" in errors[0]
+
+
+def test_primary_must_be_a_domain(cc, defaults):
+    errors = errors_of(cc, defaults, dict(one_domain(), primary="other.example.org"))
+    assert errors == ["chatmail:primary: 'other.example.org' is not in chatmail:domains"]
+
+
+def test_bad_dns_addresses_and_selector(cc, defaults):
+    errors = errors_of(
+        cc,
+        defaults,
+        one_domain(dns={"ipv4": "2001:db8::1", "ipv6": "nope"}, dkim={"selector": "a b"}),
+    )
+    assert sorted(e.split(":")[3] + ":" + e.split(":")[4] for e in errors) == [
+        "dkim:selector",
+        "dns:ipv4",
+        "dns:ipv6",
+    ]
+
+
+def test_all_problems_reported_at_once(cc, defaults):
+    pillar = {
+        "bogus": True,
+        "params": {"max_load_1m": "x", "filtermail_smtp_port": 25},
+        "domains": {"chat.example.org": {"max_mailbox_size": "lots"}, "CHAT.example.org": {}},
+    }
+    with pytest.raises(cc.ChatmailConfigError) as info:
+        build(cc, defaults, pillar)
+    assert len(info.value.errors) == 5
+    text = str(info.value)
+    assert text.startswith("invalid chatmail pillar:\n")
+    assert "chatmail:domains:chat.example.org:max_mailbox_size: not a size 'lots'" in text
+
+
+def test_error_is_a_salt_command_execution_error(cc):
+    from salt.exceptions import CommandExecutionError
+
+    assert issubclass(cc.ChatmailConfigError, CommandExecutionError)
+
+
+def test_param_kinds_match_chatmaild(cc, chatmaild_config, defaults):
+    """The pillar schema and the daemons' config reader agree on every key."""
+    params = chatmaild_config.PARAMS
+    assert set(defaults["chatmail"]["params"]) == set(cc.PARAM_KINDS)
+    for key, kind in cc.PARAM_KINDS.items():
+        assert key in params, key
+        expected = {"path": "str"}.get(kind, kind)
+        assert params[key].kind == expected, key
+        assert params[key].per_domain == (key in cc.PER_DOMAIN), key
+        # the salt defaults are the daemons' defaults
+        default = defaults["chatmail"]["params"][key]
+        raw = cc._ini_value(default)
+        assert chatmaild_config._convert(params[key], raw, "test") == chatmaild_config._convert(
+            params[key], params[key].default, "test"
+        ), key
+
+
+def test_ini_is_read_back_by_chatmaild(cc, chatmaild_config, defaults, example_pillar, tmp_path):
+    pillar = copy.deepcopy(example_pillar)
+    pillar["params"]["passthrough_senders"] = ["bot@chat.example.org"]
+    pillar["params"]["max_load_1m"] = 2.5
+    pillar["domains"]["chat.example.org"]["turn_server"] = "turn.example.org"
+    cm = build(cc, defaults, pillar)
+    text = cc.ini_text(cm)
+    ini = tmp_path / "chatmail.ini"
+    ini.write_text(text)
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.read_string(text)
+    assert parser["params"]["mail_domain"] == "chat.example.org _test.example.org"
+
+    config = chatmaild_config.read_config(ini)
+    assert config.mail_domains == ["chat.example.org", "_test.example.org"]
+    assert config.max_load_1m == 2.5
+    assert config.min_free_disk_space == 1024**3
+    chat = config.for_domain("chat.example.org")
+    test = config.for_domain("_test.example.org")
+    assert chat.tls_mode == "acme" and test.tls_mode == "self"
+    assert chat.max_mailbox_size == 500 * 1024**2
+    assert test.max_mailbox_size == 100 * 1024**2 and test.max_mailbox_size_raw == "100M"
+    assert test.delete_mails_after == 10 and chat.delete_mails_after == 20
+    assert chat.turn_server == "turn.example.org" and test.turn_server == ""
+    assert chat.privacy_mail == "privacy@example.org"
+    assert chat.acme_email == "admin@example.org"
+    assert chat.passthrough_senders == ["bot@chat.example.org"]
+    # empty passthrough_recipients keeps chatmaild's echo@<domain> default
+    assert test.passthrough_recipients == ["echo@_test.example.org"]
+    # a domain section only lists what differs from [params]
+    assert set(parser["domain:_test.example.org"]) == {
+        "tls_mode",
+        "max_mailbox_size",
+        "delete_mails_after",
+    }
+
+
+def test_ini_ip_domain(cc, chatmaild_config, defaults, tmp_path):
+    cm = build(cc, defaults, {"domains": {"192.0.2.7": {}}})
+    ini = tmp_path / "chatmail.ini"
+    ini.write_text(cc.ini_text(cm))
+    config = chatmaild_config.read_config(ini)
+    dom = config.for_address("abc@[192.0.2.7]")
+    assert dom.is_ip and dom.tls_mode == "self"
