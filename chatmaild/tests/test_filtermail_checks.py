@@ -1,0 +1,269 @@
+"""The filter decisions of filtermail as functions: MIME structure checks,
+the rate limiter, DKIM with an in-process key table, random MIME trees."""
+
+from __future__ import annotations
+
+import base64
+from email.mime.application import MIMEApplication
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from pathlib import Path
+
+import dkim
+import pytest
+from chatmaild.config import read_config
+from chatmaild.filtermail import (
+    ENCRYPTION_NEEDED,
+    IncomingHandler,
+    OutgoingHandler,
+    Reject,
+    SendRateLimiter,
+    is_autocrypt_setup_message,
+    is_bounce,
+    is_encrypted,
+    is_securejoin_request,
+    matches_passthrough,
+    parse_message,
+)
+from chatmaild.filtermail_dkim import check_dkim, parse_server
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+DATA = Path(__file__).parent / "mail-data"
+A = "alice0001@chat.example.org"
+B = "bob000001@other.example.net"
+
+
+def mail(name, from_addr=A, to_addr=B):
+    text = (DATA / name).read_text()
+    text = text.replace("{from_addr}", from_addr).replace("{to_addr}", to_addr)
+    text = text.replace("{from_domain}", from_addr.rsplit("@", 1)[-1])
+    return text.replace("\n", "\r\n").encode()
+
+
+def msg(name, **kw):
+    return parse_message(mail(name, **kw))
+
+
+ENCRYPTED = ["encrypted.eml", "encrypted-skesk.eml", "encrypted-partial.eml"]
+NOT_ENCRYPTED = [
+    "plain.eml",
+    "fake-encrypted.eml",
+    "literal.eml",
+    "truncated.eml",
+    "trailing-garbage.eml",
+    "armor-version.eml",
+    "securejoin-vc.eml",
+    "securejoin-vc-fake.eml",
+    "asm.eml",
+    "mailer-daemon.eml",
+    "mdn.eml",
+]
+
+
+@pytest.mark.parametrize("name", ENCRYPTED)
+def test_encrypted_samples(name):
+    assert is_encrypted(msg(name))
+    assert is_encrypted(msg(name), allow_armor_headers=True)
+
+
+@pytest.mark.parametrize("name", NOT_ENCRYPTED)
+def test_not_encrypted_samples(name):
+    assert not is_encrypted(msg(name))
+
+
+def test_armor_version_header_allowed_only_incoming():
+    assert is_encrypted(msg("armor-version.eml"), allow_armor_headers=True)
+
+
+def test_encrypted_needs_protocol_parameter():
+    raw = mail("encrypted.eml").replace(b' protocol="application/pgp-encrypted";', b"")
+    assert not is_encrypted(parse_message(raw))
+    raw = mail("encrypted.eml").replace(b"Version: 1", b"Version: 2")
+    assert not is_encrypted(parse_message(raw))
+
+
+def test_securejoin_samples():
+    assert is_securejoin_request(msg("securejoin-vc.eml"))
+    assert is_securejoin_request(msg("securejoin-vg.eml"))
+    assert not is_securejoin_request(msg("securejoin-vc-fake.eml"))
+    other = mail("securejoin-vc.eml").replace(b"Secure-Join: vc-request\r\nSecure", b"Secure")
+    assert not is_securejoin_request(parse_message(other))
+    wrong_kind = mail("securejoin-vc.eml").replace(b"vc-request", b"vc-auth-required")
+    assert not is_securejoin_request(parse_message(wrong_kind))
+
+
+def test_asm_and_bounce():
+    asm = msg("asm.eml")
+    assert is_autocrypt_setup_message(asm, A, [A])
+    assert not is_autocrypt_setup_message(asm, A, [A, B])
+    assert not is_autocrypt_setup_message(msg("plain.eml", to_addr=A), A, [A])
+    assert is_bounce(msg("mailer-daemon.eml", from_addr="MAILER-DAEMON@other.example.net"))
+    assert not is_bounce(msg("mailer-daemon.eml", from_addr="postmaster@other.example.net"))
+    assert not is_bounce(msg("mdn.eml"))
+
+
+def test_matches_passthrough():
+    assert matches_passthrough("Echo@x.org", ["echo@x.org"])
+    assert matches_passthrough("a@x.org", ["@x.org"])
+    assert not matches_passthrough("a@evilx.org", ["@x.org"])
+    assert not matches_passthrough("a@x.org", [])
+
+
+def test_rate_limiter_gcra():
+    now = [1000.0]
+    limiter = SendRateLimiter(clock=lambda: now[0])
+    assert [limiter.allow("a", 60, 10) for _ in range(11)] == [True] * 10 + [False]
+    assert limiter.allow("b", 60, 10)
+    now[0] += 0.9
+    assert not limiter.allow("a", 60, 10)
+    now[0] += 0.2
+    assert limiter.allow("a", 60, 10)
+    assert not limiter.allow("a", 60, 10)
+    now[0] += 60
+    assert [limiter.allow("a", 60, 10) for _ in range(11)] == [True] * 10 + [False]
+    assert all(limiter.allow("c", 0, 0) for _ in range(100))
+
+
+# --- DKIM against an in-process key table ---
+
+
+@pytest.fixture(scope="module")
+def keys():
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    table = {}
+
+    def publish(domain):
+        table[f"sel._domainkey.{domain}.".encode()] = b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
+
+    def dnsfunc(name, timeout=5):
+        return table.get(name)
+
+    def sign(message, domain):
+        return dkim.sign(message, b"sel", domain.encode(), private) + message
+
+    return publish, dnsfunc, sign
+
+
+def test_check_dkim_strict_alignment(keys):
+    publish, dnsfunc, sign = keys
+    publish("other.example.net")
+    publish("example.net")
+    raw = mail("encrypted.eml", from_addr=B, to_addr=A)
+    assert check_dkim(sign(raw, "other.example.net"), "other.example.net", dnsfunc) is None
+    assert check_dkim(sign(raw, "other.example.net"), "OTHER.example.net", dnsfunc) is None
+    assert "example.net" in check_dkim(sign(raw, "example.net"), "other.example.net", dnsfunc)
+    assert check_dkim(raw, "other.example.net", dnsfunc) == "no valid DKIM signature"
+    assert check_dkim(sign(raw, "unpublished.org"), "unpublished.org", dnsfunc)
+
+
+def test_incoming_handler_check(keys, make_ini):
+    publish, dnsfunc, sign = keys
+    publish("other.example.net")
+    config = read_config(make_ini())
+    handler = IncomingHandler(config, dnsfunc=dnsfunc)
+    good = sign(mail("plain.eml", from_addr=B, to_addr=A), "other.example.net")
+    handler.check(B, [A], good)
+    marker = config.user_dir(A) / "enforceE2EEincoming"
+    marker.parent.mkdir(parents=True)
+    marker.touch()
+    with pytest.raises(Reject) as exc:
+        handler.check(B, [A], good)
+    assert exc.value.args[0] == ENCRYPTION_NEEDED
+    with pytest.raises(Reject, match="^550 5.7.1 DKIM"):
+        handler.check(B, [A], mail("encrypted.eml", from_addr=B, to_addr=A))
+
+
+def test_parse_server():
+    assert parse_server("10.0.0.2:5353") == ("10.0.0.2", 5353)
+    assert parse_server("10.0.0.2") == ("10.0.0.2", 53)
+    assert parse_server("[::1]:53") == ("::1", 53)
+    assert parse_server("::1") == ("::1", 53)
+
+
+# --- random cleartext MIME trees ---
+
+ARMORED_TEXT = (DATA / "encrypted.eml").read_text().split("\n\n", 1)[1]
+ARMOR = ARMORED_TEXT[ARMORED_TEXT.index("-----BEGIN") : ARMORED_TEXT.index("-----\n\n--") + 5]
+LITERAL = (DATA / "literal.eml").read_text()
+LITERAL_ARMOR = LITERAL[
+    LITERAL.index("-----BEGIN") : LITERAL.index("-----END PGP MESSAGE-----") + 25
+]
+
+texts = st.one_of(
+    st.text(max_size=200),
+    st.just("Version: 1"),
+    st.just(LITERAL_ARMOR),
+    st.just("Secure-Join: vc-request\r\nplus more"),
+)
+leaf = st.one_of(
+    st.builds(lambda t, sub: MIMEText(t, sub, "utf-8"), texts, st.sampled_from(["plain", "html"])),
+    st.builds(
+        lambda t: MIMEText(t, "plain", "utf-8"), st.just(ARMOR)
+    ),  # real ciphertext, but in a text part
+    st.builds(
+        lambda t, sub: MIMEApplication(t.encode(), sub),
+        texts,
+        st.sampled_from(["octet-stream", "pgp-encrypted", "autocrypt-setup"]),
+    ),
+)
+
+
+def multipart(children):
+    return st.builds(
+        lambda sub, parts, proto: _multipart(sub, parts, proto),
+        st.sampled_from(["mixed", "encrypted", "alternative", "report"]),
+        st.lists(children, min_size=0, max_size=3),
+        st.booleans(),
+    )
+
+
+def _multipart(sub, parts, proto):
+    params = {"protocol": "application/pgp-encrypted"} if proto else {}
+    m = MIMEMultipart(sub, **params)
+    for p in parts:
+        m.attach(p)
+    return m
+
+
+trees = st.recursive(leaf, multipart, max_leaves=6)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(trees, st.sampled_from(["", "vc-request", "v1"]))
+def test_random_cleartext_trees_never_pass_outgoing(tree, header):
+    tree["From"] = A
+    tree["To"] = B
+    if header == "v1":
+        tree["Autocrypt-Setup-Message"] = "v1"
+    elif header:
+        tree["Secure-Join"] = header
+    raw = tree.as_bytes()
+    parsed = parse_message(raw)
+    assert not is_encrypted(parsed)
+    assert not is_encrypted(parsed, allow_armor_headers=True)
+    handler = OutgoingHandler(_CONFIG)
+    with pytest.raises(Reject) as exc:
+        handler.check(A, [B], raw)
+    assert exc.value.args[0] == ENCRYPTION_NEEDED
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_config(tmp_path_factory):
+    global _CONFIG
+    path = tmp_path_factory.mktemp("cfg") / "chatmail.ini"
+    path.write_text("[params]\nmail_domain = chat.example.org other.example.net\n")
+    _CONFIG = read_config(path)
+
+
+_CONFIG = None
