@@ -197,7 +197,7 @@ class DomainConfig:
     ``max_mailbox_size_raw`` keeps the text form (``500M``) for Dovecot.
     """
 
-    def __init__(self, config: "Config", domain: str, values: dict, raw: dict):
+    def __init__(self, config: Config, domain: str, values: dict, raw: dict):
         self.config = config
         self.mail_domain = domain
         self.is_ip = is_ip_domain(domain)
@@ -260,9 +260,7 @@ class Config:
                 params.pop(key)
 
         self.raw = {name: params.get(name, p.default) for name, p in PARAMS.items()}
-        self.values = {
-            name: _convert(p, self.raw[name], where) for name, p in PARAMS.items()
-        }
+        self.values = {name: _convert(p, self.raw[name], where) for name, p in PARAMS.items()}
         self.__dict__.update(self.values)
 
         self.domains: dict[str, DomainConfig] = {}
@@ -281,20 +279,23 @@ class Config:
                         continue
                     if not param.per_domain:
                         raise ConfigError(
-                            f"{swhere} {key}: is a host-wide setting;"
-                            " set it in [params]"
+                            f"{swhere} {key}: is a host-wide setting; set it in [params]"
                         )
                     raw[key] = text
                     values[key] = _convert(param, text, swhere)
             if not values["passthrough_recipients"] and "passthrough_recipients" not in params:
                 values["passthrough_recipients"] = [f"echo@{dom}"]
+            if values["username_min_length"] > values["username_max_length"]:
+                raise ConfigError(
+                    f"{inipath}: domain {dom} username_min_length ="
+                    f" {values['username_min_length']}: exceeds username_max_length ="
+                    f" {values['username_max_length']}"
+                )
             self.domains[dom] = DomainConfig(self, dom, values, raw)
 
         for section in parser.sections():
             if section.startswith("domain:") and section[7:] not in self.domains:
-                raise ConfigError(
-                    f"{inipath}: [{section}] names a domain missing from mail_domain"
-                )
+                raise ConfigError(f"{inipath}: [{section}] names a domain missing from mail_domain")
 
         self._check_ports(where)
 
@@ -304,9 +305,7 @@ class Config:
         for name in names:
             port = self.values[name]
             if port in seen:
-                raise ConfigError(
-                    f"{where} {name} = {port}: clashes with {seen[port]}"
-                )
+                raise ConfigError(f"{where} {name} = {port}: clashes with {seen[port]}")
             seen[port] = name
 
     @property
