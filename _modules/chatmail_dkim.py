@@ -60,13 +60,25 @@ def _check_name(domain, selector):
     return domain, selector
 
 
-def _keydir(keydir):
-    if keydir:
-        return keydir
+def _pillar(key, default):
+    """A pillar value as default for an argument.  Salt 3008 masks pillar
+    values returned to modules ("**********") unless asked to unmask."""
     try:
-        return __salt__["pillar.get"]("chatmail:lookup:paths:dkim_dir", DEFAULT_KEYDIR)
+        get = __salt__["pillar.get"]
     except (NameError, KeyError):
-        return DEFAULT_KEYDIR
+        return default
+    try:
+        return get(key, default, unmask=True)
+    except TypeError:  # salt before 3008 has no unmask and does not mask
+        return get(key, default)
+
+
+def _keydir(keydir):
+    keydir = keydir or _pillar("chatmail:lookup:paths:dkim_dir", DEFAULT_KEYDIR) or DEFAULT_KEYDIR
+    keydir = str(keydir)
+    if not os.path.isabs(keydir):
+        raise ValueError(f"DKIM key directory must be an absolute path: {keydir!r}")
+    return keydir
 
 
 def key_path(domain, selector=DEFAULT_SELECTOR, keydir=None):

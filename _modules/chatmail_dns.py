@@ -63,6 +63,19 @@ def __virtual__():
 # helpers
 
 
+def _pillar(key, default):
+    """A pillar value as default for an argument.  Salt 3008 masks pillar
+    values returned to modules ("**********") unless asked to unmask."""
+    try:
+        get = __salt__["pillar.get"]
+    except (NameError, KeyError):
+        return default
+    try:
+        return get(key, default, unmask=True)
+    except TypeError:  # salt before 3008 has no unmask and does not mask
+        return get(key, default)
+
+
 def _domain(domain):
     domain = str(domain).strip().rstrip(".").lower()
     if not domain:
@@ -520,10 +533,7 @@ def check(
         raise CommandExecutionError("chatmail_dns.check needs the python 'dnspython' library")
     domain = _domain(domain)
     if nameservers is None:
-        try:
-            nameservers = __salt__["pillar.get"]("chatmail:dns:nameservers", []) or None
-        except (NameError, KeyError):
-            nameservers = None
+        nameservers = _pillar("chatmail:dns:nameservers", []) or None
     if nameservers:
         if isinstance(nameservers, str):
             nameservers = nameservers.replace(",", " ").split()

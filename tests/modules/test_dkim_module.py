@@ -120,6 +120,11 @@ def test_unsafe_names_are_refused(modules, tmp_path, domain, selector):
         modules.chatmail_dkim.key_path(domain, selector=selector, keydir=str(tmp_path))
 
 
+def test_relative_keydir_refused(modules):
+    with pytest.raises(ValueError, match="absolute"):
+        modules.chatmail_dkim.generate(DOMAIN, keydir="relative/dir")
+
+
 def test_small_keys_refused(modules, tmp_path):
     with pytest.raises(ValueError):
         modules.chatmail_dkim.generate(DOMAIN, keydir=str(tmp_path), bits=512)

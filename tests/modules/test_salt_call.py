@@ -1,0 +1,123 @@
+"""Masterless end to end: ``salt-call --local`` syncs the custom modules from
+salt://_modules and salt://_states (the symlinks in the state tree) and runs them."""
+
+import json
+import os
+import pathlib
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import zone_text
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+SALT_CALL = pathlib.Path(sys.executable).with_name("salt-call")
+
+
+@pytest.fixture(scope="module")
+def salt_call(tmp_path_factory):
+    if not SALT_CALL.exists():
+        pytest.skip("salt-call not found next to the test interpreter")
+    root = tmp_path_factory.mktemp("salt-call")
+    (root / "pillar").mkdir()
+    (root / "pillar" / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
+    keydir = root / "dkimkeys"
+    (root / "pillar" / "chatmail.sls").write_text(
+        f"chatmail:\n  lookup:\n    paths:\n      dkim_dir: {keydir}\n"
+    )
+    (root / "minion").write_text(
+        "\n".join(
+            [
+                "id: relay.test",
+                "file_client: local",
+                f"root_dir: {root}",
+                f"cachedir: {root}/cache",
+                f"pki_dir: {root}/pki",
+                f"sock_dir: {root}/sock",
+                f"log_file: {root}/minion.log",
+                "file_roots:",
+                f"  base: [{REPO / 'salt'}]",
+                "pillar_roots:",
+                f"  base: [{root / 'pillar'}]",
+                "",
+            ]
+        )
+    )
+
+    def run(*args, retcode=0):
+        proc = subprocess.run(
+            [str(SALT_CALL), "--local", "-c", str(root), "--out=json", "-l", "quiet", *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == retcode, proc.stdout + proc.stderr
+        return json.loads(proc.stdout)["local"]
+
+    synced = run("saltutil.sync_all")
+    assert "modules.chatmail_dkim" in synced["modules"]
+    assert "modules.chatmail_dns" in synced["modules"]
+    assert "states.chatmail_dkim" in synced["states"]
+    assert "states.chatmail_dns" in synced["states"]
+    run.keydir = keydir
+    run.pillar_file = root / "pillar" / "chatmail.sls"
+    return run
+
+
+def test_salt_call_key_present_uses_pillar_keydir(salt_call):
+    ret = salt_call("state.single", "chatmail_dkim.key_present", "name=relay.test", "test=True")
+    (state,) = ret.values()
+    assert state["result"] is None, state
+    assert not salt_call.keydir.exists()
+
+    ret = salt_call("state.single", "chatmail_dkim.key_present", "name=relay.test")
+    (state,) = ret.values()
+    path = salt_call.keydir / "relay.test.opendkim.private"
+    assert state["result"] is True
+    # the keydir comes from pillar, which salt 3008 masks unless asked not to
+    assert state["changes"] == {"created": str(path)}
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+    ret = salt_call("state.single", "chatmail_dkim.key_present", "name=relay.test")
+    (state,) = ret.values()
+    assert state["result"] is True and state["changes"] == {}
+
+    txt = salt_call("chatmail_dkim.txt_value", "relay.test")
+    assert txt.startswith("v=DKIM1;k=rsa;p=MII")
+    fragment = salt_call("chatmail_dns.zone_fragment", "relay.test", "ipv4=192.0.2.7")
+    assert txt[:200] in fragment
+    assert "relay.test. " in fragment and "192.0.2.7" in fragment
+
+
+def test_salt_call_records_checked_with_pillar_nameservers(salt_call, nsd_factory):
+    """zone fragment from salt-call -> nsd -> records_checked via salt-call, the
+    name server coming from pillar chatmail:dns:nameservers."""
+    salt_call("state.single", "chatmail_dkim.key_present", "name=relay.test")
+    fragment = salt_call("chatmail_dns.zone_fragment", "relay.test", "ipv4=192.0.2.7")
+    server = nsd_factory({"relay.test": zone_text("relay.test", fragment)})
+    pillar = salt_call.pillar_file
+    pillar.write_text(pillar.read_text() + f"  dns:\n    nameservers: ['{server.address}']\n")
+    ret = salt_call(
+        "state.single",
+        "chatmail_dns.records_checked",
+        "name=relay.test",
+        "on_failure=fail",
+        "ipv4=192.0.2.7",
+    )
+    (state,) = ret.values()
+    assert state["result"] is True, state["comment"]
+    assert state["changes"] == {}
+    ret = salt_call(
+        "state.single",
+        "chatmail_dns.records_checked",
+        "name=relay.test",
+        "on_failure=fail",
+        "ipv4=192.0.2.8",
+        retcode=1,
+    )
+    (state,) = ret.values()
+    assert state["result"] is False
+    assert "A relay.test.: wrong: 192.0.2.7, expected 192.0.2.8" in state["comment"]
