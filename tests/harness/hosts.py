@@ -85,7 +85,12 @@ class ConvergeResult:
     def summary(self):
         lines = [f"retcode={self.retcode} states={len(self.states)} changed={len(self.changed)}"]
         lines += [f"ERROR: {e}" for e in self.errors]
-        lines += [f"FAILED {sid}: {comment}" for sid, comment in self.failed]
+        for state in self._ordered():
+            if state.get("result") is False:
+                lines.append(f"FAILED {state['__id__']}: {state.get('comment', '')}")
+                changes = state.get("changes") or {}
+                if isinstance(changes, dict) and changes.get("stderr"):
+                    lines.append(f"  stderr: {str(changes['stderr'])[-1500:]}")
         if not self.states and not self.errors:
             lines.append(f"stdout: {self.stdout[-2000:]}\nstderr: {self.stderr[-2000:]}")
         return "\n".join(lines)

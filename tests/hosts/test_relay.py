@@ -1,0 +1,214 @@
+"""A relay host converged from salt/ with tests/hosts/pillar, probed over real sockets."""
+
+import email
+import imaplib
+import random
+import smtplib
+import socket
+import ssl
+import string
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.harness import GATEWAY, hosts
+
+from .conftest import DOMAINS
+
+REPO = Path(__file__).resolve().parents[2]
+ENCRYPTED_EML = REPO / "chatmaild" / "tests" / "mail-data" / "encrypted.eml"
+SERVICES = [
+    "postfix",
+    "dovecot",
+    "opendkim",
+    "nginx",
+    "unbound",
+    "doveauth",
+    "filtermail",
+    "filtermail-incoming",
+    "chatmail-metadata",
+    "lastlogin",
+]
+PORTS = [25, 80, 143, 443, 465, 587, 993]
+DOMAIN = DOMAINS[0]
+
+
+def tls_context():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def new_credentials(domain=DOMAIN):
+    rnd = random.SystemRandom()
+    local = "".join(rnd.choice(string.ascii_lowercase + string.digits) for _ in range(9))
+    password = "".join(rnd.choice(string.ascii_letters + string.digits) for _ in range(20))
+    return f"{local}@{domain}", password
+
+
+def imap_login(ip, addr, password):
+    imap = imaplib.IMAP4_SSL(ip, 993, ssl_context=tls_context(), timeout=30)
+    imap.login(addr, password)
+    return imap
+
+
+def submit(ip, addr, password, to_addrs, msg):
+    with smtplib.SMTP(ip, 587, timeout=30) as smtp:
+        smtp.starttls(context=tls_context())
+        smtp.login(addr, password)
+        return smtp.sendmail(addr, to_addrs, msg)
+
+
+def encrypted_message(from_addr, to_addr):
+    text = ENCRYPTED_EML.read_text()
+    return text.replace("{from_addr}", from_addr).replace("{to_addr}", to_addr)
+
+
+def test_highstate_converges(relay_boot):
+    _host, first = relay_boot
+    assert first.ok, first.summary()
+    assert first.changed
+
+
+@pytest.mark.parametrize("unit", SERVICES)
+def test_service_active(relay, unit):
+    assert relay.is_active(unit), relay.exec(
+        "systemctl", "status", "--no-pager", "-l", unit, check=False
+    ).stdout
+
+
+@pytest.mark.parametrize("port", PORTS)
+def test_port_listening(relay, port):
+    with socket.create_connection((relay.ip, port), timeout=10):
+        pass
+
+
+@pytest.mark.parametrize("port", [465, 993, 443])
+def test_tls_handshake(relay, port):
+    with socket.create_connection((relay.ip, port), timeout=10) as sock:
+        with tls_context().wrap_socket(sock, server_hostname=DOMAIN) as tls:
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+            assert tls.getpeercert(binary_form=True)
+
+
+def test_starttls_submission(relay):
+    with smtplib.SMTP(relay.ip, 587, timeout=30) as smtp:
+        smtp.ehlo()
+        assert smtp.has_extn("starttls")
+        smtp.starttls(context=tls_context())
+        smtp.ehlo()
+        assert smtp.has_extn("auth")
+
+
+def test_starttls_imap(relay):
+    imap = imaplib.IMAP4(relay.ip, 143, timeout=30)
+    try:
+        imap.starttls(ssl_context=tls_context())
+    finally:
+        imap.shutdown()
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_imap_login_creates_account(relay, domain):
+    addr, password = new_credentials(domain)
+    imap = imap_login(relay.ip, addr, password)
+    try:
+        typ, _ = imap.select("INBOX")
+        assert typ == "OK"
+    finally:
+        imap.logout()
+    password_file = f"/home/vmail/mail/{domain}/{addr}/password"
+    assert relay.exec("test", "-s", password_file, check=False).returncode == 0
+    # the same address with another password is refused
+    with pytest.raises(imaplib.IMAP4.error):
+        imap_login(relay.ip, addr, password + "x")
+
+
+def test_smtp_auth_creates_account(relay):
+    addr, password = new_credentials()
+    with smtplib.SMTP_SSL(relay.ip, 465, context=tls_context(), timeout=30) as smtp:
+        smtp.login(addr, password)
+    imap_login(relay.ip, addr, password).logout()
+
+
+def test_encrypted_message_delivered_with_dkim(relay):
+    sender, sender_pw = new_credentials()
+    rcpt, rcpt_pw = new_credentials()
+    imap_login(relay.ip, rcpt, rcpt_pw).logout()
+    submit(relay.ip, sender, sender_pw, [rcpt], encrypted_message(sender, rcpt))
+
+    imap = imap_login(relay.ip, rcpt, rcpt_pw)
+    try:
+        for _ in range(60):
+            imap.select("INBOX")
+            typ, data = imap.search(None, "ALL")
+            if data[0].split():
+                break
+            imap.noop()
+            time.sleep(0.5)
+        nums = data[0].split()
+        assert len(nums) == 1
+        typ, fetched = imap.fetch(nums[0], "(RFC822)")
+    finally:
+        imap.logout()
+    msg = email.message_from_bytes(fetched[0][1])
+    assert msg["Subject"] == "[...]"
+    assert msg.get_content_type() == "multipart/encrypted"
+    dkim = msg.get_all("DKIM-Signature") or []
+    assert any(f"d={DOMAIN}" in sig.replace(" ", "") for sig in dkim), dkim
+    for received in msg.get_all("Received") or []:
+        assert GATEWAY not in received, received
+
+
+def test_cleartext_submission_refused(relay):
+    sender, sender_pw = new_credentials()
+    rcpt, rcpt_pw = new_credentials()
+    imap_login(relay.ip, rcpt, rcpt_pw).logout()
+    msg = (
+        f"From: <{sender}>\r\nTo: <{rcpt}>\r\nSubject: hello\r\n"
+        "Message-ID: <plain.1@example.org>\r\n\r\nnot encrypted\r\n"
+    )
+    with pytest.raises(smtplib.SMTPDataError) as exc:
+        submit(relay.ip, sender, sender_pw, [rcpt], msg)
+    assert exc.value.smtp_code == 523
+
+
+def test_second_apply_changes_nothing(relay):
+    again = hosts.converge(relay)
+    assert again.ok, again.summary()
+    assert again.changed == []
+
+
+def _main_pid(host, unit):
+    return host.exec("systemctl", "show", "-P", "MainPID", unit).stdout.strip()
+
+
+def test_pillar_change_touches_only_dependents(relay):
+    independent = ["dovecot", "nginx", "opendkim", "unbound", "doveauth"]
+    before = {unit: _main_pid(relay, unit) for unit in independent}
+    new_size = 20971520
+    override = {"chatmail": {"params": {"max_message_size": new_size}}}
+    try:
+        changed = hosts.converge(relay, pillar_override=override)
+        assert changed.ok, changed.summary()
+        assert changed.changed
+        assert any("postfix" in sid for sid in changed.changed), changed.changed
+        for sid in changed.changed:
+            assert not any(word in sid for word in ("dovecot", "nginx", "unbound")), sid
+        limit = relay.exec("postconf", "-h", "message_size_limit").stdout.strip()
+        assert limit == str(new_size)
+        after = {unit: _main_pid(relay, unit) for unit in independent}
+        assert after == before
+    finally:
+        restored = hosts.converge(relay)
+    assert restored.ok, restored.summary()
+
+
+def test_bad_pillar_fails_before_any_change(relay):
+    override = {"chatmail": {"params": {"no_such_setting": 1}}}
+    result = hosts.converge(relay, pillar_override=override)
+    assert not result.ok
+    assert result.changed == []
+    assert "no_such_setting" in result.stdout + result.stderr
