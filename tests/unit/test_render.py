@@ -1,0 +1,224 @@
+"""Render the core states with salt-call --local (no state runs) for the
+example pillar, and check that a bad pillar fails the highstate before any
+state runs, naming the key.  The file templates are rendered with the merged
+map and checked for content."""
+
+import configparser
+import json
+import pathlib
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import jinja2
+import pytest
+import yaml
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+SALT_CALL = pathlib.Path(sys.executable).with_name("salt-call")
+CORE_SLS = [
+    "chatmail.validate",
+    "chatmail.base",
+    "chatmail.tls",
+    "chatmail.chatmaild",
+    "chatmail.nginx",
+    "chatmail.dns",
+    "chatmail.base.clean",
+    "chatmail.tls.clean",
+    "chatmail.chatmaild.clean",
+    "chatmail.nginx.clean",
+    "chatmail.dns.clean",
+]
+
+
+@pytest.fixture(scope="module")
+def salt_env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("salt")
+    pillar = root / "pillar"
+    pillar.mkdir()
+    (pillar / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
+    conf = root / "conf"
+    conf.mkdir()
+    (conf / "minion").write_text(
+        yaml.safe_dump(
+            {
+                "id": "render-test",
+                "file_client": "local",
+                "root_dir": str(root),
+                "cachedir": str(root / "cache"),
+                "extension_modules": str(root / "extmods"),
+                "pki_dir": str(root / "pki"),
+                "log_file": str(root / "minion.log"),
+                "file_roots": {"base": [str(REPO / "salt")]},
+                "pillar_roots": {"base": [str(pillar)]},
+            }
+        )
+    )
+
+    def call(*args, pillar_data):
+        (pillar / "chatmail.sls").write_text(json.dumps(pillar_data))
+        return subprocess.run(
+            [str(SALT_CALL), "--local", f"--config-dir={conf}", "--out=json", *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
+
+    proc = call("saltutil.sync_all", pillar_data={})
+    assert proc.returncode == 0, proc.stderr
+    return call
+
+
+@pytest.fixture(scope="module")
+def example(example_pillar):
+    return {"chatmail": example_pillar}
+
+
+def test_core_states_render(salt_env, example):
+    proc = salt_env("state.show_sls", ",".join(CORE_SLS), pillar_data=example)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    states = json.loads(proc.stdout)["local"]
+    assert isinstance(states, dict), states
+    ids = set(states)
+    for want in [
+        "chatmail-validate-pillar-test-nop",
+        "chatmail-base-vmail-user-present",
+        "chatmail-tls-_test.example.org-selfsigned-cmd-run",
+        "chatmail-tls-chat.example.org-acme-desired-file-managed",
+        "chatmail-chatmaild-doveauth-service-running",
+        "chatmail-chatmaild-filtermail-incoming-service-running",
+        "chatmail-chatmaild-chatmail-expire-timer-running",
+        "chatmail-nginx-chat.example.org-vhost-file-managed",
+        "chatmail-nginx-service-running",
+        "chatmail-dns-chat.example.org-zone-fragment-managed",
+        "chatmail-dns-chat.example.org-records-checked",
+    ]:
+        assert want in ids, want
+    # every state ID follows chatmail-<component>-...
+    assert all(sid.startswith("chatmail-") for sid in ids if not sid.startswith("__"))
+
+
+def test_bad_pillar_fails_highstate_before_any_state(salt_env, example):
+    bad = json.loads(json.dumps(example))
+    bad["chatmail"]["domains"]["chat.example.org"]["max_mailbox_size"] = "lots"
+    bad["chatmail"]["params"]["filtermail_smtp_port"] = 25
+    proc = salt_env("state.apply", "chatmail", "test=True", pillar_data=bad)
+    assert proc.returncode != 0
+    result = json.loads(proc.stdout)["local"]
+    # a list of render errors: no state ran at all
+    assert isinstance(result, list) and result
+    text = "\n".join(result)
+    assert "chatmail:domains:chat.example.org:max_mailbox_size: not a size 'lots'" in text
+    assert "chatmail:params:filtermail_smtp_port: port 25 clashes with the smtp service" in text
+    assert "Rendering SLS 'base:chatmail.validate' failed" in text
+
+
+# --- file templates -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cmap(cc, defaults, example_pillar):
+    return cc.build(defaults, {}, example_pillar)
+
+
+@pytest.fixture(scope="module")
+def render(cc):
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(REPO / "salt")), undefined=jinja2.StrictUndefined
+    )
+    env.filters["json"] = json.dumps
+    salt = {"chatmail_config.ini_text": cc.ini_text}
+
+    def render(path, **context):
+        return env.get_template(path).render(salt=salt, **context)
+
+    return render
+
+
+def test_vhosts_mention_only_their_domain(render, cmap):
+    for domain in cmap["domain_list"]:
+        text = render(
+            "chatmail/nginx/files/vhost.conf.jinja", chatmail=cmap, domain=domain, https=True
+        )
+        others = [d for d in cmap["domain_list"] if d != domain]
+        assert all(other not in text for other in others)
+        assert f"server_name {domain} mta-sts.{domain} www.{domain};" in text
+        assert f"ssl_certificate {cmap['domains'][domain]['tls']['cert']};" in text
+        assert "fastcgi_pass unix:/run/fcgiwrap.socket;" in text
+        assert ("default_server" in text) == (domain == cmap["primary"])
+    http_only = render(
+        "chatmail/nginx/files/vhost.conf.jinja",
+        chatmail=cmap,
+        domain="chat.example.org",
+        https=False,
+    )
+    assert "443" not in http_only and "acme-challenge" in http_only
+
+
+def test_pages_and_autoconfig(render, cmap):
+    for domain in cmap["domain_list"]:
+        d = cmap["domains"][domain]
+        index = render(
+            "chatmail/nginx/files/page.html.jinja", chatmail=cmap, domain=domain, page="index"
+        )
+        assert f"DCACCOUNT:https://{domain}/new" in index
+        info = render(
+            "chatmail/nginx/files/page.html.jinja", chatmail=cmap, domain=domain, page="info"
+        )
+        assert d["max_mailbox_size"] in info
+        assert f"after {d['delete_mails_after']} days" in info
+        xml = render("chatmail/nginx/files/autoconfig.xml.jinja", chatmail=cmap, domain=domain)
+        root = ET.fromstring(xml.encode())
+        servers = {s.get("type"): s for s in root.iter() if s.tag.endswith("Server")}
+        assert servers["imap"].findtext("port") == "993"
+        assert servers["smtp"].findtext("port") == "465"
+        assert all(s.findtext("socketType") == "SSL" for s in servers.values())
+        assert all(s.findtext("username") == "%EMAILADDRESS%" for s in servers.values())
+    privacy = render(
+        "chatmail/nginx/files/page.html.jinja",
+        chatmail=cmap,
+        domain="chat.example.org",
+        page="privacy",
+    )
+    assert "privacy@example.org" in privacy
+
+
+def test_units(render, cmap):
+    context = {"chatmail": cmap}
+    # the units table is data in a Jinja file: evaluate it through Jinja
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(REPO / "salt")))
+    module = env.get_template("chatmail/chatmaild/units.jinja").make_module(context)
+    assert set(module.units) == {
+        "doveauth",
+        "lastlogin",
+        "chatmail-metadata",
+        "filtermail",
+        "filtermail-incoming",
+    }
+    for name, unit in list(module.units.items()) + list(module.timers.items()):
+        text = render("chatmail/chatmaild/files/daemon.service.jinja", chatmail=cmap, unit=unit)
+        parser = configparser.ConfigParser(strict=False, interpolation=None)
+        parser.optionxform = str
+        parser.read_string(text)
+        service = parser["Service"]
+        assert service["User"] == "vmail"
+        assert service["ProtectSystem"] == "strict"
+        assert "/home/vmail/mail" in service["ReadWritePaths"]
+        assert service["ExecStart"].startswith("/usr/local/lib/chatmaild/bin/")
+        assert service["ExecStart"].split()[-1 if name != "chatmail-expire" else -2] in (
+            "/etc/chatmail/chatmail.ini",
+            "outgoing",
+            "incoming",
+        )
+        if name in module.units:
+            assert service["Restart"] == "always"
+    assert module.units["doveauth"]["exec"].split()[1:] == [
+        "/run/doveauth/doveauth.socket",
+        "/etc/chatmail/chatmail.ini",
+    ]
+
+
+def test_ini_template(render, cmap, cc):
+    text = render("chatmail/chatmaild/files/chatmail.ini.jinja", chatmail=cmap)
+    assert text.strip() == cc.ini_text(cmap).strip()
