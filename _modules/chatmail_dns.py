@@ -423,66 +423,97 @@ def _found_text(rtype, rdata):
     return rdata.to_text().lower() if rtype in ("MX", "CNAME", "SRV") else rdata.to_text()
 
 
+def _txt_tag(value):
+    squeezed = value.replace(" ", "").lower()
+    return next((t for t in TXT_TAGS if squeezed.startswith(t.lower())), None)
+
+
+def _spf_ok(value, addresses):
+    """An SPF record authorises the relay when it names it by ``a``, ``mx``
+    or its address, and ends in ``-all`` or ``~all``."""
+    terms = value.lower().split()[1:]
+    if not terms or terms[-1] not in ("-all", "~all"):
+        return False
+    allowed = {"a", "+a", "mx", "+mx"}
+    for addr in addresses:
+        allowed |= {f"ip4:{addr}", f"+ip4:{addr}", f"ip6:{addr}", f"+ip6:{addr}"}
+    return any(term in allowed for term in terms[:-1])
+
+
+def _compare_txt(rec, found):
+    expected = rec["value"]
+    tag = _txt_tag(expected)
+    candidates = [f for f in found if _txt_tag(f) == tag]
+    if not candidates:
+        return "missing", found, "missing"
+    want = _txt_params(expected)
+    if tag == "v=DKIM1":
+        have = [_txt_params(c).get("p", "") for c in candidates]
+        if want["p"] in have:
+            return "ok", candidates, ""
+        shown = " ".join(_short(p) for p in have)
+        return "wrong", candidates, f"wrong: p=<{shown}>, expected p=<{_short(want['p'])}>"
+    if tag == "v=STSv1":
+        have = [_txt_params(c).get("id", "") for c in candidates]
+        if want["id"] in have:
+            return "ok", candidates, ""
+        return "wrong", candidates, f"wrong: id={','.join(have)}, expected id={want['id']}"
+    if tag == "v=spf1":
+        if len(candidates) > 1:
+            return "wrong", candidates, f"wrong: {len(candidates)} SPF records, expected one"
+        if _spf_ok(candidates[0], rec.get("_addresses", [])):
+            return "ok", candidates, ""
+    else:
+        # DMARC, TLS-RPT: every tag we publish must have our value; more tags are fine
+        for cand in candidates:
+            have = {k.lower(): v.lower() for k, v in _txt_params(cand).items()}
+            if all(have.get(k.lower()) == v.lower() for k, v in want.items()):
+                return "ok", candidates, ""
+    return "wrong", candidates, f"wrong: {' | '.join(candidates)}, expected {expected}"
+
+
+def _compare_caa(rec, found):
+    expected = rec["value"]
+    if not found:
+        return "missing", found, "missing"
+    want = "".join(expected.split('"')[1].split())
+    for value in found:
+        parts = value.split(None, 2)
+        if len(parts) != 3 or parts[1].lower() != "issue":
+            continue
+        have = "".join(parts[2].strip('"').split())
+        if have.split(";")[0] == want.split(";")[0] and (";" not in want or have == want):
+            return "ok", found, ""
+    return "wrong", found, f"wrong: {' | '.join(found)}, expected {expected}"
+
+
 def _compare(rec, found, query):
     """Return (status, found_values, detail) for one expected record."""
     rtype, expected = rec["type"], rec["value"]
     if rtype == "TXT":
-        tag = next((t for t in TXT_TAGS if expected.startswith(t)), None)
-        candidates = [f for f in found if tag and f.replace(" ", "").startswith(tag)]
-        if not candidates:
-            return "missing", found, "missing"
-        if tag == "v=DKIM1":
-            want = _txt_params(expected).get("p")
-            have = [_txt_params(c).get("p", "") for c in candidates]
-            if want in have:
-                return "ok", candidates, ""
-            return (
-                "wrong",
-                candidates,
-                "wrong: p=<"
-                + " ".join(_short(p) for p in have)
-                + f">, expected p=<{_short(want)}>",
-            )
-        if tag == "v=STSv1":
-            want = _txt_params(expected).get("id")
-            have = [_txt_params(c).get("id", "") for c in candidates]
-            if want in have:
-                return "ok", candidates, ""
-            return "wrong", candidates, f"wrong: id={','.join(have)}, expected id={want}"
-        norm = "".join(expected.split()).lower()
-        if tag == "v=spf1" and len(candidates) > 1:
-            return "wrong", candidates, f"wrong: {len(candidates)} SPF records, expected one"
-        if any("".join(c.split()).lower() == norm for c in candidates):
-            return "ok", candidates, ""
-        return "wrong", candidates, f"wrong: {' | '.join(candidates)}, expected {expected}"
+        return _compare_txt(rec, found)
     if rtype == "CAA":
-        want_issuer = expected.split('"')[1]
-        issue = [f for f in found if " issue " in f]
-        if not found:
-            return "missing", found, "missing"
-        for value in issue:
-            have = value.split('"')[1] if '"' in value else value.split()[-1]
-            have_ca = have.split(";")[0].strip()
-            if have_ca == want_issuer.split(";")[0] and (
-                ";" not in want_issuer or "".join(have.split()) == "".join(want_issuer.split())
-            ):
-                return "ok", found, ""
-        return "wrong", found, f"wrong: {' | '.join(found)}, expected {expected}"
+        return _compare_caa(rec, found)
     if rtype == "CNAME" and not found:
         # an A/AAAA record with the relay's own address is as good as a CNAME
         addresses = [_found_text("A", r) for r in query(rec["name"], "A")]
         addresses += [_found_text("AAAA", r) for r in query(rec["name"], "AAAA")]
-        if addresses and rec.get("_addresses") and set(rec["_addresses"]) & set(addresses):
+        if set(rec.get("_addresses", [])) & set(addresses):
             return "ok", addresses, ""
         if addresses:
             return "wrong", addresses, f"wrong: {' | '.join(addresses)}, expected CNAME {expected}"
         return "missing", [], "missing"
     if not found:
         return "missing", found, "missing"
-    want = expected.lower() if rtype in ("MX", "CNAME", "SRV") else expected
     if rtype in ("A", "AAAA"):
-        want = str(ipaddress.ip_address(expected))
-    if want in found:
+        ok = str(ipaddress.ip_address(expected)) in found
+    elif rtype == "MX":  # any preference will do, the exchange must match
+        ok = expected.split()[-1].lower() in [f.split()[-1] for f in found]
+    elif rtype == "SRV":  # port and target must match, priority/weight are free
+        ok = expected.split()[2:] in [f.split()[2:] for f in found]
+    else:
+        ok = expected.lower() in found
+    if ok:
         return "ok", found, ""
     return "wrong", found, f"wrong: {' | '.join(found)}, expected {expected}"
 

@@ -34,6 +34,8 @@ def dns_setup(loaders, nsd_factory, tmp_path_factory):
         "partial.test",
         "broken.test",
         "hosted.test",
+        "variant.test",
+        "weak.test",
     ):
         mods.chatmail_dkim.generate(domain, keydir=keydir, bits=1024)
     mods.chatmail_dkim.generate("wrongdkim.test", keydir=otherkeys, bits=1024)
@@ -59,6 +61,23 @@ def dns_setup(loaders, nsd_factory, tmp_path_factory):
         _without(fragment("hosted.test"), r"^mta-sts\.")
         + f"mta-sts.hosted.test. 3600 IN A {IPV4}\n"
         + 'hosted.test. 3600 IN TXT "site-verification=abc"\n'
+    )
+    # equivalent spellings an operator may have chosen: all accepted
+    zones["variant.test"] = (
+        _without(fragment("variant.test"), r"\sMX\s|v=spf1|^_dmarc|^_submission\.|\sCAA\s")
+        + "variant.test. 3600 IN MX 20 variant.test.\n"
+        + 'variant.test. 3600 IN TXT "v=spf1 mx -all"\n'
+        + '_dmarc.variant.test. 3600 IN TXT "v=DMARC1; p=reject; adkim=s; aspf=s; '
+        + 'rua=mailto:dmarc@variant.test"\n'
+        + "_submission._tcp.variant.test. 3600 IN SRV 5 0 587 variant.test.\n"
+        + 'variant.test. 3600 IN CAA 0 issue "letsencrypt.org; accounturi=https://a.test/1"\n'
+    )
+    # policies that do not protect the domain
+    zones["weak.test"] = (
+        _without(fragment("weak.test"), r"v=spf1|^_dmarc|^_smtp\._tls")
+        + 'weak.test. 3600 IN TXT "v=spf1 -all"\n'
+        + '_dmarc.weak.test. 3600 IN TXT "v=DMARC1;p=none"\n'
+        + '_smtp._tls.weak.test. 3600 IN TXT "v=TLSRPTv1;rua=mailto:other@example.org"\n'
     )
     server = nsd_factory({zone: zone_text(zone, body) for zone, body in zones.items()})
     return {"server": server, "keydir": keydir, "modules": mods}
@@ -155,6 +174,23 @@ def test_a_record_instead_of_cname_and_other_txt(dns_setup):
     assert report["problems"] == [] and report["warnings"] == []
     sts = next(r for r in report["records"] if r["name"] == "mta-sts.hosted.test.")
     assert sts["status"] == "ok" and sts["found"] == [IPV4]
+
+
+def test_equivalent_records_are_accepted(dns_setup):
+    report = _check(dns_setup, "variant.test")
+    assert report["problems"] == [] and report["warnings"] == []
+
+
+def test_weak_policies_are_wrong(dns_setup):
+    report = _check(dns_setup, "weak.test")
+    assert report["problems"] == [
+        "TXT weak.test.: wrong: v=spf1 -all, expected v=spf1 a -all",
+        "TXT _dmarc.weak.test.: wrong: v=DMARC1;p=none, expected v=DMARC1;p=reject;adkim=s;aspf=s",
+    ]
+    assert report["warnings"] == [
+        "TXT _smtp._tls.weak.test.: wrong: v=TLSRPTv1;rua=mailto:other@example.org, "
+        "expected v=TLSRPTv1;rua=mailto:tls@example.org"
+    ]
 
 
 def test_zone_not_served_is_an_error(dns_setup):
