@@ -1,5 +1,6 @@
 """The dict protocol server base class, on a real unix socket."""
 
+import logging
 import socket
 import stat
 import threading
@@ -66,6 +67,19 @@ class MemoryDict(DictProxy):
         with self.lock:
             self.data[(user, key)] = str(int(self.data.get((user, key), "0")) + diff)
         return True
+
+
+@pytest.fixture(autouse=True)
+def dict_log(caplog):
+    """Collect the server's log records here instead of passing them on to
+    the root logger (salt's deferred stderr handler would print them at exit)."""
+    logger = logging.getLogger("chatmaild.dictproxy")
+    logger.addHandler(caplog.handler)
+    logger.propagate = False
+    caplog.set_level(logging.INFO, logger="chatmaild.dictproxy")
+    yield caplog
+    logger.propagate = True
+    logger.removeHandler(caplog.handler)
 
 
 @pytest.fixture
@@ -202,7 +216,7 @@ def test_transaction_ids_are_per_connection(memdict, dict_client):
         b"L" + b"x" * 10000,
     ],
 )
-def test_malformed_lines_keep_serving(memdict, dict_client, garbage):
+def test_malformed_lines_keep_serving(memdict, dict_client, dict_log, garbage):
     client = dict_client(memdict.path, user="m@x.org")
     client.send_line(garbage)
     if garbage[:1] in (b"L", b"I", b"C"):
@@ -212,6 +226,8 @@ def test_malformed_lines_keep_serving(memdict, dict_client, garbage):
     assert client.lookup("alive") == ("O", "yes")
     # and the daemon still accepts new connections
     assert dict_client(memdict.path, user="m@x.org").lookup("alive") == ("O", "yes")
+    # the bad line was logged
+    assert [r for r in dict_log.records if r.levelno >= logging.WARNING]
 
 
 def test_client_disconnect_mid_line(memdict, dict_client):
