@@ -384,28 +384,35 @@ def _authoritative(domain, resolvers, port):
 
 class _Querier:
     """Ask authoritative servers directly (no cache, recursion not desired);
-    UDP first, TCP when the answer is truncated; next server on failure."""
+    UDP first, TCP when the answer is truncated.  A server that fails is
+    moved to the back, so a dead server costs one timeout, not one per query."""
 
     def __init__(self, servers, timeout):
         self.servers = list(servers)
         self.timeout = timeout
         self.used = None
 
+    def _ask(self, query, host, port):
+        response, _ = dns.query.udp_with_fallback(query, host, timeout=self.timeout, port=port)
+        rcode = response.rcode()
+        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            raise CommandExecutionError(dns.rcode.to_text(rcode))
+        if not response.flags & dns.flags.AA and not response.answer:
+            raise CommandExecutionError("not authoritative (referral or empty cache)")
+        return response
+
     def __call__(self, name, rtype):
         query = dns.message.make_query(name, rtype)
         query.flags &= ~dns.flags.RD
         errors = []
-        for host, port in self.servers:
+        for server in list(self.servers):
+            host, port = server
             try:
-                response, _ = dns.query.udp_with_fallback(
-                    query, host, timeout=self.timeout, port=port
-                )
-            except (dns.exception.DNSException, OSError) as exc:
+                response = self._ask(query, host, port)
+            except (dns.exception.DNSException, OSError, CommandExecutionError) as exc:
                 errors.append(f"{host}:{port}: {exc}")
-                continue
-            rcode = response.rcode()
-            if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-                errors.append(f"{host}:{port}: {dns.rcode.to_text(rcode)}")
+                self.servers.remove(server)
+                self.servers.append(server)
                 continue
             self.used = f"{host}:{port}"
             qname = dns.name.from_text(name)

@@ -36,6 +36,7 @@ def dns_setup(loaders, nsd_factory, tmp_path_factory):
         "hosted.test",
         "variant.test",
         "weak.test",
+        "big.test",
     ):
         mods.chatmail_dkim.generate(domain, keydir=keydir, bits=1024)
     mods.chatmail_dkim.generate("wrongdkim.test", keydir=otherkeys, bits=1024)
@@ -79,16 +80,18 @@ def dns_setup(loaders, nsd_factory, tmp_path_factory):
         + '_dmarc.weak.test. 3600 IN TXT "v=DMARC1;p=none"\n'
         + '_smtp._tls.weak.test. 3600 IN TXT "v=TLSRPTv1;rua=mailto:other@example.org"\n'
     )
+    # an apex TXT answer too big for a 512-byte UDP reply: needs TCP
+    zones["big.test"] = fragment("big.test") + "".join(
+        f'big.test. 3600 IN TXT "filler-{i:02d}-{"x" * 40}"\n' for i in range(12)
+    )
     server = nsd_factory({zone: zone_text(zone, body) for zone, body in zones.items()})
     return {"server": server, "keydir": keydir, "modules": mods}
 
 
 def _check(setup, domain, **extra):
-    return setup["modules"].chatmail_dns.check(
-        domain,
-        nameservers=[setup["server"].address],
-        **dict(ARGS, keydir=setup["keydir"], **extra),
-    )
+    args = dict(ARGS, keydir=setup["keydir"], nameservers=[setup["server"].address])
+    args.update(extra)
+    return setup["modules"].chatmail_dns.check(domain, **args)
 
 
 def test_complete_zone_passes(dns_setup):
@@ -191,6 +194,32 @@ def test_weak_policies_are_wrong(dns_setup):
         "TXT _smtp._tls.weak.test.: wrong: v=TLSRPTv1;rua=mailto:other@example.org, "
         "expected v=TLSRPTv1;rua=mailto:tls@example.org"
     ]
+
+
+def test_truncated_udp_answer_retried_over_tcp(dns_setup):
+    import dns.flags
+    import dns.message
+    import dns.query
+
+    server = dns_setup["server"]
+    query = dns.message.make_query("big.test.", "TXT")
+    response = dns.query.udp(query, "127.0.0.1", port=server.port, timeout=2)
+    assert response.flags & dns.flags.TC
+    report = _check(dns_setup, "big.test")
+    assert report["ok"] is True and report["warnings"] == []
+    spf = next(r for r in report["records"] if r["expected"].startswith("v=spf1"))
+    assert spf["found"] == ["v=spf1 a -all"]
+
+
+def test_dead_server_is_skipped(dns_setup):
+    report = _check(
+        dns_setup,
+        "complete.test",
+        nameservers=["127.0.0.1:9", dns_setup["server"].address],
+        timeout=0.5,
+    )
+    assert report["ok"] is True
+    assert report["nameserver"] == dns_setup["server"].address
 
 
 def test_zone_not_served_is_an_error(dns_setup):
