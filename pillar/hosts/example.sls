@@ -44,7 +44,7 @@ chatmail:
       max_age: 2419200          # seconds, in /.well-known/mta-sts.txt
     dns:
       ipv4: ''                  # A record; empty: the host's first non-loopback IPv4
-      ipv6: ''                  # AAAA record; empty: none
+      ipv6: ''                  # AAAA record; empty: the host's first public IPv6, if any
       tlsrpt: ''                # TLS-RPT report address; empty: no record
       caa: true                 # CAA record allowing letsencrypt.org (acme mode)
     web:
@@ -116,7 +116,7 @@ chatmail:
       opendkim: [opendkim, opendkim-tools]
       nginx: [nginx, libnginx-mod-stream]
       unbound: [unbound]
-      chatmaild: [python3, python3-venv, python3-setuptools, python3-wheel, python3-aiosmtpd, python3-dkim]
+      chatmaild: [python3, python3-venv, python3-setuptools, python3-wheel, python3-aiosmtpd, python3-dkim, dovecot-core]
       base: [ca-certificates, openssl, cron]
       fcgiwrap: [fcgiwrap]
       web: [qrencode]
