@@ -20,7 +20,8 @@ Fixtures for everyone:
     a log file, and wait until ``socket`` (a unix socket path) accepts
     connections or ``port`` (127.0.0.1) is listening.  The process is killed
     at fixture teardown; ``proc.logpath`` is its combined output, shown if
-    it dies during start.
+    it dies during start.  Extra keyword arguments go to ``subprocess.Popen``
+    (e.g. ``user=``, ``group=``, ``cwd=``).
 
 ``dict_client(socket_path, user="", dict_name="") -> DictClient``
     A Dovecot 2.3 dict protocol client on a real unix socket (sends the
@@ -188,7 +189,7 @@ def _port_ready(port) -> bool:
         return False
 
 
-def start_process(argv, logpath, *, socket=None, port=None, timeout=20.0, env=None):
+def start_process(argv, logpath, *, socket=None, port=None, timeout=20.0, env=None, **popen_kwargs):
     argv = [str(a) for a in argv]
     argv[0] = script_path(argv[0]) if os.sep not in argv[0] else argv[0]
     full_env = dict(os.environ)
@@ -201,6 +202,7 @@ def start_process(argv, logpath, *, socket=None, port=None, timeout=20.0, env=No
             stderr=subprocess.STDOUT,
             env=full_env,
             start_new_session=True,
+            **popen_kwargs,
         )
     proc.logpath = Path(logpath)
     deadline = time.monotonic() + timeout
@@ -234,9 +236,11 @@ def stop_process(proc):
 def start_daemon(tmp_path):
     procs = []
 
-    def start(argv, *, socket=None, port=None, timeout=20.0, env=None):
+    def start(argv, *, socket=None, port=None, timeout=20.0, env=None, **popen_kwargs):
         logpath = tmp_path / f"{Path(str(argv[0])).name}-{len(procs)}.log"
-        proc = start_process(argv, logpath, socket=socket, port=port, timeout=timeout, env=env)
+        proc = start_process(
+            argv, logpath, socket=socket, port=port, timeout=timeout, env=env, **popen_kwargs
+        )
         procs.append(proc)
         return proc
 
