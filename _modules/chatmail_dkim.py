@@ -293,3 +293,38 @@ def selectors(domain, keydir=None):
             if selector and "." not in selector:
                 found.append(selector)
     return sorted(found)
+
+
+def list_keys(keydir=None):
+    """
+    Return every DKIM key in ``keydir`` as ``{domain: {selector: public}}``
+    (base64 public keys only, never private data), e.g. for the salt mine.
+    Unreadable or foreign files are skipped.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' chatmail_dkim.list_keys
+    """
+    directory = _keydir(keydir)
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return {}
+    found = {}
+    for name in names:
+        if name.startswith(".") or not name.endswith(".private"):
+            continue
+        stem = name[: -len(".private")]
+        domain, _, selector = stem.rpartition(".")
+        if not domain or not selector:
+            continue
+        try:
+            public = public_key(domain, selector, directory)
+        except (ValueError, OSError) as exc:
+            log.warning("chatmail_dkim: skipping %s: %s", name, exc)
+            continue
+        if public:
+            found.setdefault(domain, {})[selector] = public
+    return found

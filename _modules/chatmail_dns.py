@@ -15,6 +15,7 @@ an empty list and :py:func:`check` reports the check as skipped.
 import hashlib
 import ipaddress
 import logging
+import os
 
 try:
     import dns.exception
@@ -606,3 +607,29 @@ def check(
     result["nameserver"] = query.used
     result["ok"] = not result["problems"]
     return result
+
+
+def zone_fragments(zone_dir=None):
+    """
+    Return the zone fragments written by the ``chatmail_dns.zone_fragment_managed``
+    state as ``{domain: text}`` (files ``<zone_dir>/<domain>.zone``), e.g. for
+    the salt mine.  ``zone_dir`` defaults to pillar
+    ``chatmail:lookup:paths:zone_dir`` or ``/etc/chatmail/zones``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' chatmail_dns.zone_fragments
+    """
+    zone_dir = zone_dir or _pillar("chatmail:lookup:paths:zone_dir", "") or "/etc/chatmail/zones"
+    try:
+        names = sorted(os.listdir(zone_dir))
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for name in names:
+        if name.endswith(".zone") and not name.startswith("."):
+            with open(os.path.join(zone_dir, name), encoding="utf-8") as fh:
+                out[name[: -len(".zone")]] = fh.read()
+    return out

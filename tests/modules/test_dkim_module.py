@@ -129,3 +129,18 @@ def test_small_keys_refused(modules, tmp_path):
     with pytest.raises(ValueError):
         modules.chatmail_dkim.generate(DOMAIN, keydir=str(tmp_path), bits=512)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_list_keys_public_only(modules, tmp_path):
+    keydir = str(tmp_path)
+    assert modules.chatmail_dkim.list_keys(keydir=keydir) == {}
+    a = modules.chatmail_dkim.generate("a.test", keydir=keydir)["public"]
+    b1 = modules.chatmail_dkim.generate("b.sub.test", keydir=keydir)["public"]
+    b2 = modules.chatmail_dkim.generate("b.sub.test", selector="s2", keydir=keydir)["public"]
+    (tmp_path / "README.PrivateKeys").write_text("Debian's note\n")
+    (tmp_path / "broken.test.opendkim.private").write_text("garbage\n")
+    assert modules.chatmail_dkim.list_keys(keydir=keydir) == {
+        "a.test": {"opendkim": a},
+        "b.sub.test": {"opendkim": b1, "s2": b2},
+    }
+    assert modules.chatmail_dkim.list_keys(keydir=str(tmp_path / "none")) == {}

@@ -161,3 +161,16 @@ def test_zone_fragment_parses_back(modules, keydir):
         and name.to_text() != f"ns.{DOMAIN}."
     )
     assert count == len(recs)
+
+
+def test_zone_fragments_reads_written_files(modules, states, keydir, tmp_path):
+    zone_dir = tmp_path / "zones"
+    assert modules.chatmail_dns.zone_fragments(str(zone_dir)) == {}
+    ret = states.chatmail_dns.zone_fragment_managed(
+        name=str(zone_dir / f"{DOMAIN}.zone"), domain=DOMAIN, ipv4="192.0.2.1", keydir=keydir
+    )
+    assert ret.result is True
+    (zone_dir / "notes.txt").write_text("not a zone\n")
+    assert modules.chatmail_dns.zone_fragments(str(zone_dir)) == {
+        DOMAIN: modules.chatmail_dns.zone_fragment(DOMAIN, ipv4="192.0.2.1", keydir=keydir)
+    }
