@@ -171,10 +171,18 @@ def nsd_factory(tmp_path_factory):
     started = []
 
     def start(zones):
-        server = NsdServer(tmp_path_factory.mktemp("nsd"), zones)
-        started.append(server)
-        server.start()
-        return server
+        # the free port may be taken between probing and nsd binding it: retry
+        for attempt in range(3):
+            server = NsdServer(tmp_path_factory.mktemp("nsd"), zones)
+            started.append(server)
+            try:
+                server.start()
+            except RuntimeError:
+                server.stop()
+                if attempt == 2:
+                    raise
+                continue
+            return server
 
     yield start
     for server in started:
