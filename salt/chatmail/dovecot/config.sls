@@ -3,6 +3,8 @@
 
 include:
   - .package
+  # the LMTP and auth sockets live in postfix's queue directory, owned by postfix
+  - {{ tplroot }}.postfix.package
 
 {#- dovecot.conf is complete on its own (Debian's conf.d is not included);
     it is checked with doveconf before it replaces the running file. #}
@@ -19,6 +21,7 @@ chatmail-dovecot-config-file-managed:
     - check_cmd: doveconf -n -c
     - require:
       - pkg: chatmail-dovecot-package-pkg-installed
+      - pkg: chatmail-postfix-package-pkg-installed
 
 chatmail-dovecot-config-auth-file-managed:
   file.managed:

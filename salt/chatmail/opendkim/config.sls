@@ -4,6 +4,7 @@
 
 include:
   - .package
+  - {{ tplroot }}.postfix.package
 
 chatmail-opendkim-config-keydir-directory:
   file.directory:
@@ -70,9 +71,9 @@ chatmail-opendkim-config-socketdir-directory:
     - user: opendkim
     - group: opendkim
     - mode: '0750'
-    - makedirs: true
     - require:
       - pkg: chatmail-opendkim-package-pkg-installed
+      - pkg: chatmail-postfix-package-pkg-installed
 
 {#- Debian's unit restarts only on failure; restart always, as the milter is
     in the path of every outgoing message. #}

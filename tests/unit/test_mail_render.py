@@ -1,0 +1,337 @@
+"""Render the mail states (postfix, dovecot, opendkim) exactly as Salt does --
+state.show_sls with the merged map, then every file.managed source through
+Salt's jinja renderer -- and check the results: structure for several
+domains per host, and, where the tools are installed, that postfix
+(postconf) and dovecot (doveconf) accept them without a warning."""
+
+import json
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import yaml
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+MAIL_SLS = ["chatmail.opendkim", "chatmail.postfix", "chatmail.dovecot"]
+CLEAN_SLS = ["chatmail.opendkim.clean", "chatmail.postfix.clean", "chatmail.dovecot.clean"]
+
+# Runs in a child interpreter (Salt's loader and logging stay out of pytest):
+# prints {"states": {...}, "files": {dest: rendered text}}.
+RENDER = textwrap.dedent(
+    """
+    import json, sys
+    import salt.client, salt.config
+    opts = salt.config.minion_config(sys.argv[1])
+    caller = salt.client.Caller(mopts=opts)
+    caller.cmd("saltutil.sync_all")
+    out = {"states": {}, "files": {}}
+    for sls in sys.argv[2].split(","):
+        states = caller.cmd("state.show_sls", sls)
+        if not isinstance(states, dict):
+            print(json.dumps({"error": states}))
+            sys.exit(1)
+        out["states"].update(states)
+    for sid, state in out["states"].items():
+        args = {}
+        for arg in state.get("file", []):
+            if isinstance(arg, dict):
+                args.update(arg)
+        if "source" not in args:
+            continue
+        src = caller.cmd("cp.get_file_str", args["source"])
+        text = caller.cmd(
+            "file.apply_template_on_contents",
+            src, "jinja", args.get("context", {}), {}, "base",
+        )
+        out["files"][args["name"]] = text
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    """A throwaway key and self-signed certificate (doveconf reads both)."""
+    d = tmp_path_factory.mktemp("certs")
+    key, cert = d / "privkey.pem", d / "fullchain.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=test", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    return {"key": str(key), "cert": str(cert)}
+
+
+@pytest.fixture(scope="module")
+def render(tmp_path_factory):
+    def _render(pillar, sls=MAIL_SLS):
+        root = tmp_path_factory.mktemp("mailsalt")
+        (root / "pillar").mkdir()
+        (root / "pillar" / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
+        (root / "pillar" / "chatmail.sls").write_text(json.dumps({"chatmail": pillar}))
+        conf = root / "minion"
+        conf.write_text(
+            yaml.safe_dump(
+                {
+                    "id": "mail-render-test",
+                    "file_client": "local",
+                    "root_dir": str(root),
+                    "cachedir": str(root / "cache"),
+                    "extension_modules": str(root / "extmods"),
+                    "pki_dir": str(root / "pki"),
+                    "log_file": str(root / "minion.log"),
+                    "file_roots": {"base": [str(REPO / "salt")]},
+                    "pillar_roots": {"base": [str(root / "pillar")]},
+                }
+            )
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", RENDER, str(conf), ",".join(sls)],
+            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    return _render
+
+
+@pytest.fixture(scope="module")
+def example(render, certs):
+    """pillar.example (two named domains), TLS of both pointed at real files."""
+    pillar = yaml.safe_load((REPO / "pillar.example").read_text())["chatmail"]
+    for dom in pillar["domains"].values():
+        dom["tls"] = {"mode": "external", **certs}
+    return render(pillar)
+
+
+@pytest.fixture(scope="module")
+def mixed(render, certs):
+    """An IP-only domain beside a named one, the IP domain sorting first."""
+    pillar = {
+        "primary": "chat.example.net",
+        "domains": {
+            "192.0.2.7": {},
+            "chat.example.net": {
+                "tls": {"mode": "external", **certs},
+                "max_mailbox_size": "2G",
+                "dkim": {"selector": "s2026"},
+            },
+        },
+        "params": {"disable_ipv6": True},
+        "limits": {"smtp_connection_rate_per_minute": 17, "queue_lifetime": "3d"},
+    }
+    return render(pillar)
+
+
+def write_tree(files, root):
+    for dest, text in files.items():
+        path = root / dest.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def cf(text):
+    """main.cf as a dict (continuation lines joined)."""
+    out = {}
+    for line in re.sub(r"\n[ \t]+", " ", text).splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def master_services(text):
+    """master.cf as {service name: [fields..., -o options...]}."""
+    out = {}
+    for line in re.sub(r"\n[ \t]+", " ", text).splitlines():
+        if line.strip() and not line.startswith("#"):
+            fields = line.split()
+            out[f"{fields[0]}/{fields[1]}"] = fields
+    return out
+
+
+def test_state_ids_and_requisites(example):
+    states = example["states"]
+    for sid in [
+        "chatmail-opendkim-config-key-chat.example.org-present",
+        "chatmail-opendkim-config-key-_test.example.org-present",
+        "chatmail-opendkim-service-running",
+        "chatmail-postfix-config-main-cf-file-managed",
+        "chatmail-postfix-config-tls-server-sni-cmd-run",
+        "chatmail-postfix-service-config-checked",
+        "chatmail-postfix-service-running",
+        "chatmail-dovecot-config-file-managed",
+        "chatmail-dovecot-service-running",
+    ]:
+        assert sid in states, sid
+    assert all(s.startswith("chatmail-") for s in states if not s.startswith("__"))
+    key = states["chatmail-opendkim-config-key-chat.example.org-present"]["chatmail_dkim"]
+    assert {"selector": "opendkim"} in key and {"keydir": "/etc/dkimkeys"} in key
+    # a restart only follows a passed check, and only when files changed
+    running = states["chatmail-postfix-service-running"]["service"]
+    require = next(a["require"] for a in running if isinstance(a, dict) and "require" in a)
+    assert {"cmd": "chatmail-postfix-service-config-checked"} in require
+    check = states["chatmail-postfix-service-config-checked"]["cmd"]
+    assert any(isinstance(a, dict) and "onchanges" in a for a in check)
+    dove = states["chatmail-dovecot-config-file-managed"]["file"]
+    assert {"check_cmd": "doveconf -n -c"} in dove
+
+
+def test_clean_states_render(render, certs):
+    pillar = {"domains": {"chat.example.org": {"tls": {"mode": "external", **certs}}}}
+    states = render(pillar, sls=CLEAN_SLS)["states"]
+    assert "chatmail-postfix-clean-service-dead" in states
+    assert "chatmail-dovecot-clean-service-dead" in states
+    assert "chatmail-opendkim-clean-service-dead" in states
+    absent = json.dumps(states["chatmail-opendkim-clean-config-file-absent"])
+    assert "/etc/dkimkeys" not in absent  # DKIM keys survive a clean
+
+
+def test_postfix_main_cf(example):
+    main = cf(example["files"]["/etc/postfix/main.cf"])
+    assert main["virtual_mailbox_domains"].split() == ["_test.example.org", "chat.example.org"]
+    assert main["virtual_transport"] == "lmtp:unix:private/dovecot-lmtp"
+    assert main["virtual_mailbox_maps"] == ""  # unknown users bounce after dovecot, VRFY says 252
+    assert main["disable_vrfy_command"] == "no"
+    assert main["myhostname"] == "chat.example.org"
+    assert main["message_size_limit"] == "31457280"
+    assert main["maximal_queue_lifetime"] == "5d"
+    assert main["smtpd_client_connection_rate_limit"] == "60"
+    assert main["anvil_rate_time_unit"] == "60s"
+    assert main["smtp_tls_security_level"] == "verify"
+    assert main["smtpd_sender_login_maps"] == "regexp:/etc/postfix/login_map"
+    assert main["tls_server_sni_maps"] == "hash:/etc/postfix/tls_server_sni"
+    assert main["non_smtpd_milters"] == "unix:opendkim/opendkim.sock"
+    assert main["lmtp_header_checks"] == "regexp:/etc/postfix/lmtp_header_cleanup"
+    assert "proxy_interfaces" not in main
+
+
+def test_postfix_master_cf(example):
+    svc = master_services(example["files"]["/etc/postfix/master.cf"])
+    smtp = " ".join(svc["smtp/inet"])
+    assert "smtpd_tls_security_level=encrypt" in smtp
+    assert "smtpd_proxy_filter=127.0.0.1:10081" in smtp
+    for name in ("submission/inet", "submissions/inet"):
+        opts = " ".join(svc[name])
+        assert "smtpd_tls_mandatory_protocols=>=TLSv1.3" in opts
+        assert "smtpd_sasl_path=private/auth" in opts
+        assert "smtpd_proxy_filter=127.0.0.1:10080" in opts
+        assert "smtpd_sender_restrictions=$mua_sender_restrictions" in opts
+    assert "smtpd_tls_wrappermode=yes" in svc["submissions/inet"]
+    out = " ".join(svc["127.0.0.1:10025/inet"])
+    assert "smtpd_milters=unix:opendkim/opendkim.sock" in out
+    assert "milter_macro_daemon_name=ORIGINATING" in out
+    assert "cleanup_service_name=authclean" in out
+    inc = " ".join(svc["127.0.0.1:10026/inet"])
+    assert "opendkim" not in inc
+    assert "header_checks=regexp:/etc/postfix/submission_header_cleanup" in svc["authclean/unix"]
+
+
+def test_header_cleanup_tables(example):
+    files = example["files"]
+    sub = files["/etc/postfix/submission_header_cleanup"]
+    for header in ("Received", "X-Originating-IP", "X-Mailer", "User-Agent"):
+        assert re.search(rf"^/\^{header}:/i\s+IGNORE$", sub, re.M), header
+    assert re.search(r"^/\^Subject:/i\s+REPLACE Subject: \[\.\.\.\]$", sub, re.M)
+    lmtp = files["/etc/postfix/lmtp_header_cleanup"]
+    for header in ("DKIM-Signature", "Authentication-Results", "Received"):
+        assert re.search(rf"^/\^{header}:/i\s+IGNORE$", lmtp, re.M), header
+
+
+def test_sni_and_dkim_tables_list_each_domain_once(example, certs):
+    files = example["files"]
+    sni = [ln.split() for ln in files["/etc/postfix/tls_server_sni"].splitlines()
+           if ln and not ln.startswith("#")]  # fmt: skip
+    assert sni == [
+        ["_test.example.org", certs["key"], certs["cert"]],
+        ["chat.example.org", certs["key"], certs["cert"]],
+    ]
+    keytable = files["/etc/opendkim/KeyTable"]
+    assert (
+        "opendkim._domainkey.chat.example.org "
+        "chat.example.org:opendkim:/etc/dkimkeys/chat.example.org.opendkim.private"
+    ) in keytable
+    signing = files["/etc/opendkim/SigningTable"]
+    assert "*@_test.example.org opendkim._domainkey._test.example.org" in signing
+    conf = files["/etc/opendkim.conf"]
+    assert re.search(r"^Mode\s+s$", conf, re.M)
+    assert re.search(r"^MTA\s+ORIGINATING$", conf, re.M)
+    assert re.search(r"^Socket\s+local:/var/spool/postfix/opendkim/opendkim.sock$", conf, re.M)
+
+
+def test_dovecot_conf(example, certs):
+    conf = example["files"]["/etc/dovecot/dovecot.conf"]
+    assert "imap_capability = +XDELTAPUSH XCHATMAIL" in conf
+    assert "ssl = required" in conf and "ssl_min_protocol = TLSv1.3" in conf
+    assert re.findall(r"^local_name (\S+) \{", conf, re.M) == [
+        "_test.example.org",
+        "chat.example.org",
+    ]
+    assert f"ssl_cert = <{certs['cert']}" in conf
+    assert "mail_home = /home/vmail/mail/%d/%u" in conf
+    assert "mail_location = maildir:~" in conf
+    # fallback quota: the primary's size; doveauth answers per domain
+    assert "quota_rule = *:storage=500M" in conf
+    assert "quota_warning = storage=75%% quota-warning 70 %u %h" in conf
+    assert "mail_max_userip_connections = 20" in conf
+    assert "mail_attribute_dict = proxy:/run/chatmail-metadata/metadata.socket:metadata" in conf
+    assert "last_login_dict = proxy:/run/chatmail-lastlogin/lastlogin.socket:lastlogin" in conf
+    assert "service_count = 0" in conf
+    auth = example["files"]["/etc/dovecot/chatmail-auth.conf.ext"]
+    assert "uri = proxy:/run/doveauth/doveauth.socket:auth" in auth
+    assert 'password_key = passdb/%Ew"%Eu' in auth
+    assert "user_key = userdb/%Eu" in auth
+    lua = example["files"]["/etc/dovecot/push_notification.lua"]
+    assert 'metadata_set("/private/messagenew", "")' in lua
+    script = example["files"]["/usr/local/bin/chatmail-quota-warning"]
+    assert script.startswith("#!/usr/local/lib/chatmaild/bin/python3\n")
+    compile(script, "chatmail-quota-warning", "exec")
+
+
+def test_ip_only_domain(mixed, certs):
+    files = mixed["files"]
+    main = cf(files["/etc/postfix/main.cf"])
+    assert main["virtual_mailbox_domains"] == "chat.example.net"
+    assert main["proxy_interfaces"] == "192.0.2.7"
+    assert main["local_transport"] == "lmtp:unix:private/dovecot-lmtp"
+    assert main["inet_protocols"] == "ipv4"
+    assert main["smtpd_client_connection_rate_limit"] == "17"
+    assert main["maximal_queue_lifetime"] == "3d"
+    assert "192.0.2.7" not in files["/etc/postfix/tls_server_sni"]
+    assert "192.0.2.7" not in files["/etc/opendkim/KeyTable"]
+    assert "s2026._domainkey.chat.example.net" in files["/etc/opendkim/SigningTable"]
+    conf = files["/etc/dovecot/dovecot.conf"]
+    assert re.findall(r"^local_name (\S+) \{", conf, re.M) == ["chat.example.net"]
+    assert "quota_rule = *:storage=2048M" in conf
+    assert "listen = *\n" in conf
+
+
+@pytest.mark.skipif(not shutil.which("postconf"), reason="postfix is not installed")
+@pytest.mark.parametrize("variant", ["example", "mixed"])
+def test_postfix_accepts_config(variant, request, tmp_path):
+    files = request.getfixturevalue(variant)["files"]
+    etc = write_tree(files, tmp_path) / "etc" / "postfix"
+    for args in (["-n"], ["-M"]):
+        proc = subprocess.run(
+            ["postconf", "-c", str(etc), *args],
+            capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+@pytest.mark.skipif(not shutil.which("doveconf"), reason="dovecot is not installed")
+@pytest.mark.parametrize("variant", ["example", "mixed"])
+def test_dovecot_accepts_config(variant, request, tmp_path):
+    files = request.getfixturevalue(variant)["files"]
+    conf = write_tree(files, tmp_path) / "etc" / "dovecot" / "dovecot.conf"
+    proc = subprocess.run(
+        ["doveconf", "-n", "-c", str(conf)],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert "imap_capability = +XDELTAPUSH XCHATMAIL" in proc.stdout
