@@ -9,7 +9,7 @@ import time
 import urllib.error
 import urllib.request
 
-from . import CACHE, RELAY_IP, RELAY_NAME, docker, hosts, network
+from . import CACHE, RELAY_IP, RELAY_NAME, dns, docker, hosts, network
 
 UP_PILLAR = CACHE / "up-pillar"
 
@@ -85,7 +85,7 @@ web       : https://{ip}/   (Host: {dom}; self-signed)"""
 
 def cmd_down(_args):
     hosts.teardown_all(stop_daemons=True)
-    print("[harness] test hosts, network, apt proxy and dockerd stopped")
+    print("[harness] test hosts, network, nsd, apt proxy and dockerd stopped")
     return 0
 
 
@@ -93,6 +93,7 @@ def cmd_status(_args):
     up = docker.running()
     print(f"dockerd   : {'running on ' + docker.HOST if up else 'stopped'}")
     print(f"apt proxy : {'running' if network._acng_pid() else 'stopped'}")
+    print(f"nsd       : {'serving ' + ', '.join(dns.zones()) if dns._pid() else 'stopped'}")
     for name, status, ip in hosts.list_hosts():
         print(f"{name:24} {ip:16} {status}")
     return 0

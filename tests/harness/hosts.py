@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import GATEWAY, LABEL, NETWORK, REPO, docker, image, network
+from . import GATEWAY, LABEL, NETWORK, REPO, dns, docker, image, network
 from .docker import DockerError
 from .docker import docker as docker_cli
 
@@ -263,6 +263,7 @@ def teardown_all(stop_daemons=True):
             destroy(name)
         network.remove_network()
     if stop_daemons:
+        dns.stop()
         network.stop_proxy()
         docker.stop()
 

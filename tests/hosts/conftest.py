@@ -1,5 +1,6 @@
 """Session fixtures: systemd test hosts on the private dockerd (see tests/harness)."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ PILLAR = HERE / "pillar"
 RELAY = {"name": "cmsalt-test-relay", "fqdn": "chat1.test", "ip": "172.31.77.20"}
 SMOKE = {"name": "cmsalt-test-smoke", "fqdn": "smoke.test", "ip": "172.31.77.21"}
 DOMAINS = ["chat1.test", "_chat2.test"]
+# CMSALT_KEEP_HOSTS=1 leaves the test hosts running after the session (debugging;
+# remove them with `python -m tests.harness down`).
+KEEP = os.environ.get("CMSALT_KEEP_HOSTS") == "1"
 
 
 def pytest_collection_modifyitems(items):
@@ -27,28 +31,31 @@ def harness():
     network.ensure_network()
     network.ensure_proxy()
     yield
-    if started and not hosts.list_hosts():
+    if started and not KEEP and not hosts.list_hosts():
         hosts.teardown_all(stop_daemons=True)
 
 
 @pytest.fixture(scope="session")
 def smoke_host(harness):
-    host = hosts.boot(**SMOKE)
+    host = hosts.boot(**SMOKE, keep=KEEP)
     yield host
-    hosts.destroy(host)
+    if not KEEP:
+        hosts.destroy(host)
 
 
 @pytest.fixture(scope="session")
 def relay_boot(harness):
-    host = hosts.boot(**RELAY, pillar_dir=PILLAR)
+    host = hosts.boot(**RELAY, pillar_dir=PILLAR, keep=KEEP)
     first = hosts.converge(host)
     yield host, first
-    hosts.destroy(host)
+    if not KEEP:
+        hosts.destroy(host)
 
 
 @pytest.fixture(scope="session")
 def relay(relay_boot):
     """The relay host after a successful highstate (tests using it fail otherwise)."""
     host, first = relay_boot
-    assert first.ok, "relay highstate failed:\n" + first.summary()
+    if not first.ok:
+        pytest.fail("relay highstate failed:\n" + first.summary(), pytrace=False)
     return host

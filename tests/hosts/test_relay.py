@@ -68,7 +68,8 @@ def encrypted_message(from_addr, to_addr):
 
 def test_highstate_converges(relay_boot):
     _host, first = relay_boot
-    assert first.ok, first.summary()
+    if not first.ok:
+        pytest.fail(first.summary(), pytrace=False)
     assert first.changed
 
 

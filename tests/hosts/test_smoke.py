@@ -1,6 +1,6 @@
 """The harness itself, independent of the relay states."""
 
-from tests.harness import hosts
+from tests.harness import dns, hosts
 
 
 def test_systemd_is_pid1_and_running(smoke_host):
@@ -42,3 +42,10 @@ def test_bad_sls_reports_error(smoke_host):
     result = hosts.converge(smoke_host, sls="no-such-sls")
     assert not result.ok
     assert any("no-such-sls" in e for e in result.errors)
+
+
+def test_test_zones_resolve_in_hosts(smoke_host):
+    zone = dns.zone_text("dnscheck.test", ["www IN A 172.31.77.99", "@ IN MX 10 www"])
+    dns.set_zone("dnscheck.test", zone)
+    out = smoke_host.exec("getent", "hosts", "www.dnscheck.test", check=False)
+    assert "172.31.77.99" in out.stdout, smoke_host.exec("cat", "/etc/resolv.conf").stdout
