@@ -24,8 +24,10 @@ from chatmaild.filtermail import (
     is_securejoin_request,
     matches_passthrough,
     parse_message,
+    single_from_address,
 )
 from chatmaild.filtermail_dkim import check_dkim, parse_server
+from chatmaild.filtermail_fastpath import content_type, encrypted_sender
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
@@ -267,3 +269,97 @@ def _module_config(tmp_path_factory):
 
 
 _CONFIG = None
+
+
+# --- the fast path never accepts what the full parser refuses ---
+
+
+def full_path_sender(raw: bytes) -> str | None:
+    parsed = parse_message(raw)
+    return single_from_address(parsed) if is_encrypted(parsed) else None
+
+
+@pytest.mark.parametrize("name", ENCRYPTED)
+def test_fast_path_accepts_plain_encrypted(name):
+    for sender, header in [
+        (A, f"<{A}>"),
+        (A, A),
+        (A, f"Alice Example <{A}>"),
+        ("user@[192.0.2.1]", "<user@[192.0.2.1]>"),
+    ]:
+        raw = mail(name).replace(f"From: <{A}>".encode(), f"From: {header}".encode())
+        assert encrypted_sender(raw) == sender
+        assert full_path_sender(raw) == sender
+
+
+@pytest.mark.parametrize("name", NOT_ENCRYPTED)
+def test_fast_path_refuses_samples(name):
+    assert encrypted_sender(mail(name)) is None
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        (b"\r\n", b"\n"),  # bare LF line ends: left to the full parser
+        (b"From: <", b'From: "Quoted, Name" <'),
+        (b"Subject: [...]", b"Content-Type: text/plain\r\nSubject: [...]"),
+        (b'protocol="application/pgp-encrypted"', b"protocol*=utf-8''application%2Fpgp-encrypted"),
+        (b"Content-Type: application/octet-stream", b"Content-Type: text/plain"),
+        (
+            b"Content-Type: application/pgp-encrypted",
+            b"Content-Type: application/pgp-encrypted\r\nContent-Transfer-Encoding: base64",
+        ),
+        (b"--xYzEncBoundary42--", b"--xYzEncBoundary42\r\n\r\nhidden\r\n--xYzEncBoundary42--"),
+        (b"Subject: [...]", b"Subject: \xc3\xa4"),
+    ],
+)
+def test_fast_path_defers_unusual_forms(old, new):
+    raw = mail("encrypted.eml").replace(old, new)
+    assert encrypted_sender(raw) is None
+
+
+def test_content_type_parser():
+    assert content_type('multipart/encrypted; protocol="a/b"; boundary=xy') == (
+        "multipart/encrypted",
+        {"protocol": "a/b", "boundary": "xy"},
+    )
+    assert content_type("Text/Plain;") == ("text/plain", {})
+    assert content_type("text/plain; a=1; a=2") is None
+    assert content_type('text/plain; a="x\\"y"') is None
+    assert content_type("text") is None
+
+
+MUTATION_BYTES = [
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b"-",
+    b"--",
+    b"xYzEncBoundary42",
+    b" ",
+    b":",
+    b";",
+    b"\x00",
+    b"=",
+    b"\xff",
+    b"a",
+]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(ENCRYPTED),
+    st.lists(
+        st.tuples(st.floats(0, 1), st.integers(0, 3), st.sampled_from(MUTATION_BYTES)),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_fast_path_is_never_more_permissive(name, mutations):
+    raw = mail(name)
+    for where, drop, insert in mutations:
+        pos = int(where * len(raw))
+        raw = raw[:pos] + insert + raw[pos + drop :]
+    fast = encrypted_sender(raw)
+    if fast is not None:
+        assert fast == full_path_sender(raw)

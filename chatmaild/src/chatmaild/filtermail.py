@@ -39,7 +39,8 @@ from aiosmtpd.smtp import SMTP
 
 from .config import ConfigError, main_config_error, read_config
 from .filtermail_dkim import check_dkim, make_dnsfunc
-from .filtermail_reinject import reinject
+from .filtermail_fastpath import encrypted_sender
+from .filtermail_reinject import ReinjectClient
 from .openpgp import is_encrypted_armor
 
 log = logging.getLogger("chatmaild.filtermail")
@@ -209,11 +210,15 @@ class FilterSMTP(SMTP):
 
 class BaseHandler:
     direction = ""
+    # Messages up to this size are checked on the event loop: parsing a few
+    # kilobytes takes well under a millisecond, less than handing the work
+    # to a thread and back.  Bigger ones go to the executor.
+    inline_check_limit = 0
 
     def __init__(self, config, executor=None):
         self.config = config
         self.executor = executor
-        self.reinject_host = "127.0.0.1"
+        self.reinjector = ReinjectClient("127.0.0.1", self.reinject_port)
 
     @property
     def reinject_port(self) -> int:
@@ -229,10 +234,12 @@ class BaseHandler:
         loop = asyncio.get_running_loop()
         mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from
         content = envelope.original_content
+        rcpt_tos = list(envelope.rcpt_tos)
         try:
-            await loop.run_in_executor(
-                self.executor, self.check, mail_from, list(envelope.rcpt_tos), content
-            )
+            if len(content) <= self.inline_check_limit:
+                self.check(mail_from, rcpt_tos, content)
+            else:
+                await loop.run_in_executor(self.executor, self.check, mail_from, rcpt_tos, content)
         except Reject as exc:
             log.info("%s from %r refused: %s", self.direction, mail_from, exc.args[0])
             return exc.args[0]
@@ -240,15 +247,10 @@ class BaseHandler:
             log.exception("%s from %r: check failed", self.direction, mail_from)
             return "554 5.6.0 Malformed message"
         options = tuple(o for o in envelope.mail_options if o.upper() in FORWARDED_OPTIONS)
-        reply = await reinject(
-            self.reinject_host,
-            self.reinject_port,
-            mail_from,
-            list(envelope.rcpt_tos),
-            content,
-            options,
-        )
-        log.info("%s from %r reinjected: %s", self.direction, mail_from, reply)
+        reply = await self.reinjector.send(mail_from, rcpt_tos, content, options)
+        # Postfix logs every delivered mail; only trouble is worth a line here.
+        level = logging.DEBUG if reply.startswith("2") else logging.WARNING
+        log.log(level, "%s from %r reinjected: %s", self.direction, mail_from, reply)
         return reply
 
     def check(self, mail_from: str, rcpt_tos: list[str], content: bytes) -> None:
@@ -257,6 +259,7 @@ class BaseHandler:
 
 class OutgoingHandler(BaseHandler):
     direction = "outgoing"
+    inline_check_limit = 32 * 1024
 
     def __init__(self, config, executor=None):
         super().__init__(config, executor)
@@ -280,6 +283,9 @@ class OutgoingHandler(BaseHandler):
         return await super().handle_MAIL(server, session, envelope, address, mail_options)
 
     def check(self, mail_from, rcpt_tos, content):
+        fast_from = encrypted_sender(content)
+        if fast_from is not None and fast_from.lower() == mail_from.lower():
+            return
         msg = parse_message(content)
         from_addr = single_from_address(msg)
         if from_addr is None or from_addr.lower() != mail_from.lower():
@@ -303,20 +309,27 @@ class IncomingHandler(BaseHandler):
         super().__init__(config, executor)
         self.dnsfunc = dnsfunc
 
+    def check_dkim(self, content: bytes, from_addr: str):
+        if not self.config.filtermail_dkim_check:
+            return
+        problem = check_dkim(content, from_addr.rsplit("@", 1)[1], self.dnsfunc)
+        if problem:
+            raise Reject(f"550 5.7.1 DKIM check failed: {problem}")
+
     @property
     def reinject_port(self) -> int:
         return self.config.postfix_reinject_port_incoming
 
     def check(self, mail_from, rcpt_tos, content):
+        fast_from = encrypted_sender(content)
+        if fast_from is not None:
+            self.check_dkim(content, fast_from)
+            return
         msg = parse_message(content)
         from_addr = single_from_address(msg)
         if from_addr is None:
             raise Reject("550 5.7.1 Message needs exactly one From address")
-        if self.config.filtermail_dkim_check:
-            from_domain = from_addr.rsplit("@", 1)[1]
-            problem = check_dkim(content, from_domain, self.dnsfunc)
-            if problem:
-                raise Reject(f"550 5.7.1 DKIM check failed: {problem}")
+        self.check_dkim(content, from_addr)
         if is_encrypted(msg, allow_armor_headers=True) or is_securejoin_request(msg):
             return
         if is_bounce(msg):
@@ -395,6 +408,8 @@ def main(argv=None) -> int:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s"
     )
+    # aiosmtpd logs every command at INFO; our own log line per mail suffices.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     try:
         config = read_config(args.config)
     except ConfigError as exc:

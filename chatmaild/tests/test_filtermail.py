@@ -1,0 +1,495 @@
+"""filtermail, tested as a black box: the real console script on a real port,
+a real SMTP sink standing in for Postfix's reinjection listener, smtplib as
+the client, and (for DKIM) a real DNS server answering over UDP."""
+
+from __future__ import annotations
+
+import base64
+import smtplib
+import socket
+import threading
+from pathlib import Path
+
+import dkim
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import pytest
+from aiosmtpd.controller import Controller
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+DATA = Path(__file__).parent / "mail-data"
+DOMAIN = "chat.example.org"
+OTHER = "other.example.net"
+
+
+def load_mail(name, from_addr, to_addr, extra_headers=b"") -> bytes:
+    """A sample mail with addresses filled in, CRLF line ends (as on the wire)."""
+    text = (DATA / name).read_text()
+    text = text.replace("{from_addr}", from_addr).replace("{to_addr}", to_addr)
+    text = text.replace("{from_domain}", from_addr.rsplit("@", 1)[-1])
+    raw = text.replace("\r\n", "\n").replace("\n", "\r\n").encode()
+    return extra_headers + raw
+
+
+# --- the Postfix stand-in ---
+
+
+class SinkHandler:
+    def __init__(self):
+        self.received = []
+        self.refuse_rcpt = {}
+        self.peers = set()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.refuse_rcpt:
+            return self.refuse_rcpt[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.peers.add(session.peer)
+        self.received.append((envelope.mail_from, envelope.rcpt_tos, envelope.original_content))
+        return "250 2.0.0 Ok: queued as SINK1"
+
+
+@pytest.fixture
+def sink(free_port):
+    handler = SinkHandler()
+    controllers = []
+
+    def start(port):
+        controller = Controller(handler, hostname="127.0.0.1", port=port)
+        controller.start()
+        controllers.append(controller)
+
+    def restart():
+        controllers[-1].stop()
+        start(handler.port)
+
+    handler.port = free_port()
+    handler.restart = restart
+    start(handler.port)
+    yield handler
+    controllers[-1].stop()
+
+
+# --- a real DNS server for DKIM keys ---
+
+
+class TxtServer:
+    """Answers TXT queries from ``records`` over UDP; NXDOMAIN otherwise."""
+
+    def __init__(self):
+        self.records = {}
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.running = True
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while self.running:
+            try:
+                wire, peer = self.sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            query = dns.message.from_wire(wire)
+            response = dns.message.make_response(query)
+            question = query.question[0]
+            name = question.name.to_text().lower()
+            value = self.records.get(name)
+            if value is None or question.rdtype != dns.rdatatype.TXT:
+                response.set_rcode(dns.rcode.NXDOMAIN)
+            else:
+                chunks = [value[i : i + 255] for i in range(0, len(value), 255)]
+                txt = " ".join(f'"{c}"' for c in chunks)
+                response.answer.append(dns.rrset.from_text(name, 60, "IN", "TXT", txt))
+            self.sock.sendto(response.to_wire(), peer)
+
+    def close(self):
+        self.running = False
+        self.thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def dns_server():
+    server = TxtServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def rsa_key():
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private, "v=DKIM1; k=rsa; p=" + base64.b64encode(public).decode()
+
+
+def publish(dns_server, rsa_key, domain, selector="dkim"):
+    dns_server.records[f"{selector}._domainkey.{domain}."] = rsa_key[1]
+
+
+def dkim_sign(message: bytes, domain, rsa_key, selector="dkim") -> bytes:
+    sig = dkim.sign(
+        message,
+        selector.encode(),
+        domain.encode(),
+        rsa_key[0],
+        include_headers=[b"from", b"to", b"subject", b"date", b"message-id"],
+    )
+    return sig.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + message
+
+
+# --- the daemon under test ---
+
+
+@pytest.fixture
+def filtermail(make_ini, start_daemon, free_port, sink, dns_server):
+    """``start(mode, **ini_params)`` -> port of a running filtermail."""
+
+    def start(mode, domains=None, sections=None, **params):
+        out_port, in_port = free_port(), free_port()
+        values = dict(
+            filtermail_smtp_port=out_port,
+            filtermail_smtp_port_incoming=in_port,
+            postfix_reinject_port=sink.port,
+            postfix_reinject_port_incoming=sink.port,
+            max_user_send_per_minute=1000,
+            max_user_send_burst_size=1000,
+        )
+        values.update(params)
+        if mode == "outgoing":
+            values["postfix_reinject_port_incoming"] = free_port()
+        else:
+            values["postfix_reinject_port"] = free_port()
+        ini = make_ini(domains=domains, sections=sections, **values)
+        port = out_port if mode == "outgoing" else in_port
+        argv = ["filtermail", ini, mode, "--dns-server", f"127.0.0.1:{dns_server.port}"]
+        start_daemon(argv, port=port)
+        return port
+
+    return start
+
+
+def send(port, mail_from, rcpts, content) -> tuple[int, str]:
+    """One SMTP transaction; the first refusal or the DATA reply."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo()
+        code, text = client.mail(mail_from)
+        if code != 250:
+            return code, text.decode()
+        for rcpt in rcpts:
+            code, text = client.rcpt(rcpt)
+            if code != 250:
+                return code, text.decode()
+        code, text = client.data(content)
+        return code, text.decode()
+
+
+SENDER = f"alice0001@{DOMAIN}"
+RCPT = f"bob000001@{OTHER}"
+
+
+# --- outgoing ---
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "encrypted.eml",
+        "encrypted-skesk.eml",
+        "encrypted-partial.eml",
+        "securejoin-vc.eml",
+        "securejoin-vg.eml",
+    ],
+)
+def test_outgoing_accepts_encrypted_byte_identical(filtermail, sink, name):
+    port = filtermail("outgoing")
+    content = load_mail(name, SENDER, RCPT)
+    code, text = send(port, SENDER, [RCPT, f"carol0001@{DOMAIN}"], content)
+    assert (code, text) == (250, "2.0.0 Ok: queued as SINK1")
+    assert sink.received == [(SENDER, [RCPT, f"carol0001@{DOMAIN}"], content)]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "plain.eml",
+        "fake-encrypted.eml",
+        "literal.eml",
+        "truncated.eml",
+        "trailing-garbage.eml",
+        "armor-version.eml",
+        "securejoin-vc-fake.eml",
+        "mdn.eml",
+        "mailer-daemon.eml",
+    ],
+)
+def test_outgoing_refuses_cleartext(filtermail, sink, name):
+    port = filtermail("outgoing")
+    code, text = send(port, SENDER, [RCPT], load_mail(name, SENDER, RCPT))
+    assert code == 523
+    assert text.startswith("Encryption Needed")
+    assert sink.received == []
+
+
+def test_outgoing_autocrypt_setup_message_only_to_self(filtermail, sink):
+    port = filtermail("outgoing")
+    asm = load_mail("asm.eml", SENDER, SENDER)
+    assert send(port, SENDER, [SENDER], asm)[0] == 250
+    assert send(port, SENDER, [SENDER.upper()], asm)[0] == 250
+    assert send(port, SENDER, [SENDER, RCPT], asm)[0] == 523
+    assert send(port, SENDER, [RCPT], asm)[0] == 523
+    assert len(sink.received) == 2
+
+
+def test_outgoing_from_must_match_envelope(filtermail, sink):
+    port = filtermail("outgoing")
+    content = load_mail("encrypted.eml", f"mallory01@{DOMAIN}", RCPT)
+    code, text = send(port, SENDER, [RCPT], content)
+    assert code == 554 and text.startswith("5.7.1")
+    content = load_mail("encrypted.eml", SENDER.upper(), RCPT)
+    assert send(port, SENDER, [RCPT], content)[0] == 250
+    two_from = b"From: <x@y.org>\r\n" + load_mail("encrypted.eml", SENDER, RCPT)
+    assert send(port, SENDER, [RCPT], two_from)[0] == 554
+    assert len(sink.received) == 1
+
+
+def test_outgoing_rate_limit_per_domain(filtermail, sink):
+    port = filtermail(
+        "outgoing",
+        domains=[DOMAIN, OTHER],
+        max_user_send_per_minute=60,
+        max_user_send_burst_size=3,
+        sections={OTHER: {"max_user_send_burst_size": 5, "max_user_send_per_minute": 1}},
+    )
+    other_sender = f"dave00001@{OTHER}"
+    results = [
+        send(port, SENDER, [RCPT], load_mail("encrypted.eml", SENDER, RCPT)) for _ in range(4)
+    ]
+    assert [code for code, _ in results] == [250, 250, 250, 450]
+    assert results[3][1] == f"4.7.1 Too much mail from {SENDER}"
+    # each sender has its own bucket, with its own domain's burst
+    codes = [
+        send(port, other_sender, [RCPT], load_mail("encrypted.eml", other_sender, RCPT))[0]
+        for _ in range(6)
+    ]
+    assert codes == [250] * 5 + [450]
+    assert len(sink.received) == 8
+
+
+def test_outgoing_passthrough_per_domain(filtermail, sink):
+    port = filtermail(
+        "outgoing",
+        domains=[DOMAIN, OTHER],
+        sections={
+            DOMAIN: {"passthrough_senders": SENDER, "passthrough_recipients": "@nowhere.org"},
+        },
+    )
+    plain = load_mail("plain.eml", SENDER, RCPT)
+    assert send(port, SENDER, [RCPT], plain)[0] == 250
+    # the same local part in the other domain is not a passthrough sender
+    other_sender = f"alice0001@{OTHER}"
+    other_plain = load_mail("plain.eml", other_sender, RCPT)
+    assert send(port, other_sender, [RCPT], other_plain)[0] == 523
+    # the other domain keeps its default passthrough recipient echo@<domain>
+    echo = f"echo@{OTHER}"
+    assert send(port, other_sender, [echo], other_plain)[0] == 250
+    assert send(port, other_sender, [echo, RCPT], other_plain)[0] == 523
+    # passthrough recipients of a domain apply only when ALL recipients match
+    carol = f"carol0001@{DOMAIN}"
+    carol_plain = load_mail("plain.eml", carol, RCPT)
+    assert send(port, carol, ["a@nowhere.org", "b@nowhere.org"], carol_plain)[0] == 250
+    assert send(port, carol, ["a@nowhere.org", RCPT], carol_plain)[0] == 523
+    assert send(port, carol, [f"echo@{DOMAIN}"], carol_plain)[0] == 523
+    assert len(sink.received) == 3
+
+
+def test_outgoing_dot_lines_and_8bit_survive(filtermail, sink):
+    port = filtermail("outgoing", passthrough_recipients=f"echo@{DOMAIN}")
+    echo = f"echo@{DOMAIN}"
+    content = load_mail("plain.eml", SENDER, echo) + (
+        ".leading dot\r\n..two dots\r\n.\r\nzwölf Boxkämpfer\r\n".encode()
+    )
+    assert send(port, SENDER, [echo], content)[0] == 250
+    assert sink.received[0][2] == content
+
+
+def test_outgoing_size_limit(filtermail, sink):
+    port = filtermail("outgoing", max_message_size=20000)
+    small = load_mail("encrypted.eml", SENDER, RCPT)
+    assert send(port, SENDER, [RCPT], small)[0] == 250
+    big = b"X-Padding: x\r\n" + (b" " + b"x" * 98 + b"\r\n") * 300 + small
+    code, _ = send(port, SENDER, [RCPT], big)
+    assert code == 552
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo()
+        assert client.esmtp_features["size"] == "20000"
+        assert client.mail(SENDER, ["SIZE=30000"])[0] == 552
+    assert len(sink.received) == 1
+
+
+def test_outgoing_relays_reinjection_refusal(filtermail, sink):
+    port = filtermail("outgoing")
+    sink.refuse_rcpt[RCPT] = "550 5.1.1 no such user here"
+    code, text = send(port, SENDER, [RCPT], load_mail("encrypted.eml", SENDER, RCPT))
+    assert (code, text) == (550, "5.1.1 no such user here")
+
+
+def test_outgoing_reinjection_connection_reused_and_renewed(filtermail, sink):
+    port = filtermail("outgoing")
+    content = load_mail("encrypted.eml", SENDER, RCPT)
+    for _ in range(3):
+        assert send(port, SENDER, [RCPT], content)[0] == 250
+    assert len(sink.peers) == 1
+    sink.refuse_rcpt[RCPT] = "550 5.1.1 no such user here"
+    assert send(port, SENDER, [RCPT], content)[0] == 550
+    del sink.refuse_rcpt[RCPT]
+    assert send(port, SENDER, [RCPT], content)[0] == 250
+    assert len(sink.peers) == 1
+    # Postfix restarted: the cached connection is dead, a new one is used
+    sink.restart()
+    assert send(port, SENDER, [RCPT], content)[0] == 250
+    assert len(sink.peers) == 2
+    assert len(sink.received) == 5
+
+
+def test_outgoing_reinjection_down_is_temporary(filtermail, sink, free_port):
+    port = filtermail("outgoing", postfix_reinject_port=free_port())
+    code, _ = send(port, SENDER, [RCPT], load_mail("encrypted.eml", SENDER, RCPT))
+    assert code == 451
+
+
+def test_outgoing_ignores_unknown_rcpt_parameters(filtermail, sink):
+    port = filtermail("outgoing")
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo()
+        assert client.mail(SENDER)[0] == 250
+        assert client.rcpt(RCPT, ["NOTIFY=SUCCESS,FAILURE", f"ORCPT=rfc822;{RCPT}"])[0] == 250
+        assert client.data(load_mail("encrypted.eml", SENDER, RCPT))[0] == 250
+
+
+GARBAGE = [
+    b"\xff\xfe\x00garbage\x80\x81\r\n\r\n\xc3\x28\xa0\xa1",
+    b"From: \xff\xfe\r\nContent-Type: multipart/encrypted; boundary=\r\n\r\n--\r\n\x00\x01",
+    b'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted";'
+    b' boundary="b"\r\nFrom: <' + SENDER.encode() + b">\r\n\r\n--b\r\nContent-Type: "
+    b"application/pgp-encrypted\r\n\r\nVersion: 1\r\n--b\r\nContent-Type: "
+    b"application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n\xe4\xf6\xfc==\r\n",
+    b"",
+]
+
+
+@pytest.mark.parametrize("junk", GARBAGE)
+def test_outgoing_malformed_then_good(filtermail, sink, junk):
+    port = filtermail("outgoing")
+    code, _ = send(port, SENDER, [RCPT], junk)
+    assert 500 <= code < 600
+    good = load_mail("encrypted.eml", SENDER, RCPT)
+    assert send(port, SENDER, [RCPT], good)[0] == 250
+    assert [c for _, _, c in sink.received] == [good]
+
+
+# --- incoming ---
+
+REMOTE = f"zoe000001@{OTHER}"
+LOCAL = f"bob000001@{DOMAIN}"
+
+
+def enforce_e2ee(tmp_path, addr):
+    """Create the marker the way account creation does (conftest's ini path)."""
+    from chatmaild.config import read_config
+
+    userdir = read_config(tmp_path / "chatmail.ini").user_dir(addr)
+    userdir.mkdir(parents=True, exist_ok=True)
+    (userdir / "enforceE2EEincoming").touch()
+
+
+def test_incoming_dkim_aligned_encrypted(filtermail, sink, dns_server, rsa_key):
+    publish(dns_server, rsa_key, OTHER)
+    port = filtermail("incoming")
+    content = dkim_sign(load_mail("encrypted.eml", REMOTE, LOCAL), OTHER, rsa_key)
+    assert send(port, REMOTE, [LOCAL], content)[0] == 250
+    assert sink.received == [(REMOTE, [LOCAL], content)]
+
+
+def test_incoming_dkim_failures(filtermail, sink, dns_server, rsa_key):
+    publish(dns_server, rsa_key, OTHER)
+    publish(dns_server, rsa_key, "example.net")
+    publish(dns_server, rsa_key, "evil.example.org")
+    port = filtermail("incoming")
+    mail = load_mail("encrypted.eml", REMOTE, LOCAL)
+    cases = {
+        "missing": mail,
+        "unaligned": dkim_sign(mail, "evil.example.org", rsa_key),
+        "parent domain": dkim_sign(mail, "example.net", rsa_key),
+        "no key in DNS": dkim_sign(mail, OTHER, rsa_key, selector="nokey"),
+        "body changed": dkim_sign(mail, OTHER, rsa_key).replace(b"Version: 1", b"Version: 2"),
+        "header changed": dkim_sign(mail, OTHER, rsa_key).replace(
+            b"Subject: [...]", b"Subject: [..!]"
+        ),
+    }
+    for why, content in cases.items():
+        code, text = send(port, REMOTE, [LOCAL], content)
+        assert code == 550, why
+        assert text.startswith("5.7.1 DKIM"), why
+    # one good signature among bad ones is enough
+    both = dkim_sign(dkim_sign(mail, OTHER, rsa_key), "evil.example.org", rsa_key)
+    assert send(port, REMOTE, [LOCAL], both)[0] == 250
+    assert len(sink.received) == 1
+
+
+def test_incoming_e2ee_marker(filtermail, sink, tmp_path):
+    port = filtermail("incoming", filtermail_dkim_check=False)
+    strict = f"strict001@{DOMAIN}"
+    enforce_e2ee(tmp_path, strict)
+    plain = load_mail("plain.eml", REMOTE, LOCAL)
+    assert send(port, REMOTE, [LOCAL], plain)[0] == 250
+    code, text = send(port, REMOTE, [LOCAL, strict], plain)
+    assert code == 523 and text.startswith("Encryption Needed")
+    assert send(port, REMOTE, [strict], load_mail("mdn.eml", REMOTE, strict))[0] == 523
+    for name in ["encrypted.eml", "armor-version.eml", "securejoin-vc.eml"]:
+        assert send(port, REMOTE, [strict], load_mail(name, REMOTE, strict))[0] == 250, name
+    for name in ["literal.eml", "fake-encrypted.eml", "securejoin-vc-fake.eml"]:
+        assert send(port, REMOTE, [strict], load_mail(name, REMOTE, strict))[0] == 523, name
+    assert len(sink.received) == 4
+
+
+def test_incoming_bounce_passes_marker(filtermail, sink, tmp_path, dns_server, rsa_key):
+    publish(dns_server, rsa_key, OTHER)
+    port = filtermail("incoming")
+    strict = f"strict001@{DOMAIN}"
+    enforce_e2ee(tmp_path, strict)
+    bounce = load_mail("mailer-daemon.eml", f"MAILER-DAEMON@{OTHER}", strict)
+    signed = dkim_sign(bounce, OTHER, rsa_key)
+    assert send(port, "", [strict], signed)[0] == 250
+    # aiosmtpd (the sink) spells the null sender "<>"
+    assert sink.received == [("<>", [strict], signed)]
+    not_auto = signed.replace(b"Auto-Submitted: auto-replied", b"Auto-Submitted: no")
+    assert send(port, "", [strict], dkim_sign(not_auto, OTHER, rsa_key))[0] == 523
+
+
+def test_incoming_malformed_then_good(filtermail, sink, dns_server, rsa_key):
+    publish(dns_server, rsa_key, OTHER)
+    port = filtermail("incoming")
+    good = dkim_sign(load_mail("encrypted.eml", REMOTE, LOCAL), OTHER, rsa_key)
+    for junk in GARBAGE + [dkim_sign(GARBAGE[2], OTHER, rsa_key)[:-40]]:
+        code, _ = send(port, REMOTE, [LOCAL], junk)
+        assert 500 <= code < 600
+        assert send(port, REMOTE, [LOCAL], good)[0] == 250
+    assert len(sink.received) == len(GARBAGE) + 1
