@@ -267,6 +267,11 @@ def test_outgoing_from_must_match_envelope(filtermail, sink):
     assert send(port, SENDER, [RCPT], content)[0] == 250
     two_from = b"From: <x@y.org>\r\n" + load_mail("encrypted.eml", SENDER, RCPT)
     assert send(port, SENDER, [RCPT], two_from)[0] == 554
+    evil = load_mail("encrypted.eml", SENDER, RCPT).replace(
+        f"From: <{SENDER}>".encode(), b'From: "x\r\n 250 ok" <a\xff\x01@y.org>'
+    )
+    code, text = send(port, SENDER, [RCPT], evil)
+    assert code == 554 and text.isprintable()
     assert len(sink.received) == 1
 
 
@@ -463,6 +468,7 @@ def test_incoming_e2ee_marker(filtermail, sink, tmp_path):
     code, text = send(port, REMOTE, [LOCAL, strict], plain)
     assert code == 523 and text.startswith("Encryption Needed")
     assert send(port, REMOTE, [strict], load_mail("mdn.eml", REMOTE, strict))[0] == 523
+    assert send(port, REMOTE, [strict.upper()], plain)[0] == 523
     for name in ["encrypted.eml", "armor-version.eml", "securejoin-vc.eml"]:
         assert send(port, REMOTE, [strict], load_mail(name, REMOTE, strict))[0] == 250, name
     for name in ["literal.eml", "fake-encrypted.eml", "securejoin-vc-fake.eml"]:

@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -57,6 +58,12 @@ FORWARDED_OPTIONS = ("BODY=8BITMIME", "SMTPUTF8")
 
 class Reject(Exception):
     """A check failed; ``args[0]`` is the SMTP reply for the client."""
+
+
+def safe_reply(reply: str) -> str:
+    """One printable ASCII line: mail content quoted in a reply must not be
+    able to break the SMTP dialogue."""
+    return re.sub(r"[^\x20-\x7e]", "?", reply)[:400]
 
 
 # --- message structure checks (pure functions on email.message.Message) ---
@@ -242,7 +249,7 @@ class BaseHandler:
                 await loop.run_in_executor(self.executor, self.check, mail_from, rcpt_tos, content)
         except Reject as exc:
             log.info("%s from %r refused: %s", self.direction, mail_from, exc.args[0])
-            return exc.args[0]
+            return safe_reply(exc.args[0])
         except Exception:
             log.exception("%s from %r: check failed", self.direction, mail_from)
             return "554 5.6.0 Malformed message"
@@ -274,7 +281,7 @@ class OutgoingHandler(BaseHandler):
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         if address.count("@") != 1:
-            return f"553 5.1.7 Invalid sender address <{address}>"
+            return safe_reply(f"553 5.1.7 Invalid sender address <{address}>")
         dc = self.domain_config(address)
         key = address.lower()
         if not self.limiter.allow(key, dc.max_user_send_per_minute, dc.max_user_send_burst_size):
@@ -336,7 +343,7 @@ class IncomingHandler(BaseHandler):
             return
         for rcpt in rcpt_tos:
             try:
-                marker = self.config.user_dir(rcpt) / E2EE_MARKER
+                marker = self.config.user_dir(rcpt.lower()) / E2EE_MARKER
             except ValueError:
                 continue
             if marker.exists():
