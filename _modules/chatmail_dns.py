@@ -633,3 +633,92 @@ def zone_fragments(zone_dir=None):
             with open(os.path.join(zone_dir, name), encoding="utf-8") as fh:
                 out[name[: -len(".zone")]] = fh.read()
     return out
+
+
+def _merge(base, over):
+    out = dict(base)
+    for key, value in (over or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def domain_args(domain):
+    """
+    Return the :py:func:`records` arguments of ``domain`` as configured in
+    pillar (``chatmail:domain_defaults`` <- ``chatmail:domains:<domain>``, the
+    same keys the state tree passes): ``ipv4``, ``ipv6``, ``selector``,
+    ``keydir``, ``tlsrpt``, ``caa`` (only in ACME mode), ``max_age``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' chatmail_dns.domain_args example.org
+    """
+    chatmail = _pillar("chatmail", {}) or {}
+    settings = _merge(
+        chatmail.get("domain_defaults") or {}, (chatmail.get("domains") or {}).get(domain) or {}
+    )
+    dns_cfg = settings.get("dns") or {}
+    mode = (settings.get("tls") or {}).get("mode") or "auto"
+    if mode == "auto":
+        name = str(domain)
+        mode = "self" if name.startswith("_") or name.endswith(".test") else "acme"
+    params = chatmail.get("params") or {}
+    ipv6 = dns_cfg.get("ipv6") or None
+    if params.get("disable_ipv6") or settings.get("disable_ipv6"):
+        ipv6 = False
+    paths = (chatmail.get("lookup") or {}).get("paths") or {}
+    return {
+        "ipv4": dns_cfg.get("ipv4") or None,
+        "ipv6": ipv6,
+        "selector": (settings.get("dkim") or {}).get("selector") or DEFAULT_SELECTOR,
+        "keydir": paths.get("dkim_dir") or None,
+        "tlsrpt": dns_cfg.get("tlsrpt") or "",
+        "caa": bool(dns_cfg.get("caa", True)) and mode == "acme",
+        "max_age": int((settings.get("mta_sts") or {}).get("max_age") or DEFAULT_MAX_AGE),
+    }
+
+
+def status(domains=None, nameservers=None, resolvers=None, port=53, timeout=3.0):
+    """
+    Run :py:func:`check` for every chatmail domain of this host (pillar
+    ``chatmail:domains``, or the ``domains`` given) with the arguments from
+    :py:func:`domain_args`, and summarise: ``{domain: {"ok", "problems",
+    "warnings", "nameserver"}}``.  A domain whose check cannot run reports
+    ``ok: False`` and the error as its problem; IP-address domains are
+    reported as skipped.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' chatmail_dns.status
+        salt '*' chatmail_dns.status domains='["example.org"]'
+    """
+    if domains is None:
+        domains = sorted((_pillar("chatmail:domains", {}) or {}).keys())
+    elif isinstance(domains, str):
+        domains = domains.replace(",", " ").split()
+    out = {}
+    for domain in domains:
+        try:
+            report = check(
+                domain,
+                nameservers=nameservers,
+                resolvers=resolvers,
+                port=port,
+                timeout=timeout,
+                **domain_args(domain),
+            )
+        except Exception as exc:  # one broken domain must not hide the others
+            out[domain] = {"ok": False, "problems": [f"check failed: {exc}"], "warnings": []}
+            continue
+        entry = {key: report.get(key) for key in ("ok", "problems", "warnings", "nameserver")}
+        if report.get("skipped"):
+            entry["skipped"] = report["skipped"]
+        out[domain] = entry
+    return out

@@ -174,3 +174,25 @@ def test_zone_fragments_reads_written_files(modules, states, keydir, tmp_path):
     assert modules.chatmail_dns.zone_fragments(str(zone_dir)) == {
         DOMAIN: modules.chatmail_dns.zone_fragment(DOMAIN, ipv4="192.0.2.1", keydir=keydir)
     }
+
+
+def test_domain_args_defaults_without_pillar(modules):
+    assert modules.chatmail_dns.domain_args("example.org") == {
+        "ipv4": None,
+        "ipv6": None,
+        "selector": "opendkim",
+        "keydir": None,
+        "tlsrpt": "",
+        "caa": True,
+        "max_age": 2419200,
+    }
+    assert modules.chatmail_dns.domain_args("_x.example.org")["caa"] is False
+    assert modules.chatmail_dns.status(domains=["192.0.2.1"]) == {
+        "192.0.2.1": {
+            "ok": True,
+            "problems": [],
+            "warnings": [],
+            "nameserver": None,
+            "skipped": "IP-address relay: DNS does not apply",
+        }
+    }

@@ -121,3 +121,33 @@ def test_salt_call_records_checked_with_pillar_nameservers(salt_call, nsd_factor
     (state,) = ret.values()
     assert state["result"] is False
     assert "A relay.test.: wrong: 192.0.2.7, expected 192.0.2.8" in state["comment"]
+
+    # chatmail_dns.status: every pillar domain, arguments from pillar
+    pillar.write_text(
+        pillar.read_text()
+        + "  domains:\n"
+        + "    relay.test:\n      dns:\n        ipv4: 192.0.2.7\n"
+        + "    192.0.2.1: {}\n"
+        + "    elsewhere.test:\n      dns:\n        ipv4: 192.0.2.7\n"
+    )
+    args = salt_call("chatmail_dns.domain_args", "relay.test")
+    assert args == {
+        "ipv4": "192.0.2.7",
+        "ipv6": None,
+        "selector": "opendkim",
+        "keydir": str(salt_call.keydir),
+        "tlsrpt": "",
+        "caa": False,
+        "max_age": 2419200,
+    }
+    report = salt_call("chatmail_dns.status")
+    assert sorted(report) == ["192.0.2.1", "elsewhere.test", "relay.test"]
+    assert report["relay.test"] == {
+        "ok": True,
+        "problems": [],
+        "warnings": [],
+        "nameserver": server.address,
+    }
+    assert report["192.0.2.1"]["ok"] is True and report["192.0.2.1"]["skipped"]
+    assert report["elsewhere.test"]["ok"] is False
+    assert "REFUSED" in report["elsewhere.test"]["problems"][0]
