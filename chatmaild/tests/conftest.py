@@ -318,3 +318,211 @@ def dict_client():
     yield connect
     for client in clients:
         client.close()
+
+
+MAIL_USER = "dovenull"
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def dovecot_available() -> str | None:
+    """Why the real-Dovecot tests cannot run here, or None if they can."""
+    import pwd
+
+    if os.geteuid() != 0:
+        return "needs root (dovecot master)"
+    if not shutil.which("dovecot") or not shutil.which("doveadm"):
+        return "dovecot (Debian dovecot-imapd) is not installed"
+    if not os.path.exists(SYSTEM_PYTHON):
+        return f"{SYSTEM_PYTHON} missing"
+    try:
+        pwd.getpwnam(MAIL_USER)
+    except KeyError:
+        return f"system user {MAIL_USER} missing"
+    return None
+
+
+DOVECOT_CONF = """\
+instance_name = {name}
+base_dir = {base}/run
+state_dir = {base}/state
+log_path = {base}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+auth_verbose = yes
+auth_failure_delay = 0
+auth_username_chars = abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_@[]
+mail_location = maildir:~
+mail_uid = {user}
+mail_gid = {user}
+first_valid_uid = 1
+mail_plugins = $mail_plugins quota
+passdb {{
+  driver = dict
+  args = {base}/auth.conf.ext
+}}
+userdb {{
+  driver = dict
+  args = {base}/auth.conf.ext
+}}
+service auth {{
+  user = root
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = {port}
+  }}
+}}
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+protocol imap {{
+  mail_plugins = $mail_plugins imap_quota {imap_plugins}
+}}
+plugin {{
+  quota = maildir:User quota
+{plugin_settings}
+}}
+{extra}
+"""
+
+AUTH_CONF = """\
+uri = proxy:{socket}:auth
+iterate_disable = no
+iterate_prefix = userdb/
+default_pass_scheme = plain
+password_key = passdb/%Ew"%Eu
+user_key = userdb/%Eu
+"""
+
+
+@pytest.fixture
+def mail_sandbox(make_ini):
+    """A directory tree the unprivileged mail user can use (pytest's tmp_path
+    is not reachable for it): ``.base``, ``.ini`` (a chatmail.ini inside it
+    with mailboxes under ``.base/mail``; ``.write_ini(**params)`` rewrites
+    it), ``.socket(name)``, ``.popen`` (Popen keyword arguments that run a
+    daemon as the mail user) and ``.argv(module)``: the command running
+    ``chatmaild.<module>.main`` with the system Python 3 (the test venv's
+    interpreter may live where the mail user cannot read it).  Skips unless
+    running as root with Dovecot installed."""
+    reason = dovecot_available()
+    if reason:
+        pytest.skip(reason)
+    import pwd
+
+    import chatmaild
+
+    src_dir = str(Path(chatmaild.__file__).resolve().parent.parent)
+
+    pw = pwd.getpwnam(MAIL_USER)
+    base = Path(tempfile.mkdtemp(prefix="cmdc-", dir="/tmp"))
+    for sub in ("mail", "sock", "state"):
+        (base / sub).mkdir()
+    base.chmod(0o755)
+
+    class Sandbox:
+        user = MAIL_USER
+        popen = {
+            "user": pw.pw_uid,
+            "group": pw.pw_gid,
+            "extra_groups": [],
+            "env": {"PYTHONPATH": src_dir, "HOME": "/"},
+        }
+
+        @staticmethod
+        def argv(module):
+            return [SYSTEM_PYTHON, "-m", f"chatmaild.{module}"]
+
+        def __init__(self):
+            self.base = base
+            self.ini = None
+
+        def write_ini(self, **kwargs):
+            src = make_ini(
+                mailboxes_dir=base / "mail",
+                state_dir=base / "state",
+                nocreate_file=base / "nocreate",
+                **kwargs,
+            )
+            self.ini = base / "chatmail.ini"
+            self.ini.write_text(src.read_text())
+            self.ini.chmod(0o644)
+            for sub in ("mail", "sock", "state"):
+                os.chown(base / sub, pw.pw_uid, pw.pw_gid)
+            return self.ini
+
+        def socket(self, name):
+            return base / "sock" / name
+
+    sandbox = Sandbox()
+    sandbox.write_ini()
+    yield sandbox
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def dovecot(mail_sandbox, start_daemon):
+    """Start a private Dovecot 2.3 (IMAP on a free 127.0.0.1 port) whose
+    passdb/userdb is the dict at ``auth_socket``, configured like the relay's
+    (``password_key = passdb/%Ew"%Eu`` ...).  Optional ``lastlogin_socket``
+    enables the last_login plugin, ``metadata_socket`` sets
+    ``mail_attribute_dict`` with ``imap_metadata = yes``; ``extra`` is
+    appended to dovecot.conf.  Returns an object with ``.port``, ``.conf``,
+    ``.log`` (path) and ``.doveadm(*args)``."""
+    procs = []
+
+    def start(auth_socket, lastlogin_socket=None, metadata_socket=None, extra=""):
+        base = mail_sandbox.base / f"dovecot{len(procs)}"
+        (base / "run").mkdir(parents=True)
+        (base / "state").mkdir()
+        base.chmod(0o755)
+        port = find_free_port()
+        plugins = []
+        settings = []
+        if lastlogin_socket:
+            plugins.append("last_login")
+            settings.append(f"  last_login_dict = proxy:{lastlogin_socket}:lastlogin")
+            settings.append("  last_login_precision = s")
+        if metadata_socket:
+            extra = f"mail_attribute_dict = proxy:{metadata_socket}:metadata\n" + extra
+            extra += "\nprotocol imap {\n  imap_metadata = yes\n}\n"
+        (base / "auth.conf.ext").write_text(AUTH_CONF.format(socket=auth_socket))
+        conf = base / "dovecot.conf"
+        conf.write_text(
+            DOVECOT_CONF.format(
+                name=f"cmtest-{base.parent.name}-{len(procs)}",
+                base=base,
+                user=mail_sandbox.user,
+                port=port,
+                imap_plugins=" ".join(plugins),
+                plugin_settings="\n".join(settings),
+                extra=extra,
+            )
+        )
+        proc = start_daemon(["/usr/sbin/dovecot", "-F", "-c", conf], port=port)
+
+        class Dovecot:
+            pass
+
+        d = Dovecot()
+        d.port, d.conf, d.log, d.proc = port, conf, base / "dovecot.log", proc
+
+        def doveadm(*args):
+            return subprocess.run(
+                ["doveadm", "-c", str(conf), *args],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                stdin=subprocess.DEVNULL,
+            )
+
+        d.doveadm = doveadm
+        procs.append(d)
+        return d
+
+    return start

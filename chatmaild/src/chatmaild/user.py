@@ -23,7 +23,6 @@ log = logging.getLogger("chatmaild.user")
 
 PASSWORD_SCHEME = "{SHA512-CRYPT}"
 SECONDS_PER_DAY = 86400
-VMAIL_USER = "vmail"
 _SALT_CHARS = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
@@ -165,21 +164,18 @@ class User:
         _fsync_dir(self.maildir)
 
     def userdb(self) -> dict:
+        """Dovecot userdb fields.  No uid/gid: Dovecot's ``mail_uid`` and
+        ``mail_gid`` (rendered from pillar) name the mail user, so the daemon
+        never hard-codes a system user name Dovecot might fail to resolve."""
         dc = self.domain_config
         return {
             "home": str(self.maildir),
-            "uid": VMAIL_USER,
-            "gid": VMAIL_USER,
             "quota_rule": f"*:storage={dc.max_mailbox_size_raw}",
         }
 
     def passdb(self, password_field: str) -> dict:
-        return {
-            "home": str(self.maildir),
-            "uid": VMAIL_USER,
-            "gid": VMAIL_USER,
-            "password": password_field,
-        }
+        """Dovecot passdb fields: the stored hash, which Dovecot verifies."""
+        return {"password": password_field}
 
     def get_last_login(self) -> int | None:
         try:
