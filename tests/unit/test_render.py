@@ -222,3 +222,16 @@ def test_units(render, cmap):
 def test_ini_template(render, cmap, cc):
     text = render("chatmail/chatmaild/files/chatmail.ini.jinja", chatmail=cmap)
     assert text.strip() == cc.ini_text(cmap).strip()
+
+
+def test_ip_domain_pages(render, cc, defaults):
+    cmap = cc.build(defaults, {}, {"domains": {"192.0.2.7": {}}})
+    index = render(
+        "chatmail/nginx/files/page.html.jinja", chatmail=cmap, domain="192.0.2.7", page="index"
+    )
+    assert "DCACCOUNT" not in index and 'fetch("/new"' in index
+    vhost = render(
+        "chatmail/nginx/files/vhost.conf.jinja", chatmail=cmap, domain="192.0.2.7", https=True
+    )
+    assert "server_name 192.0.2.7;" in vhost and "default_server" in vhost
+    assert "dcaccount:https://192.0.2.7/new" in vhost

@@ -84,13 +84,16 @@ chatmail-nginx-{{ domain }}-mta-sts-file-managed:
       - file: chatmail-nginx-{{ domain }}-www-directory
 {%-   endif %}
 
+{%-   if not d.is_ip %}
+
 chatmail-nginx-{{ domain }}-qr-cmd-run:
   cmd.run:
     - name: >-
         qrencode -t SVG -m 2 -o '{{ www }}/{{ domain }}/qr-chatmail-invite.svg'
-        'DCACCOUNT:https://{{ d.address_domain }}/new'
+        'DCACCOUNT:https://{{ domain }}/new'
     - creates: {{ www }}/{{ domain }}/qr-chatmail-invite.svg
     - require:
       - pkg: chatmail-nginx-pkgs-installed
       - file: chatmail-nginx-{{ domain }}-www-directory
+{%-   endif %}
 {%- endfor %}
