@@ -5,6 +5,7 @@ the client, and (for DKIM) a real DNS server answering over UDP."""
 from __future__ import annotations
 
 import base64
+import os
 import smtplib
 import socket
 import threading
@@ -246,6 +247,29 @@ def test_outgoing_refuses_cleartext(filtermail, sink, name):
     assert code == 523
     assert text.startswith("Encryption Needed")
     assert sink.received == []
+
+
+def big_encrypted_mail(sender, size) -> bytes:
+    """An OpenPGP/MIME mail whose SEIPD packet has ``size`` random bytes."""
+    seipd = b"\x01" + os.urandom(size)
+    stream = b"\xc1\x5e\x03" + os.urandom(93) + b"\xd2\xff" + len(seipd).to_bytes(4, "big") + seipd
+    b64 = base64.b64encode(stream).decode()
+    armor = "\r\n".join(b64[i : i + 76] for i in range(0, len(b64), 76))
+    template = load_mail("encrypted.eml", sender, RCPT).decode()
+    start = template.index("-----BEGIN PGP MESSAGE-----")
+    end = template.index("-----END PGP MESSAGE-----")
+    body = "-----BEGIN PGP MESSAGE-----\r\n\r\n" + armor + "\r\n"
+    return (template[:start] + body + template[end:]).encode()
+
+
+def test_outgoing_big_message_checked_off_the_loop(filtermail, sink):
+    port = filtermail("outgoing")
+    content = big_encrypted_mail(SENDER, 600_000)
+    assert len(content) > 800_000
+    assert send(port, SENDER, [RCPT], content)[0] == 250
+    broken = content.replace(b"-----END PGP MESSAGE-----", b"AAAA\r\n-----END PGP MESSAGE-----")
+    assert send(port, SENDER, [RCPT], broken)[0] == 523
+    assert [c for _, _, c in sink.received] == [content]
 
 
 def test_outgoing_autocrypt_setup_message_only_to_self(filtermail, sink):

@@ -286,7 +286,7 @@ class OutgoingHandler(BaseHandler):
         key = address.lower()
         if not self.limiter.allow(key, dc.max_user_send_per_minute, dc.max_user_send_burst_size):
             log.info("rate limit hit by %s", address)
-            return f"450 4.7.1 Too much mail from {address}"
+            return safe_reply(f"450 4.7.1 Too much mail from {address}")
         return await super().handle_MAIL(server, session, envelope, address, mail_options)
 
     def check(self, mail_from, rcpt_tos, content):
@@ -395,6 +395,7 @@ async def serve(config, mode: str, dnsfunc=None):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     server.close()
+    handler.reinjector.close()
     executor.shutdown(wait=False, cancel_futures=True)
 
 
