@@ -158,6 +158,9 @@ def boot(name, fqdn, ip=None, pillar_dir=None, extra_mounts=(), reuse=False, kee
             "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro",
             "--stop-signal", "SIGRTMIN+3",
             "--network", NETWORK, "--hostname", fqdn, "--dns", GATEWAY,
+            # real hosts have ::1; docker disables IPv6 in containers by default
+            "--sysctl", "net.ipv6.conf.all.disable_ipv6=0",
+            "--sysctl", "net.ipv6.conf.lo.disable_ipv6=0",
             "-v", f"{REPO}:{REPO_MOUNT}:ro",
         ]  # fmt: skip
         if ip:
