@@ -373,3 +373,25 @@ def test_real_dovecot_imap_login(mail_sandbox, dovecot, start_daemon):
     assert str(pwfile.parent) in info.stdout
     log = dc.log.read_text()
     assert "Error" not in log, log
+
+
+def test_real_dovecot_multi_domain_and_ip(mail_sandbox, dovecot, start_daemon):
+    """Per-domain quota and an IP-literal domain through Dovecot itself."""
+    import imaplib
+
+    ini = mail_sandbox.write_ini(
+        domains=[DOMAIN, "192.0.2.7"], sections={"192.0.2.7": {"max_mailbox_size": "10M"}}
+    )
+    auth = mail_sandbox.socket("auth.socket")
+    start_daemon([*mail_sandbox.argv("doveauth"), auth, ini], socket=auth, **mail_sandbox.popen)
+    dc = dovecot(auth)
+    ip_addr = "ipuser123@[192.0.2.7]"
+    for addr, kib in [("domainusr@" + DOMAIN, 512000), (ip_addr, 10240)]:
+        conn = imaplib.IMAP4("127.0.0.1", dc.port, timeout=30)
+        conn.login(addr, "123456789")
+        typ, data = conn.getquotaroot("INBOX")
+        assert f"(STORAGE 0 {kib})".encode() in b" ".join(d for d in data[1] if d)
+        conn.logout()
+    users = dc.doveadm("user", "*")
+    assert sorted(users.stdout.split()) == sorted(["domainusr@" + DOMAIN, ip_addr])
+    assert (mail_sandbox.base / "mail" / "192.0.2.7" / ip_addr / "password").exists()
