@@ -17,7 +17,7 @@ import logging
 
 import dkim
 
-log = logging.getLogger("chatmaild.filtermail")
+log = logging.getLogger("chatmaild.filtermail.dkim")
 
 
 def parse_server(spec: str) -> tuple[str, int]:
@@ -64,7 +64,7 @@ def make_dnsfunc(server: str):
 def signature_domains(message: bytes, dnsfunc=None) -> list[str]:
     """The ``d=`` domains (lower-case) of all DKIM signatures that verify."""
     kwargs = {} if dnsfunc is None else {"dnsfunc": dnsfunc}
-    verifier = dkim.DKIM(message)
+    verifier = dkim.DKIM(message, logger=log)
     count = sum(1 for name, _ in verifier.headers if name.lower() == b"dkim-signature")
     valid = []
     for idx in range(count):

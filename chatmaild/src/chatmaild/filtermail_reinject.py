@@ -19,7 +19,8 @@ import asyncio
 import re
 import time
 
-TIMEOUT = 120.0
+# Below Postfix's smtpd_proxy_timeout (100 s), so our 451 reaches the client.
+TIMEOUT = 60.0
 _LEADING_DOT = re.compile(rb"(^|\n)\.", re.MULTILINE)
 
 
