@@ -16,6 +16,7 @@ import hashlib
 import ipaddress
 import logging
 import os
+import re
 
 try:
     import dns.exception
@@ -77,10 +78,13 @@ def _pillar(key, default):
         return get(key, default)
 
 
+_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?$")
+
+
 def _domain(domain):
     domain = str(domain).strip().rstrip(".").lower()
-    if not domain:
-        raise ValueError("empty domain")
+    if not domain or len(domain) > 253 or not all(_LABEL.match(x) for x in domain.split(".")):
+        raise ValueError(f"invalid domain name: {domain!r}")
     return domain
 
 
@@ -301,10 +305,14 @@ def records(
         out.append(_record(f"{service}.{apex}", "SRV", f"0 1 {port} {apex}", False, ttl))
     if caa:
         issuer = "letsencrypt.org"
+        if acme_account_uri and re.search(r'[\s"\\;]', str(acme_account_uri)):
+            raise ValueError(f"invalid acme_account_uri: {acme_account_uri!r}")
         if acme_account_uri:
             issuer += f";accounturi={acme_account_uri}"
         out.append(_record(apex, "CAA", f'0 issue "{issuer}"', False, ttl))
     if tlsrpt:
+        if re.search(r'[\s";,!]', str(tlsrpt)):
+            raise ValueError(f"invalid tlsrpt address: {tlsrpt!r}")
         rua = tlsrpt if ":" in tlsrpt else f"mailto:{tlsrpt}"
         out.append(_record(f"_smtp._tls.{apex}", "TXT", f"v=TLSRPTv1;rua={rua}", False, ttl))
     return out

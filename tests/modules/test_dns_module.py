@@ -196,3 +196,18 @@ def test_domain_args_defaults_without_pillar(modules):
             "skipped": "IP-address relay: DNS does not apply",
         }
     }
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"domain": "evil.test\n@ IN A 1.2.3.4"},
+        {"domain": "a..test"},
+        {"domain": "-a.test"},
+        {"domain": DOMAIN, "tlsrpt": 'x@y.test" "v=spf1 +all'},
+        {"domain": DOMAIN, "acme_account_uri": 'https://a.test/1" 0 issue "evil.test'},
+    ],
+)
+def test_unsafe_values_never_reach_the_zone(modules, keydir, args):
+    with pytest.raises(ValueError):
+        modules.chatmail_dns.zone_fragment(ipv4="192.0.2.1", keydir=keydir, **args)
