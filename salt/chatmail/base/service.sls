@@ -21,10 +21,13 @@ chatmail-base-unbound-service-running:
 {%- if chatmail.dns.manage_resolv_conf %}
 
 {#- Written in place, never replaced: in containers /etc/resolv.conf is often
-    a bind mount that cannot be renamed over.  Only once unbound answers. #}
+    a bind mount that cannot be renamed over.  Only once unbound answers.
+    The previous content is kept for chatmail.base.clean. #}
 chatmail-base-resolv-conf-cmd-run:
   cmd.run:
-    - name: printf 'nameserver 127.0.0.1\n' > /etc/resolv.conf
+    - name: >-
+        { [ -e /etc/resolv.conf.chatmail-saved ] || cp /etc/resolv.conf /etc/resolv.conf.chatmail-saved; } &&
+        printf 'nameserver 127.0.0.1\n' > /etc/resolv.conf
     - unless: test "$(grep '^nameserver' /etc/resolv.conf)" = "nameserver 127.0.0.1"
     - onlyif: systemctl is-active --quiet unbound
     - require:

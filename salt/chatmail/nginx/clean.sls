@@ -1,4 +1,5 @@
-{#- Remove the chatmail vhosts and web roots; nginx keeps running. #}
+{#- Remove the chatmail vhosts and web roots and bring back Debian's default
+    site; nginx keeps running. #}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import chatmail with context %}
 
@@ -10,8 +11,15 @@ chatmail-nginx-clean-files-absent:
       - {{ chatmail.lookup.paths.www_root }}/{{ domain }}
 {%- endfor %}
 
+chatmail-nginx-clean-default-site-symlink:
+  file.symlink:
+    - name: /etc/nginx/sites-enabled/default
+    - target: /etc/nginx/sites-available/default
+    - onlyif: test -e /etc/nginx/sites-available/default
+
 chatmail-nginx-clean-service-reload-cmd-run:
   cmd.run:
     - name: systemctl try-reload-or-restart nginx
     - onchanges:
       - file: chatmail-nginx-clean-files-absent
+      - file: chatmail-nginx-clean-default-site-symlink
