@@ -13,6 +13,8 @@ from chatmaild.dictproxy import (
     tabescape,
     tabunescape,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 class MemoryDict(DictProxy):
@@ -256,3 +258,10 @@ def test_parallel_connections(memdict, dict_client):
     for t in threads:
         t.join()
     assert not errors
+
+
+@given(st.text())
+def test_escape_roundtrip_property(text):
+    escaped = tabescape(text)
+    assert tabunescape(escaped) == text
+    assert not set(escaped) & {"\t", "\n", "\r", "\0"}

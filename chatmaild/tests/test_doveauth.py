@@ -11,6 +11,8 @@ import threading
 import warnings
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -395,3 +397,24 @@ def test_real_dovecot_multi_domain_and_ip(mail_sandbox, dovecot, start_daemon):
     users = dc.doveadm("user", "*")
     assert sorted(users.stdout.split()) == sorted(["domainusr@" + DOMAIN, ip_addr])
     assert (mail_sandbox.base / "mail" / "192.0.2.7" / ip_addr / "password").exists()
+
+
+@given(st.text(), st.text())
+def test_percent_e_key_roundtrip(password, addr):
+    from chatmaild.doveauth import split_escaped
+
+    assert split_escaped(f'{percent_e(password)}"{percent_e(addr)}') == [password, addr]
+
+
+def test_syslimit_readers(tmp_path):
+    from chatmaild.syslimits import disk_free, load_1m, mem_available
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:  1000 kB\nMemAvailable:     2048 kB\n")
+    assert mem_available(meminfo) == 2048 * 1024
+    meminfo.write_text("garbage\n")
+    assert mem_available(meminfo) is None
+    assert mem_available(tmp_path / "absent") is None
+    # a mailbox dir that does not exist yet is measured on its parent's fs
+    assert disk_free(tmp_path / "not" / "yet") > 0
+    assert load_1m() >= 0
