@@ -165,6 +165,8 @@ def test_state_ids_and_requisites(example):
         "chatmail-postfix-config-tls-server-sni-cmd-run",
         "chatmail-postfix-service-config-checked",
         "chatmail-postfix-service-running",
+        "chatmail-postfix-service-enabled",
+        "chatmail-postfix-package-exim4-cmd-run",
         "chatmail-dovecot-config-file-managed",
         "chatmail-dovecot-service-running",
     ]:

@@ -9,8 +9,18 @@ chatmail-postfix-package-exim4-service-dead:
     - enable: false
     - onlyif: test -e /etc/init.d/exim4
 
+{#- Its init script matches the daemon by executable, which fails where
+    /proc/<pid>/exe of the (non-dumpable) daemon is unreadable, e.g. in a
+    container: the daemon survives "stop".  Match it by process name. #}
+chatmail-postfix-package-exim4-cmd-run:
+  cmd.run:
+    - name: start-stop-daemon --stop --oknodo --retry 10 --name exim4
+    - onlyif: pgrep -x exim4
+    - require:
+      - service: chatmail-postfix-package-exim4-service-dead
+
 chatmail-postfix-package-pkg-installed:
   pkg.installed:
     - pkgs: {{ chatmail.lookup.pkgs.postfix | json }}
     - require:
-      - service: chatmail-postfix-package-exim4-service-dead
+      - cmd: chatmail-postfix-package-exim4-cmd-run

@@ -25,11 +25,17 @@ chatmail-postfix-service-config-checked:
       - cmd: chatmail-postfix-config-tls-server-sni-cmd-run
 {%- endif %}
 
+{#- Debian's postfix.service is a oneshot wrapper that stays "active" even
+    when the real instance (postfix@-) fails: run and restart the instance. #}
+chatmail-postfix-service-enabled:
+  service.enabled:
+    - name: postfix
+
 chatmail-postfix-service-running:
   service.running:
-    - name: postfix
-    - enable: true
+    - name: postfix@-
     - require:
+      - service: chatmail-postfix-service-enabled
       - cmd: chatmail-postfix-service-config-checked
     - watch:
 {%- for f in files %}
