@@ -37,6 +37,15 @@ Fixtures for everyone:
 
 ``free_port()``
     The fixture returns a function giving a free 127.0.0.1 TCP port.
+
+``mail_sandbox`` / ``dovecot(auth_socket, lastlogin_socket=None,
+metadata_socket=None, extra="")``
+    A real, private Dovecot 2.3 (IMAP, no TLS, on a free port) using the
+    dict daemons like the relay does.  The daemons must then run as the
+    unprivileged mail user: start them with
+    ``start_daemon([*mail_sandbox.argv("doveauth"), sock, mail_sandbox.ini],
+    socket=sock, **mail_sandbox.popen)`` and sockets from
+    ``mail_sandbox.socket(name)``.  Skipped unless root with Dovecot installed.
 """
 
 from __future__ import annotations
