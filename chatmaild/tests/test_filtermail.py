@@ -523,3 +523,39 @@ def test_incoming_malformed_then_good(filtermail, sink, dns_server, rsa_key):
         assert 500 <= code < 600
         assert send(port, REMOTE, [LOCAL], good)[0] == 250
     assert len(sink.received) == len(GARBAGE) + 1
+
+
+def send_xforward(port, mail_from, rcpts, content, xforward=None) -> tuple[int, str]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo()
+        assert client.has_extn("xforward")
+        if xforward:
+            assert client.docmd("XFORWARD", xforward)[0] == 250
+        assert client.mail(mail_from)[0] == 250
+        for rcpt in rcpts:
+            assert client.rcpt(rcpt)[0] == 250
+        code, text = client.data(content)
+        return code, text.decode()
+
+
+def test_incoming_ip_literal_sender_must_be_the_client(filtermail, sink):
+    """IP-only relays cannot DKIM-sign; Postfix's XFORWARD tells us who connected."""
+    port = filtermail("incoming")
+    ip_sender = "user00001@[192.0.2.7]"
+    mail = load_mail("encrypted.eml", ip_sender, LOCAL)
+    ok = send_xforward(port, ip_sender, [LOCAL], mail, "NAME=relay ADDR=192.0.2.7 PROTO=ESMTP")
+    assert ok[0] == 250
+    code, text = send_xforward(port, ip_sender, [LOCAL], mail, "ADDR=192.0.2.8")
+    assert code == 550 and "not the client" in text
+    assert send_xforward(port, ip_sender, [LOCAL], mail)[0] == 550
+    v6_sender = "user00001@[IPv6:2001:db8::7]"
+    v6_mail = load_mail("encrypted.eml", v6_sender, LOCAL)
+    assert send_xforward(port, v6_sender, [LOCAL], v6_mail, "ADDR=IPV6:2001:DB8:0::7")[0] == 250
+    # a domain sender still needs DKIM, whatever the client address
+    assert (
+        send_xforward(
+            port, REMOTE, [LOCAL], mail.replace(b"[192.0.2.7]", OTHER.encode()), "ADDR=192.0.2.7"
+        )[0]
+        == 550
+    )
+    assert len(sink.received) == 2

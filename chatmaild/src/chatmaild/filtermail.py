@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import re
@@ -36,7 +37,7 @@ from email.message import Message
 from email.policy import compat32
 from email.utils import getaddresses
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, syntax
 
 from .config import ConfigError, main_config_error, read_config
 from .filtermail_dkim import check_dkim, make_dnsfunc
@@ -214,6 +215,32 @@ class FilterSMTP(SMTP):
             return None
         return {k: v for k, v in result.items() if k in KNOWN_PARAMS}
 
+    @syntax("XFORWARD attribute=value ...")
+    async def smtp_XFORWARD(self, arg):
+        """Postfix's XFORWARD (sent before MAIL when we advertise it): the
+        real client's address, kept in ``session.xforward``."""
+        items = (arg or "").split()
+        if not items or any("=" not in item for item in items):
+            await self.push("501 Syntax: XFORWARD attribute=value ...")
+            return
+        forwarded = getattr(self.session, "xforward", {})
+        for item in items:
+            name, _, value = item.partition("=")
+            forwarded[name.upper()] = value
+        self.session.xforward = forwarded
+        await self.push("250 OK")
+
+
+def forwarded_client_ip(session) -> str | None:
+    """The client IP Postfix reported with XFORWARD ADDR, normalised."""
+    value = getattr(session, "xforward", {}).get("ADDR", "")
+    if value.upper().startswith("IPV6:"):
+        value = value[5:]
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
+
 
 class BaseHandler:
     direction = ""
@@ -231,6 +258,11 @@ class BaseHandler:
     def reinject_port(self) -> int:
         raise NotImplementedError
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        # Ask Postfix (smtpd_proxy_filter) to tell us the real client.
+        session.host_name = hostname
+        return responses[:-1] + ["250-XFORWARD NAME ADDR PROTO HELO", responses[-1]]
+
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         # aiosmtpd treats an empty sender as "no MAIL yet"; keep a marker.
         envelope.mail_from = address or "<>"
@@ -242,11 +274,12 @@ class BaseHandler:
         mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from
         content = envelope.original_content
         rcpt_tos = list(envelope.rcpt_tos)
+        args = (mail_from, rcpt_tos, content, forwarded_client_ip(session))
         try:
             if len(content) <= self.inline_check_limit:
-                self.check(mail_from, rcpt_tos, content)
+                self.check(*args)
             else:
-                await loop.run_in_executor(self.executor, self.check, mail_from, rcpt_tos, content)
+                await loop.run_in_executor(self.executor, self.check, *args)
         except Reject as exc:
             log.info("%s from %r refused: %s", self.direction, mail_from, exc.args[0])
             return safe_reply(exc.args[0])
@@ -260,7 +293,9 @@ class BaseHandler:
         log.log(level, "%s from %r reinjected: %s", self.direction, mail_from, reply)
         return reply
 
-    def check(self, mail_from: str, rcpt_tos: list[str], content: bytes) -> None:
+    def check(self, mail_from: str, rcpt_tos: list[str], content: bytes, client_ip=None):
+        """Raise :class:`Reject` unless the mail may pass.  ``client_ip`` is
+        the SMTP client Postfix reported (XFORWARD), if any."""
         raise NotImplementedError
 
 
@@ -289,7 +324,7 @@ class OutgoingHandler(BaseHandler):
             return safe_reply(f"450 4.7.1 Too much mail from {address}")
         return await super().handle_MAIL(server, session, envelope, address, mail_options)
 
-    def check(self, mail_from, rcpt_tos, content):
+    def check(self, mail_from, rcpt_tos, content, client_ip=None):
         fast_from = encrypted_sender(content)
         if fast_from is not None and fast_from.lower() == mail_from.lower():
             return
@@ -316,10 +351,23 @@ class IncomingHandler(BaseHandler):
         super().__init__(config, executor)
         self.dnsfunc = dnsfunc
 
-    def check_dkim(self, content: bytes, from_addr: str):
+    def check_dkim(self, content: bytes, from_addr: str, client_ip: str | None):
         if not self.config.filtermail_dkim_check:
             return
-        problem = check_dkim(content, from_addr.rsplit("@", 1)[1], self.dnsfunc)
+        domain = from_addr.rsplit("@", 1)[1]
+        if domain.startswith("[") and domain.endswith("]"):
+            # IP-only relays cannot sign (no DNS for a key); their address
+            # literal must instead be the connecting client's address.
+            try:
+                literal = str(ipaddress.ip_address(domain[1:-1].removeprefix("IPv6:")))
+            except ValueError:
+                literal = None
+            if literal is None or literal != client_ip:
+                raise Reject(
+                    f"550 5.7.1 DKIM check failed: sender {domain} is not the client {client_ip}"
+                )
+            return
+        problem = check_dkim(content, domain, self.dnsfunc)
         if problem:
             raise Reject(f"550 5.7.1 DKIM check failed: {problem}")
 
@@ -327,16 +375,16 @@ class IncomingHandler(BaseHandler):
     def reinject_port(self) -> int:
         return self.config.postfix_reinject_port_incoming
 
-    def check(self, mail_from, rcpt_tos, content):
+    def check(self, mail_from, rcpt_tos, content, client_ip=None):
         fast_from = encrypted_sender(content)
         if fast_from is not None:
-            self.check_dkim(content, fast_from)
+            self.check_dkim(content, fast_from, client_ip)
             return
         msg = parse_message(content)
         from_addr = single_from_address(msg)
         if from_addr is None:
             raise Reject("550 5.7.1 Message needs exactly one From address")
-        self.check_dkim(content, from_addr)
+        self.check_dkim(content, from_addr, client_ip)
         if is_encrypted(msg, allow_armor_headers=True) or is_securejoin_request(msg):
             return
         if is_bounce(msg):
