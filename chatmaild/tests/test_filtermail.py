@@ -8,6 +8,8 @@ import base64
 import os
 import smtplib
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -559,3 +561,26 @@ def test_incoming_ip_literal_sender_must_be_the_client(filtermail, sink):
         == 550
     )
     assert len(sink.received) == 2
+
+
+def test_dns_server_from_environment(make_ini, start_daemon, free_port, sink, dns_server, rsa_key):
+    publish(dns_server, rsa_key, OTHER)
+    port = free_port()
+    ini = make_ini(filtermail_smtp_port_incoming=port, postfix_reinject_port_incoming=sink.port)
+    env = {"FILTERMAIL_DNS_SERVER": f"127.0.0.1:{dns_server.port}"}
+    start_daemon(["filtermail", ini, "incoming"], port=port, env=env)
+    content = dkim_sign(load_mail("encrypted.eml", REMOTE, LOCAL), OTHER, rsa_key)
+    assert send(port, REMOTE, [LOCAL], content)[0] == 250
+
+
+def test_config_error_exits_2(make_ini, tmp_path):
+    ini = make_ini(filtermail_smtp_port="not-a-port")
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "filtermail"), str(ini), "outgoing"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "filtermail_smtp_port" in proc.stderr
