@@ -14,10 +14,15 @@ the sender's domain), and only OpenPGP/MIME encrypted mail passes, except a
 Secure-Join request, a self-addressed Autocrypt Setup Message and mail of
 ``passthrough_senders`` or to ``passthrough_recipients`` only.
 
-Incoming: a valid DKIM signature aligned with the ``From:`` domain is required
-(``filtermail_dkim_check``), and cleartext is refused when any recipient has
-the ``enforceE2EEincoming`` marker, except Secure-Join requests and
+Incoming: a valid DKIM signature whose ``d=`` equals the ``From:`` domain
+is required (``filtermail_dkim_check``; an IP-literal sender such as
+``user@[192.0.2.7]`` must instead be the client Postfix reports with
+XFORWARD), and cleartext is refused when any recipient has the
+``enforceE2EEincoming`` marker, except Secure-Join requests and
 multipart/report bounces from ``mailer-daemon@``.
+
+DKIM keys are looked up with the system resolver, or only at the DNS server
+given by ``--dns-server IP:PORT`` or the ``FILTERMAIL_DNS_SERVER`` variable.
 """
 
 from __future__ import annotations
