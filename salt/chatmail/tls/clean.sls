@@ -13,7 +13,6 @@ chatmail-tls-clean-files-absent:
     - names:
       - {{ chatmail.lookup.paths.systemd_dir }}/chatmail-tls-reload.path
       - {{ chatmail.lookup.paths.systemd_dir }}/chatmail-tls-reload.service
-      - /etc/cron.d/chatmail-acmetool
       - /etc/acme/hooks/chatmail-reload
     - require:
       - service: chatmail-tls-external-path-service-dead

@@ -106,6 +106,7 @@ chatmail-tls-acme-responses-file-managed:
         # Managed by Salt (chatmail-salt)
         "acme-enter-email": "{{ acme_email }}"
         "acme-agreement:https://letsencrypt.org/documents/LE-SA-v1.4-April-3-2024.pdf": true
+        "acme-agreement:https://letsencrypt.org/documents/LE-SA-v1.5-February-24-2025.pdf": true
     - require:
       - pkg: chatmail-tls-acme-pkgs-installed
 
@@ -116,15 +117,6 @@ chatmail-tls-acme-hook-file-managed:
     - makedirs: true
     - mode: "0755"
 
-chatmail-tls-acme-cron-file-managed:
-  file.managed:
-    - name: /etc/cron.d/chatmail-acmetool
-    - mode: "0644"
-    - contents: |
-        # Managed by Salt (chatmail-salt): renew certificates when due.
-        SHELL=/bin/sh
-        PATH=/usr/local/sbin:/usr/local/bin:/sbin:/bin:/usr/sbin:/usr/bin
-        17 3 * * * root acmetool --batch reconcile >/dev/null 2>&1
 {%- endif %}
 {%- if 'external' in modes %}
 

@@ -6,16 +6,12 @@ include:
   - .config
 {%- if 'acme' in modes %}
 
-{#- Needs nginx serving the http-01 challenge; failures (no network, DNS not
-    yet pointing here) do not fail the highstate: the daily cron retries. #}
-chatmail-tls-acme-reconcile-cmd-run:
-  cmd.run:
-    - name: acmetool --batch reconcile || true
-    - onchanges:
-      - file: chatmail-tls-acme-target-file-managed
-{%-   for domain in chatmail.domain_list if chatmail.domains[domain].tls.mode == 'acme' %}
-      - file: chatmail-tls-{{ domain }}-acme-desired-file-managed
-{%-   endfor %}
+chatmail-tls-acme-timer-running:
+  service.running:
+    - name: acmetool.timer
+    - enable: true
+    - require:
+      - pkg: chatmail-tls-acme-pkgs-installed
 {%- endif %}
 {%- if 'external' in modes %}
 
