@@ -7,6 +7,7 @@ Pieces (each module can be used on its own):
   hosts   -- boot / exec / converge / destroy hosts
 """
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -24,3 +25,31 @@ PROXY_URL = f"http://{GATEWAY}:{PROXY_PORT}"
 SALT_VERSION = "3008.3"
 RELAY_NAME = "cmsalt-relay"
 RELAY_IP = "172.31.77.10"
+
+LOCK_FILE = "/run/cmsalt-harness.lock"
+
+
+class locked:
+    """Inter-process (and inter-thread) lock around the shared setup steps:
+    starting dockerd, building images, creating the network, starting the proxy."""
+
+    def __enter__(self):
+        self._fd = open(LOCK_FILE, "a")
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        self._fd.close()
+        return False
+
+
+def ensure_infra():
+    """dockerd, systemd image, test network and apt proxy; returns (started_dockerd, tag)."""
+    from . import docker, image, network
+
+    with locked():
+        started = docker.ensure()
+        tag = image.ensure_image()
+        network.ensure_network()
+        network.ensure_proxy()
+    return started, tag

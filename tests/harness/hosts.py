@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import GATEWAY, LABEL, NETWORK, REPO, dns, docker, image, network
+from . import GATEWAY, LABEL, NETWORK, REPO, dns, docker, ensure_infra, network
 from .docker import DockerError
 from .docker import docker as docker_cli
 
@@ -140,10 +140,7 @@ def boot(name, fqdn, ip=None, pillar_dir=None, extra_mounts=(), reuse=False, kee
     extra_mounts: iterable of (host_path, container_path[, "ro"|"rw"]).
     Hosts are removed at interpreter exit unless keep=True.
     """
-    docker.ensure()
-    tag = image.ensure_image()
-    network.ensure_network()
-    network.ensure_proxy()
+    _started, tag = ensure_infra()
     running = _container_state(name)
     if running and reuse:
         ip = _ip(name)

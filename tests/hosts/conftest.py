@@ -5,12 +5,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import docker, hosts, image, network
+from tests.harness import ensure_infra, hosts
 
 HERE = Path(__file__).parent
 PILLAR = HERE / "pillar"
-RELAY = {"name": "cmsalt-test-relay", "fqdn": "chat1.test", "ip": "172.31.77.20"}
-SMOKE = {"name": "cmsalt-test-smoke", "fqdn": "smoke.test", "ip": "172.31.77.21"}
+# Under pytest-xdist every worker gets its own hosts (names suffixed, addresses
+# assigned by docker); run with --dist loadgroup to share one relay per run.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+RELAY = {
+    "name": "cmsalt-test-relay" + (f"-{WORKER}" if WORKER else ""),
+    "fqdn": "chat1.test",
+    "ip": None if WORKER else "172.31.77.20",
+}
+SMOKE = {
+    "name": "cmsalt-test-smoke" + (f"-{WORKER}" if WORKER else ""),
+    "fqdn": "smoke.test",
+    "ip": None if WORKER else "172.31.77.21",
+}
 DOMAINS = ["chat1.test", "_chat2.test"]
 # CMSALT_KEEP_HOSTS=1 leaves the test hosts running after the session (debugging;
 # remove them with `python -m tests.harness down`).
@@ -21,15 +32,13 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if str(item.fspath).startswith(str(HERE)):
             item.add_marker(pytest.mark.hosts)
+            item.add_marker(pytest.mark.xdist_group("hosts"))
 
 
 @pytest.fixture(scope="session")
 def harness():
     """dockerd, image, network and apt proxy; stopped again if this session started them."""
-    started = docker.ensure()
-    image.ensure_image()
-    network.ensure_network()
-    network.ensure_proxy()
+    started, _tag = ensure_infra()
     yield
     if started and not KEEP and not hosts.list_hosts():
         hosts.teardown_all(stop_daemons=True)

@@ -1,0 +1,156 @@
+"""Two converged relays with real DNS for the acceptance suite and the e2e benchmark.
+
+Each relay gets a pillar written into a temporary directory (its domain, the
+harness nsd as DNS forwarder and authoritative server, a push gateway on the
+CI machine), is booted and converged in parallel with the others, and its
+zone fragment (`/etc/chatmail/zones/<domain>.zone`, written by the tree) is
+published through the harness nsd so the relays find each other's MX, DKIM
+keys and MTA-STS records as on the internet.
+"""
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from . import GATEWAY, dns, ensure_infra, hosts
+
+ZONE_DIR = "/etc/chatmail/zones"
+
+
+@dataclass
+class RelaySpec:
+    name: str
+    domain: str
+    ip: str
+    params: dict = field(default_factory=dict)
+    limits: dict = field(default_factory=dict)
+
+
+@dataclass
+class Relay:
+    spec: RelaySpec
+    host: hosts.Host
+    first: hosts.ConvergeResult | None = None
+
+    @property
+    def domain(self):
+        return self.spec.domain
+
+    @property
+    def ip(self):
+        return self.host.ip
+
+
+class PushGateway:
+    """A stand-in for the push gateway: records every POST, answers 200 (or 410 for
+    tokens listed in `gone`). Listens on the test network's gateway address."""
+
+    def __init__(self, host=GATEWAY, port=0):
+        self.requests = []
+        self.gone = set()
+        self.cond = threading.Condition()
+        gateway = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                token = body.decode("utf-8", "replace").strip()
+                with gateway.cond:
+                    gateway.requests.append((self.path, token, time.time()))
+                    gateway.cond.notify_all()
+                code = 410 if token in gateway.gone else 200
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://{host}:{self.server.server_address[1]}/notify"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def tokens(self):
+        with self.cond:
+            return [token for _path, token, _t in self.requests]
+
+    def wait_for(self, token, timeout=60, count=1):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self.tokens_locked().count(token) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+        return True
+
+    def tokens_locked(self):
+        return [token for _path, token, _t in self.requests]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def pillar_for(spec, push_url):
+    chatmail = {
+        "domains": {spec.domain: {}},
+        "params": {"push_notification_url": push_url, **spec.params},
+        "dns": {"check": "warn", "forwarders": [GATEWAY], "nameservers": [GATEWAY]},
+    }
+    if spec.limits:
+        chatmail["limits"] = dict(spec.limits)
+    return {"chatmail": chatmail}
+
+
+def write_pillar(directory, spec, push_url):
+    """Pillar tree for one relay (JSON is YAML, so .sls files can hold it)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
+    (directory / "chatmail.sls").write_text(json.dumps(pillar_for(spec, push_url), indent=2))
+    return directory
+
+
+def bootstrap_zone(spec):
+    """A and MX only: enough for the relays to find each other while converging."""
+    return dns.zone_text(spec.domain, [f"@ IN A {spec.ip}", f"@ IN MX 10 {spec.domain}."])
+
+
+def published_zone(relay):
+    """The zone of a relay's domain: nsd's SOA/NS plus the fragment the tree wrote."""
+    fragment = relay.host.exec("cat", f"{ZONE_DIR}/{relay.domain}.zone").stdout
+    lines = [line for line in fragment.splitlines() if line.strip() and not line.startswith(";")]
+    return dns.zone_text(relay.domain, lines)
+
+
+def publish(relays):
+    dns.set_zones({r.domain: published_zone(r) for r in relays})
+
+
+def up(specs, pillar_root, push_url, keep=False):
+    """Boot and converge every relay in parallel; returns [Relay] (first converge kept)."""
+    ensure_infra()
+    dns.set_zones({s.domain: bootstrap_zone(s) for s in specs})
+
+    def one(spec):
+        pillar = write_pillar(Path(pillar_root) / spec.name, spec, push_url)
+        host = hosts.boot(spec.name, spec.domain, ip=spec.ip, pillar_dir=pillar, keep=keep)
+        return Relay(spec, host, hosts.converge(host))
+
+    with ThreadPoolExecutor(max_workers=len(specs)) as pool:
+        relays = list(pool.map(one, specs))
+    if all(r.first.ok for r in relays):
+        publish(relays)
+    return relays
+
+
+def down(relays):
+    for relay in relays:
+        hosts.destroy(relay.host)
