@@ -20,6 +20,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -58,13 +59,22 @@ class SinkHandler:
         return "250 2.0.0 Ok: queued as SINK1"
 
 
+class LongLineSMTP(SMTP):
+    line_length_limit = 64 * 1024  # Postfix accepts long lines too
+
+
+class SinkController(Controller):
+    def factory(self):
+        return LongLineSMTP(self.handler, **self.SMTP_kwargs)
+
+
 @pytest.fixture
 def sink(free_port):
     handler = SinkHandler()
     controllers = []
 
     def start(port):
-        controller = Controller(handler, hostname="127.0.0.1", port=port)
+        controller = SinkController(handler, hostname="127.0.0.1", port=port)
         controller.start()
         controllers.append(controller)
 
@@ -351,11 +361,13 @@ def test_outgoing_passthrough_per_domain(filtermail, sink):
     assert len(sink.received) == 3
 
 
-def test_outgoing_dot_lines_and_8bit_survive(filtermail, sink):
+def test_outgoing_dot_lines_long_lines_and_8bit_survive(filtermail, sink):
     port = filtermail("outgoing", passthrough_recipients=f"echo@{DOMAIN}")
     echo = f"echo@{DOMAIN}"
     content = load_mail("plain.eml", SENDER, echo) + (
         ".leading dot\r\n..two dots\r\n.\r\nzwölf Boxkämpfer\r\n".encode()
+        + b"long " * 1000
+        + b"\r\n"
     )
     assert send(port, SENDER, [echo], content)[0] == 250
     assert sink.received[0][2] == content

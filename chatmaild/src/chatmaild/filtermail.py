@@ -214,6 +214,11 @@ class SendRateLimiter:
 
 
 class FilterSMTP(SMTP):
+    # RFC 5321 allows 1000 octets, but Postfix's proxy passes longer lines of
+    # sloppy senders through (it reassembles what it chopped at 2048); keep
+    # them intact instead of failing the whole mail.
+    line_length_limit = 64 * 1024
+
     def _getparams(self, params):
         result = super()._getparams(params)
         if result is None:
