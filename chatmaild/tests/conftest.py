@@ -43,7 +43,7 @@ metadata_socket=None, extra="")``
     A real, private Dovecot 2.3 (IMAP, no TLS, on a free port) using the
     dict daemons like the relay does.  The daemons must then run as the
     unprivileged mail user: start them with
-    ``start_daemon([*mail_sandbox.argv("doveauth"), sock, mail_sandbox.ini],
+    ``start_daemon([*mail_sandbox.argv("doveauth"), mail_sandbox.ini, sock],
     socket=sock, **mail_sandbox.popen)`` and sockets from
     ``mail_sandbox.socket(name)``.  Skipped unless root with Dovecot installed.
 """

@@ -52,7 +52,7 @@ def doveauth(make_ini, start_daemon, socket_path, dict_client, tmp_path):
         def start(self, **ini_args):
             self.ini = make_ini(**ini_args)
             self.path = socket_path(f"auth{id(self)}.socket")
-            self.proc = start_daemon(["doveauth", self.path, self.ini], socket=self.path)
+            self.proc = start_daemon(["doveauth", self.ini, self.path], socket=self.path)
             return self
 
         def client(self, user=""):
@@ -325,8 +325,8 @@ def test_real_dovecot_imap_login(mail_sandbox, dovecot, start_daemon):
     auth = mail_sandbox.socket("auth.socket")
     lastlogin = mail_sandbox.socket("lastlogin.socket")
     argv = mail_sandbox.argv
-    start_daemon([*argv("doveauth"), auth, ini], socket=auth, **mail_sandbox.popen)
-    start_daemon([*argv("lastlogin"), lastlogin, ini], socket=lastlogin, **mail_sandbox.popen)
+    start_daemon([*argv("doveauth"), ini, auth], socket=auth, **mail_sandbox.popen)
+    start_daemon([*argv("lastlogin"), ini, lastlogin], socket=lastlogin, **mail_sandbox.popen)
     dc = dovecot(auth, lastlogin_socket=lastlogin)
     addr = "imapuser1@" + DOMAIN
 
@@ -385,7 +385,7 @@ def test_real_dovecot_multi_domain_and_ip(mail_sandbox, dovecot, start_daemon):
         domains=[DOMAIN, "192.0.2.7"], sections={"192.0.2.7": {"max_mailbox_size": "10M"}}
     )
     auth = mail_sandbox.socket("auth.socket")
-    start_daemon([*mail_sandbox.argv("doveauth"), auth, ini], socket=auth, **mail_sandbox.popen)
+    start_daemon([*mail_sandbox.argv("doveauth"), ini, auth], socket=auth, **mail_sandbox.popen)
     dc = dovecot(auth)
     ip_addr = "ipuser123@[192.0.2.7]"
     for addr, kib in [("domainusr@" + DOMAIN, 512000), (ip_addr, 10240)]:

@@ -80,6 +80,18 @@ def test_armor_version_header_allowed_only_incoming():
     assert is_encrypted(msg("armor-version.eml"), allow_armor_headers=True)
 
 
+def test_encrypted_refuses_duplicate_mime_headers():
+    raw = mail("encrypted.eml")
+    twice = raw.replace(b"MIME-Version: 1.0", b"Content-Type: text/plain\r\nMIME-Version: 1.0")
+    assert not is_encrypted(parse_message(twice))
+    raw = raw.replace(
+        b"Content-Type: application/octet-stream",
+        b"Content-Transfer-Encoding: 7bit\r\nContent-Transfer-Encoding: base64\r\n"
+        b"Content-Type: application/octet-stream",
+    )
+    assert not is_encrypted(parse_message(raw))
+
+
 def test_encrypted_needs_protocol_parameter():
     raw = mail("encrypted.eml").replace(b' protocol="application/pgp-encrypted";', b"")
     assert not is_encrypted(parse_message(raw))

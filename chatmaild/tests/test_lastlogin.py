@@ -13,7 +13,7 @@ DOMAIN = "chat.example.org"
 @pytest.fixture
 def lastlogin(chatmail_ini, start_daemon, socket_path, dict_client):
     path = socket_path("lastlogin.socket")
-    start_daemon(["lastlogin", path, chatmail_ini], socket=path)
+    start_daemon(["lastlogin", chatmail_ini, path], socket=path)
     config = read_config(chatmail_ini)
 
     class Env:

@@ -55,7 +55,7 @@ class MetadataDaemon:
         params.setdefault("push_notification_url", "http://127.0.0.1:9/notify")
         self.ini = self.make_ini(domains=domains, sections=sections, **params)
         self.sock = self.tmp_path / "metadata.socket"
-        self.proc = self.start_daemon(["chatmail-metadata", self.sock, self.ini], socket=self.sock)
+        self.proc = self.start_daemon(["chatmail-metadata", self.ini, self.sock], socket=self.sock)
         self.client = self.dict_client(self.sock, dict_name="metadata")
         return self
 

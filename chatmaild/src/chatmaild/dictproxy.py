@@ -57,7 +57,7 @@ Serving::
 
 :func:`run_dict_daemon` is the shared ``main()`` body of the console
 scripts ``doveauth``/``lastlogin``/``chatmail-metadata``:
-``<script> <socket> <chatmail.ini>``.
+``<script> <chatmail.ini> <socket>``.
 """
 
 from __future__ import annotations
@@ -477,17 +477,23 @@ def setup_logging(name: str):
 
 
 def run_dict_daemon(name: str, factory, argv=None, mode=0o660) -> int:
-    """Shared main of the dict daemons: ``<name> <socket> <chatmail.ini>``.
+    """Shared main of the dict daemons: ``<name> <chatmail.ini> <socket>``.
+
+    The config path comes first, like every chatmaild console script.  The
+    reference relay's order (socket first) is accepted too: when only the
+    second argument is an existing file, the two are swapped.
 
     ``factory(config) -> DictProxy``.  Returns the exit code (2 on a
     configuration error)."""
     from .config import ConfigError, main_config_error, read_config
 
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 2:
-        print(f"usage: {name} <socket-path> <chatmail.ini>", file=sys.stderr)
+        print(f"usage: {name} <chatmail.ini> <socket-path>", file=sys.stderr)
         return 2
-    socket_path, inipath = argv
+    if os.path.isfile(argv[1]) and not os.path.isfile(argv[0]):
+        argv.reverse()
+    inipath, socket_path = argv
     setup_logging(name)
     try:
         config = read_config(inipath)

@@ -14,7 +14,7 @@ creation policy allows it; the stored hash is returned and Dovecot verifies
 the password, so a wrong password never changes anything.  Refusals answer
 ``N`` (not found) and log the reason.
 
-Usage: ``doveauth <socket> <chatmail.ini>``
+Usage: ``doveauth <chatmail.ini> <socket>``
 """
 
 from __future__ import annotations

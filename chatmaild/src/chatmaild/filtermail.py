@@ -60,6 +60,7 @@ SECUREJOIN_REQUESTS = ("vc-request", "vg-request")
 # that Postfix may pass through are dropped instead of failing the command.
 KNOWN_PARAMS = ("SIZE", "BODY", "SMTPUTF8")
 FORWARDED_OPTIONS = ("BODY=8BITMIME", "SMTPUTF8")
+SINGLE_HEADERS = ("content-type", "content-transfer-encoding")
 
 
 class Reject(Exception):
@@ -91,9 +92,14 @@ def _payload_text(part: Message) -> str | None:
         return None
 
 
+def _unambiguous(part: Message) -> bool:
+    # Readers disagree on which of two Content-Type headers counts.
+    return all(len(part.get_all(name) or []) <= 1 for name in SINGLE_HEADERS)
+
+
 def is_encrypted(msg: Message, allow_armor_headers: bool = False) -> bool:
     """True for RFC 3156 OpenPGP/MIME whose payload is PKESK/SKESK + SEIPD."""
-    if msg.get_content_type() != "multipart/encrypted":
+    if msg.get_content_type() != "multipart/encrypted" or not _unambiguous(msg):
         return False
     protocol = msg.get_param("protocol")
     if not isinstance(protocol, str) or protocol.lower() != "application/pgp-encrypted":
@@ -102,6 +108,8 @@ def is_encrypted(msg: Message, allow_armor_headers: bool = False) -> bool:
     if not isinstance(parts, list) or len(parts) != 2:
         return False
     control, data = parts
+    if not (_unambiguous(control) and _unambiguous(data)):
+        return False
     if control.get_content_type() != "application/pgp-encrypted":
         return False
     text = _payload_text(control)

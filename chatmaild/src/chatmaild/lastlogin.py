@@ -12,7 +12,7 @@ gets the UTC midnight of the current day as mtime, and is touched only when
 that changes (at most once per account and day).  The timestamp Dovecot
 sends is not stored.
 
-Usage: ``lastlogin <socket> <chatmail.ini>``
+Usage: ``lastlogin <chatmail.ini> <socket>``
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ the extra prefix ``vendor/vendor.dovecot/pvt/server/``.  What we serve:
     ``turn`` (``host:port:user:password``, coturn REST API credentials
     derived from ``turn_secret``) and ``irohrelay`` when configured.
 
-Usage: ``chatmail-metadata <socket> <chatmail.ini>`` (the two arguments are
-also accepted in the other order).
+Usage: ``chatmail-metadata <chatmail.ini> <socket>`` (the reference's order,
+socket first, is accepted too).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -238,10 +237,6 @@ def build(config) -> MetadataDict:
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # the socket path is never a regular file, the config always is
-    if len(argv) == 2 and os.path.isfile(argv[0]) and not os.path.isfile(argv[1]):
-        argv.reverse()
     return run_dict_daemon("chatmail-metadata", build, argv)
 
 
