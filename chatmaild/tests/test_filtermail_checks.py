@@ -82,7 +82,9 @@ def test_armor_version_header_allowed_only_incoming():
 
 def test_encrypted_refuses_duplicate_mime_headers():
     raw = mail("encrypted.eml")
-    twice = raw.replace(b"MIME-Version: 1.0", b"Content-Type: text/plain\r\nMIME-Version: 1.0")
+    end = raw.index(b"\r\n\r\n")
+    twice = raw[:end] + b"\r\nContent-Type: text/plain" + raw[end:]
+    assert parse_message(twice).get_content_type() == "multipart/encrypted"
     assert not is_encrypted(parse_message(twice))
     raw = raw.replace(
         b"Content-Type: application/octet-stream",
