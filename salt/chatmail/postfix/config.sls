@@ -1,6 +1,7 @@
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import chatmail with context %}
 {%- set sni = [] %}
+{%- set sni_rebuild = 'test ! -e /etc/postfix/tls_server_sni || { umask 077; postmap -F hash:/etc/postfix/tls_server_sni && chmod 0600 /etc/postfix/tls_server_sni.db; }' %}
 {%- for d in chatmail.domain_list if not chatmail.domains[d].is_ip %}
 {%-   do sni.append(chatmail.domains[d].tls) %}
 {%- endfor %}
@@ -49,7 +50,7 @@ chatmail-postfix-config-tls-server-sni-file-managed:
 
 chatmail-postfix-config-tls-server-sni-cmd-run:
   cmd.run:
-    - name: postmap -F hash:/etc/postfix/tls_server_sni && chmod 0600 /etc/postfix/tls_server_sni.db
+    - name: {{ sni_rebuild | yaml_encode }}
     - unless: >-
         test -s /etc/postfix/tls_server_sni.db
         && test /etc/postfix/tls_server_sni.db -nt /etc/postfix/tls_server_sni
@@ -72,7 +73,9 @@ chatmail-postfix-config-opendkim-group-present:
       - pkg: chatmail-opendkim-package-pkg-installed
 {%- endif %}
 
-{#- Debian's unit does not restart postfix when its master dies. #}
+{#- Debian's unit does not restart postfix when its master dies.  Every
+    start and reload (e.g. the TLS renewal hook's) first reloads the SNI
+    table from the certificate files, which "postmap -F" copies into the .db. #}
 chatmail-postfix-config-systemd-dropin-file-managed:
   file.managed:
     - name: /etc/systemd/system/postfix@.service.d/chatmail.conf
@@ -83,3 +86,7 @@ chatmail-postfix-config-systemd-dropin-file-managed:
         [Service]
         Restart=always
         RestartSec=2
+        ExecStartPre=/bin/sh -c '{{ sni_rebuild }}'
+        ExecReload=
+        ExecReload=/bin/sh -c '{{ sni_rebuild }}'
+        ExecReload=/usr/sbin/postmulti -i %i -p reload
