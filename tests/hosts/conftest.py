@@ -26,6 +26,10 @@ DOMAINS = ["chat1.test", "_chat2.test"]
 # CMSALT_KEEP_HOSTS=1 leaves the test hosts running after the session (debugging;
 # remove them with `python -m tests.harness down`).
 KEEP = os.environ.get("CMSALT_KEEP_HOSTS") == "1"
+# CMSALT_REUSE_HOSTS=1 (implies KEEP) re-converges running test hosts instead of
+# booting fresh ones: fast iteration on states and tests.
+REUSE = os.environ.get("CMSALT_REUSE_HOSTS") == "1"
+KEEP = KEEP or REUSE
 
 
 def pytest_collection_modifyitems(items):
@@ -46,7 +50,7 @@ def harness():
 
 @pytest.fixture(scope="session")
 def smoke_host(harness):
-    host = hosts.boot(**SMOKE, keep=KEEP)
+    host = hosts.boot(**SMOKE, keep=KEEP, reuse=REUSE)
     yield host
     if not KEEP:
         hosts.destroy(host)
@@ -54,7 +58,7 @@ def smoke_host(harness):
 
 @pytest.fixture(scope="session")
 def relay_boot(harness):
-    host = hosts.boot(**RELAY, pillar_dir=PILLAR, keep=KEEP)
+    host = hosts.boot(**RELAY, pillar_dir=PILLAR, keep=KEEP, reuse=REUSE)
     first = hosts.converge(host)
     yield host, first
     if not KEEP:

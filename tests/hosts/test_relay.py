@@ -70,7 +70,6 @@ def test_highstate_converges(relay_boot):
     _host, first = relay_boot
     if not first.ok:
         pytest.fail(first.summary(), pytrace=False)
-    assert first.changed
 
 
 @pytest.mark.parametrize("unit", SERVICES)
