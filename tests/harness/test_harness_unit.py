@@ -1,0 +1,70 @@
+"""Harness pieces that need no docker: salt output parsing, zone text, mirror detection."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from tests.harness import dns, network
+from tests.harness.hosts import minion_config, parse_state_output
+
+
+def state(sid, fun, result, changes=None, comment="", run_num=0):
+    key = f"{fun.split('.')[0]}_|-{sid}_|-{sid}-name_|-{fun.split('.')[1]}"
+    return key, {
+        "__id__": sid,
+        "result": result,
+        "changes": changes or {},
+        "comment": comment,
+        "__run_num__": run_num,
+    }
+
+
+def test_parse_results_counts_changed_and_failed():
+    out = dict(
+        [
+            state("a-pkg-installed", "pkg.installed", True, {"cron": {"new": "1"}}, run_num=0),
+            state("b-file-managed", "file.managed", True, run_num=1),
+            state("c-cmd-run", "cmd.run", False, {"stderr": "boom"}, "failed", run_num=2),
+        ]
+    )
+    res = parse_state_output(2, json.dumps({"local": out}), "")
+    assert res.changed == ["a-pkg-installed", "c-cmd-run"]
+    assert res.failed == [("c-cmd-run", "failed")]
+    assert not res.ok
+    assert "stderr: boom" in res.summary()
+
+
+def test_parse_render_error_list():
+    stdout = json.dumps({"local": ["Rendering SLS 'base:chatmail.validate' failed: bad key"]})
+    res = parse_state_output(1, stdout, "")
+    assert res.errors and "bad key" in res.errors[0]
+    assert res.changed == [] and not res.ok
+
+
+def test_parse_garbage_is_an_error():
+    res = parse_state_output(1, "Traceback ...", "boom")
+    assert not res.ok and "unparseable" in res.errors[0]
+
+
+def test_minion_config_is_local_with_both_roots():
+    conf = json.loads(minion_config("relay.test"))
+    assert conf["id"] == "relay.test" and conf["file_client"] == "local"
+    assert conf["pillar_roots"] == {"base": ["/srv/pillar"]}
+    assert conf["file_roots"]["base"][0] == "/srv/chatmail-salt/salt"
+
+
+def test_mirror_is_an_http_debian_archive():
+    mirror = network.debian_mirror()
+    assert mirror.startswith("http") and mirror.endswith("/debian")
+
+
+@pytest.mark.skipif(not shutil.which("nsd-checkzone"), reason="nsd not installed")
+def test_zone_text_is_a_valid_zone(tmp_path):
+    text = dns.zone_text(
+        "chat1.test", ["@ IN A 172.31.77.20", "@ IN MX 10 chat1.test.", '_dmarc IN TXT "v=DMARC1"']
+    )
+    path = tmp_path / "chat1.test.zone"
+    path.write_text(text)
+    subprocess.run(["nsd-checkzone", "chat1.test", str(path)], check=True, capture_output=True)
