@@ -10,6 +10,15 @@ chatmail-base-journald-service-restarted:
     - onchanges:
       - file: chatmail-base-journald-config-file-managed
 
+{#- Debian's own unbound config also binds ::1, which fails on hosts without
+    IPv6 and may leave the unit in its start limit: clear that before the
+    restart with our config. #}
+chatmail-base-unbound-reset-failed-cmd-run:
+  cmd.run:
+    - name: systemctl reset-failed unbound.service || true
+    - onchanges:
+      - file: chatmail-base-unbound-config-file-managed
+
 chatmail-base-unbound-service-running:
   service.running:
     - name: unbound
@@ -18,6 +27,7 @@ chatmail-base-unbound-service-running:
       - file: chatmail-base-unbound-config-file-managed
     - require:
       - pkg: chatmail-base-pkgs-installed
+      - cmd: chatmail-base-unbound-reset-failed-cmd-run
 {%- if chatmail.dns.manage_resolv_conf %}
 
 {#- Written in place, never replaced: in containers /etc/resolv.conf is often
