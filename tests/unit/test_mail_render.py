@@ -122,7 +122,11 @@ def mixed(render, certs):
             },
         },
         "params": {"disable_ipv6": True},
-        "limits": {"smtp_connection_rate_per_minute": 17, "queue_lifetime": "3d"},
+        "limits": {
+            "smtp_connection_rate_per_minute": 17,
+            "queue_lifetime": "3d",
+            "imap_login_rate_per_minute": 30,
+        },
     }
     return render(pillar)
 
@@ -284,6 +288,11 @@ def test_dovecot_conf(example, certs):
     assert "mail_attribute_dict = proxy:/run/chatmail-metadata/metadata.socket:metadata" in conf
     assert "last_login_dict = proxy:/run/chatmail-lastlogin/lastlogin.socket:lastlogin" in conf
     assert "service_count = 0" in conf
+    # IMAP login rate limit: a Lua passdb before doveauth's
+    lua_passdb = conf.index("args = file=/etc/dovecot/chatmail-login-limit.lua blocking=no")
+    assert lua_passdb < conf.index("args = /etc/dovecot/chatmail-auth.conf.ext")
+    limit = example["files"]["/etc/dovecot/chatmail-login-limit.lua"]
+    assert "local LIMIT = 60\n" in limit
     auth = example["files"]["/etc/dovecot/chatmail-auth.conf.ext"]
     assert "uri = proxy:/run/doveauth/doveauth.socket:auth" in auth
     assert 'password_key = passdb/%Ew"%Eu' in auth
@@ -311,6 +320,7 @@ def test_ip_only_domain(mixed, certs):
     assert re.findall(r"^local_name (\S+) \{", conf, re.M) == ["chat.example.net"]
     assert "quota_rule = *:storage=2048M" in conf
     assert "listen = *\n" in conf
+    assert "local LIMIT = 30\n" in files["/etc/dovecot/chatmail-login-limit.lua"]
 
 
 @pytest.mark.skipif(not shutil.which("postconf"), reason="postfix is not installed")

@@ -13,6 +13,7 @@ chatmail-dovecot-clean-config-file-absent:
     - names:
       - /etc/dovecot/chatmail-auth.conf.ext
       - /etc/dovecot/push_notification.lua
+      - /etc/dovecot/chatmail-login-limit.lua
       - /usr/local/bin/chatmail-quota-warning
       - /etc/systemd/system/dovecot.service.d/chatmail.conf
     - require:

@@ -49,6 +49,19 @@ chatmail-dovecot-config-push-lua-file-managed:
     - require:
       - pkg: chatmail-dovecot-package-pkg-installed
 
+chatmail-dovecot-config-login-limit-file-managed:
+  file.managed:
+    - name: /etc/dovecot/chatmail-login-limit.lua
+    - source: salt://{{ tpldir }}/files/chatmail-login-limit.lua.jinja
+    - template: jinja
+    - context:
+        chatmail: {{ chatmail | json }}
+    - user: root
+    - group: root
+    - mode: '0644'
+    - require:
+      - pkg: chatmail-dovecot-package-pkg-installed
+
 {#- Dovecot runs this as vmail when a mailbox passes 75% of its quota. #}
 chatmail-dovecot-config-quota-warning-file-managed:
   file.managed:

@@ -13,6 +13,7 @@ chatmail-dovecot-service-config-checked:
       - file: chatmail-dovecot-config-file-managed
       - file: chatmail-dovecot-config-auth-file-managed
       - file: chatmail-dovecot-config-push-lua-file-managed
+      - file: chatmail-dovecot-config-login-limit-file-managed
 
 chatmail-dovecot-service-running:
   service.running:
@@ -24,4 +25,5 @@ chatmail-dovecot-service-running:
       - file: chatmail-dovecot-config-file-managed
       - file: chatmail-dovecot-config-auth-file-managed
       - file: chatmail-dovecot-config-push-lua-file-managed
+      - file: chatmail-dovecot-config-login-limit-file-managed
       - file: chatmail-dovecot-config-systemd-dropin-file-managed
