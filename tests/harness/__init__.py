@@ -19,6 +19,9 @@ LABEL = "chatmail-salt.harness"
 NETWORK = "cmsalt-net"
 SUBNET = "172.31.77.0/24"
 GATEWAY = "172.31.77.1"
+# docker hands out addresses only from the upper half; fixed addresses (boot(ip=...))
+# belong in 172.31.77.2-127 so they never collide with a dynamically addressed host.
+DYNAMIC_RANGE = "172.31.77.128/25"
 PROXY_PORT = 3142
 PROXY_URL = f"http://{GATEWAY}:{PROXY_PORT}"
 

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import time
 
-from . import CACHE, GATEWAY, LABEL, LOG_DIR, NETWORK, PROXY_PORT, SUBNET
+from . import CACHE, DYNAMIC_RANGE, GATEWAY, LABEL, LOG_DIR, NETWORK, PROXY_PORT, SUBNET
 from .docker import docker
 
 ACNG_DIR = CACHE / "apt-cacher-ng"
@@ -48,6 +48,8 @@ def ensure_network():
         SUBNET,
         "--gateway",
         GATEWAY,
+        "--ip-range",
+        DYNAMIC_RANGE,
         "--label",
         f"{LABEL}=1",
         NETWORK,
