@@ -11,7 +11,9 @@ import fcntl
 import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+# The tree mounted into hosts (salt/, chatmaild/, ...): this work tree, or e.g. a
+# `git worktree` of HEAD to converge exactly what is committed.
+REPO = Path(os.environ.get("CMSALT_REPO") or Path(__file__).resolve().parents[2]).resolve()
 CACHE = Path(os.environ.get("CHATMAIL_CACHE", "/var/cache/chatmail-salt"))
 LOG_DIR = CACHE / "logs"
 

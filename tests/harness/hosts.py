@@ -186,6 +186,12 @@ def boot_many(specs):
         return list(pool.map(lambda spec: boot(**spec), specs))
 
 
+def converge_many(host_list, **kwargs):
+    """converge() several hosts in parallel; returns results in the same order."""
+    with ThreadPoolExecutor(max_workers=max(1, len(host_list))) as pool:
+        return list(pool.map(lambda h: converge(h, **kwargs), host_list))
+
+
 def salt_call(host, *args, timeout=1800):
     return host.exec(
         "salt-call", "--local", "--retcode-passthrough", "--out=json", *args,
