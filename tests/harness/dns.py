@@ -117,6 +117,8 @@ def restart(timeout=15):
     ZONE_DIR.mkdir(parents=True, exist_ok=True)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     _write_conf()
+    # ./cmsalt kills a dpkg-started nsd unless this marker exists
+    (CACHE / ".keep-nsd").touch()
     check = subprocess.run(["nsd-checkconf", str(CONF)], capture_output=True, text=True)
     if check.returncode != 0:
         raise RuntimeError(f"nsd config: {check.stderr}")

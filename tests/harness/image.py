@@ -185,4 +185,13 @@ def ensure_image():
     finally:
         docker("rm", "-f", name, check=False)
     log(f"built {tag} in {time.monotonic() - t0:.0f}s")
+    prune_old_images(keep=tag)
     return tag
+
+
+def prune_old_images(keep):
+    """Remove superseded systemd images (those still used by a container stay)."""
+    listing = docker("images", "--format", "{{.Repository}}:{{.Tag}}", SYSTEMD_REPO, check=False)
+    for ref in listing.stdout.split():
+        if ref != keep:
+            docker("image", "rm", ref, check=False)
