@@ -235,3 +235,45 @@ def test_ip_domain_pages(render, cc, defaults):
     )
     assert "server_name 192.0.2.7;" in vhost and "default_server" in vhost
     assert "dcaccount:https://192.0.2.7/new" in vhost
+
+
+@pytest.mark.parametrize("minion_id, has_pillar", [("example", True), ("other.host", False)])
+def test_pillar_top_maps_minion_id_to_host_file(tmp_path, minion_id, has_pillar):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "minion").write_text(
+        yaml.safe_dump(
+            {
+                "id": minion_id,
+                "file_client": "local",
+                "root_dir": str(tmp_path),
+                "cachedir": str(tmp_path / "cache"),
+                "pki_dir": str(tmp_path / "pki"),
+                "log_file": str(tmp_path / "minion.log"),
+                "extension_modules": str(tmp_path / "extmods"),
+                "file_roots": {"base": [str(REPO / "salt")]},
+                "pillar_roots": {"base": [str(REPO / "pillar")]},
+            }
+        )
+    )
+    base = [str(SALT_CALL), "--local", f"--config-dir={conf}", "--out=json"]
+    sync = subprocess.run(
+        [*base, "saltutil.sync_modules"], capture_output=True, stdin=subprocess.DEVNULL, timeout=300
+    )
+    assert sync.returncode == 0, sync.stderr
+    proc = subprocess.run(
+        [*base, "state.show_sls", "chatmail.validate"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    result = json.loads(proc.stdout)["local"]
+    if has_pillar:
+        assert proc.returncode == 0, proc.stderr
+        nop = result["chatmail-validate-pillar-test-nop"]["test"][0]["name"]
+        want = "_test.example.org, chat.example.org (primary chat.example.org)"
+        assert nop == f"chatmail pillar valid: {want}"
+    else:  # CLI output masks pillar values: look at what the map made of them
+        assert proc.returncode != 0
+        assert "chatmail:domains: must name at least one chatmail domain" in "".join(result)
