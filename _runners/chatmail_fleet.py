@@ -1,0 +1,341 @@
+"""
+Fleet view of chatmail relays for the salt master, built from the salt mine
+(published by every minion, see pillar/fleet/mine.sls) and the master's job
+cache (results of the scheduled highstates).
+
+- ``records``: the DNS records of every chatmail domain in the fleet
+- ``dns``: the live DNS check result per domain
+- ``status``: one line per relay: last highstate, services, certificates,
+  queue, accounts, disk
+- ``report``: all three
+
+The master finds this module through ``runner_dirs`` (etc/salt/master.d).
+"""
+
+import glob
+import logging
+import os
+
+import salt.payload
+
+log = logging.getLogger(__name__)
+
+# filled in by the salt loader
+__salt__ = {}
+__opts__ = {}
+
+__virtualname__ = "chatmail_fleet"
+
+MINE_ZONES = "chatmail_dns.zone_fragments"
+MINE_DKIM = "chatmail_dkim.list_keys"
+MINE_DNS = "chatmail_dns.status"
+MINE_STATUS = "chatmail_fleet_status"
+HIGHSTATE_FUNS = ("state.highstate", "state.apply")
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _mine(fun, tgt, tgt_type):
+    data = __salt__["mine.get"](tgt, fun, tgt_type=tgt_type) or {}
+    return {minion: value for minion, value in data.items() if value is not None}
+
+
+def _domains(tgt, tgt_type):
+    """{domain: [minion, ...]} from the published zone fragments and DKIM keys."""
+    owners = {}
+    for source in (MINE_ZONES, MINE_DKIM):
+        for minion, value in _mine(source, tgt, tgt_type).items():
+            if not isinstance(value, dict):
+                continue
+            for domain in value:
+                owners.setdefault(domain, [])
+                if minion not in owners[domain]:
+                    owners[domain].append(minion)
+    return {domain: sorted(minions) for domain, minions in sorted(owners.items())}
+
+
+def _dkim_in_zone(zone, domain, selector, public):
+    """True when the zone text carries the DKIM key (its TXT may be split in strings)."""
+    name = f"{selector}._domainkey"
+    joined = "".join(part for part in zone.split('"')[1::2])
+    return name in zone and public in joined
+
+
+def domains(tgt="*", tgt_type="glob"):
+    """
+    Return ``{domain: [minion, ...]}`` for every chatmail domain the fleet
+    publishes.  A domain listed with two minions is served twice (a move in
+    progress or a pillar mistake).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run chatmail_fleet.domains
+    """
+    return _domains(tgt, tgt_type)
+
+
+def records(tgt="*", tgt_type="glob", text=True):
+    """
+    Return the DNS records (zone fragments) of every chatmail domain in the
+    fleet as one zone-file text, each domain headed by the relay serving it.
+    The relay's published DKIM public key is checked against its fragment;
+    mismatches and domains served by two relays are flagged in the text.
+    ``text=False`` returns ``{domain: {"minion", "zone", "dkim", "problems"}}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run chatmail_fleet.records
+        salt-run chatmail_fleet.records text=False --out=json
+    """
+    zones = _mine(MINE_ZONES, tgt, tgt_type)
+    keys = _mine(MINE_DKIM, tgt, tgt_type)
+    out = {}
+    for domain, minions in _domains(tgt, tgt_type).items():
+        minion = minions[0]
+        zone = (zones.get(minion) or {}).get(domain, "")
+        dkim = (keys.get(minion) or {}).get(domain, {})
+        problems = []
+        if len(minions) > 1:
+            problems.append("served by several relays: " + ", ".join(minions))
+        if not zone:
+            problems.append(f"{minion} published no zone fragment")
+        for selector, public in sorted(dkim.items()):
+            if zone and not _dkim_in_zone(zone, domain, selector, public):
+                problems.append(f"DKIM key {selector} of {minion} is not in the zone fragment")
+        out[domain] = {"minion": minion, "zone": zone, "dkim": dkim, "problems": problems}
+    if not text:
+        return out
+    chunks = []
+    for domain, entry in out.items():
+        head = [f"; {domain} -- relay {entry['minion']}"]
+        head += [f"; PROBLEM: {problem}" for problem in entry["problems"]]
+        chunks.append("\n".join(head) + "\n" + entry["zone"].rstrip("\n") + "\n")
+    return "\n".join(chunks) if chunks else "; no chatmail domains published in the mine"
+
+
+def dns(tgt="*", tgt_type="glob"):
+    """
+    Return the live DNS check per domain as each relay last published it
+    (``chatmail_dns.status`` in the mine): ``{domain: {"minion", "ok",
+    "problems", "warnings"}}``.  Run ``salt '*' mine.update`` first for a
+    fresh check.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run chatmail_fleet.dns
+    """
+    out = {}
+    for minion, report in sorted(_mine(MINE_DNS, tgt, tgt_type).items()):
+        if not isinstance(report, dict):
+            continue
+        for domain, entry in sorted(report.items()):
+            if not isinstance(entry, dict):
+                continue
+            out[domain] = {
+                "minion": minion,
+                "ok": bool(entry.get("ok")),
+                "problems": list(entry.get("problems") or []),
+                "warnings": list(entry.get("warnings") or []),
+            }
+            if entry.get("skipped"):
+                out[domain]["skipped"] = entry["skipped"]
+    return out
+
+
+def _is_busy(ret):
+    """The refusal a run gets while another state run is going (not a result)."""
+    return isinstance(ret, list) and any("is running as PID" in str(item) for item in ret)
+
+
+def _is_highstate_return(ret):
+    if isinstance(ret, dict):
+        return bool(ret) and all("_|-" in key and isinstance(ret[key], dict) for key in ret)
+    # a highstate that failed before any state (render or pillar error)
+    return isinstance(ret, list) and all(isinstance(item, str) for item in ret)
+
+
+def _state_summary(ret):
+    if isinstance(ret, list):
+        return {"result": False, "states": 0, "failed": 0, "changed": 0, "errors": ret}
+    failed = [key for key, value in ret.items() if value.get("result") is False]
+    changed = [key for key, value in ret.items() if value.get("changes")]
+    return {
+        "result": not failed,
+        "states": len(ret),
+        "failed": len(failed),
+        "changed": len(changed),
+        "errors": [key.split("_|-")[1] for key in failed[:5]],
+    }
+
+
+def _jid_time(jid):
+    """UTC time of a jid (YYYYMMDDhhmmssffffff) as 'YYYY-MM-DD hh:mm:ss'."""
+    if len(jid) < 14 or not jid[:14].isdigit():
+        return jid
+    return f"{jid[0:4]}-{jid[4:6]}-{jid[6:8]} {jid[8:10]}:{jid[10:12]}:{jid[12:14]}"
+
+
+def last_highstates(tgt="*", tgt_type="glob"):
+    """
+    Return ``{minion: {"jid", "time", "result", "states", "failed", "changed",
+    "errors"}}``: the newest highstate each minion returned to the master,
+    scheduled or started from the master (read from the local job cache).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run chatmail_fleet.last_highstates
+    """
+    minions = set(_mine(MINE_STATUS, tgt, tgt_type)) | set(_mine(MINE_ZONES, tgt, tgt_type))
+    jobs_dir = os.path.join(__opts__["cachedir"], "jobs")
+    latest = {}
+    for jid_file in glob.glob(os.path.join(jobs_dir, "*", "*", "jid")):
+        jid_dir = os.path.dirname(jid_file)
+        try:
+            with open(jid_file, encoding="utf-8") as fh:
+                jid = fh.read().strip()
+        except OSError:
+            continue
+        try:
+            with open(os.path.join(jid_dir, ".load.p"), "rb") as fh:
+                load = salt.payload.load(fh) or {}
+        except (OSError, ValueError):
+            continue
+        if load.get("fun") not in HIGHSTATE_FUNS:
+            continue
+        # state.apply with named SLS is not a highstate
+        if load["fun"] == "state.apply" and any(
+            isinstance(arg, str) and "=" not in arg for arg in load.get("arg") or []
+        ):
+            continue
+        for minion in os.listdir(jid_dir):
+            ret_file = os.path.join(jid_dir, minion, "return.p")
+            if minion.startswith(".") or not os.path.exists(ret_file):
+                continue
+            if minions and minion not in minions:
+                continue
+            if minion in latest and latest[minion]["jid"] >= jid:
+                continue
+            try:
+                with open(ret_file, "rb") as fh:
+                    ret = (salt.payload.load(fh) or {}).get("return")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if _is_busy(ret) or not _is_highstate_return(ret):
+                continue
+            entry = {"jid": jid, "time": _jid_time(jid)}
+            entry.update(_state_summary(ret))
+            latest[minion] = entry
+    return dict(sorted(latest.items()))
+
+
+def _status_row(minion, status, last):
+    services = status.get("services") or {}
+    down = sorted(unit for unit, state in services.items() if state != "active")
+    certs = status.get("certs") or {}
+    days = [c["days_left"] for c in certs.values() if isinstance(c, dict) and "days_left" in c]
+    cert_errors = [d for d, c in certs.items() if not isinstance(c, dict) or "error" in c]
+    disk = status.get("disk") or {}
+    if last:
+        outcome = "ok" if last["result"] else f"FAILED({last['failed'] or 'render'})"
+        highstate = f"{outcome} {last['time']}"
+    else:
+        highstate = "never"
+    return {
+        "minion": minion,
+        "domains": ",".join(status.get("domains") or []),
+        "highstate": highstate,
+        "services": f"{len(services) - len(down)}/{len(services)}"
+        + (f" down:{','.join(down)}" if down else ""),
+        "cert_days": (str(min(days)) if days else "-")
+        + (f" err:{','.join(cert_errors)}" if cert_errors else ""),
+        "queue": "-" if status.get("queue") is None else str(status["queue"]),
+        "accounts": str(sum((status.get("accounts") or {}).values())),
+        "disk": f"{disk['used_percent']}%" if "used_percent" in disk else "-",
+    }
+
+
+def _status_data(tgt, tgt_type):
+    import json  # pylint: disable=import-outside-toplevel
+
+    raw = _mine(MINE_STATUS, tgt, tgt_type)
+    last = last_highstates(tgt, tgt_type)
+    rows = []
+    for minion in sorted(set(raw) | set(last)):
+        value = raw.get(minion)
+        stdout = value.get("stdout", "") if isinstance(value, dict) else value or ""
+        try:
+            status = json.loads(stdout) if stdout else {}
+        except ValueError:
+            status = {}
+        rows.append((_status_row(minion, status, last.get(minion)), status, last.get(minion)))
+    return rows
+
+
+COLUMNS = ["minion", "domains", "highstate", "services", "cert_days", "queue", "accounts", "disk"]
+
+
+def status(tgt="*", tgt_type="glob", text=True):
+    """
+    Fleet status table, one line per relay: last highstate result and time,
+    services up, days until the first certificate expires, Postfix queue
+    length, accounts, mailbox disk use.  ``text=False`` returns the data
+    (``{minion: {"row", "status", "highstate"}}``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run chatmail_fleet.status
+    """
+    rows = _status_data(tgt, tgt_type)
+    if not text:
+        return {row["minion"]: {"row": row, "status": st, "highstate": hs} for row, st, hs in rows}
+    table = [COLUMNS] + [[row[col] for col in COLUMNS] for row, _st, _hs in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in table
+    )
+
+
+def _dns_text(result):
+    lines = []
+    for domain, entry in result.items():
+        if entry.get("skipped"):
+            verdict = f"skipped ({entry['skipped']})"
+        else:
+            verdict = "OK" if entry["ok"] else "MISSING/WRONG"
+        lines.append(f"{domain} ({entry['minion']}): {verdict}")
+        lines += [f"  problem: {p}" for p in entry["problems"]]
+        lines += [f"  warning: {w}" for w in entry["warnings"]]
+    return "\n".join(lines) if lines else "no DNS check results in the mine"
+
+
+def report(tgt="*", tgt_type="glob"):
+    """
+    Everything at once: the DNS records of every domain, the DNS check per
+    domain and the fleet status table.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run chatmail_fleet.report
+    """
+    return "\n\n".join(
+        [
+            "=== DNS records ===\n" + records(tgt, tgt_type),
+            "=== DNS check ===\n" + _dns_text(dns(tgt, tgt_type)),
+            "=== Fleet status ===\n" + status(tgt, tgt_type),
+        ]
+    )
