@@ -17,7 +17,8 @@ UP_PILLAR = CACHE / "up-pillar"
 def write_up_pillar(domain):
     UP_PILLAR.mkdir(parents=True, exist_ok=True)
     (UP_PILLAR / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
-    pillar = {"chatmail": {"domains": {domain: {}}}}
+    # max_load_1m: containers see the load average of the whole (shared) machine
+    pillar = {"chatmail": {"params": {"max_load_1m": 100}, "domains": {domain: {}}}}
     (UP_PILLAR / "chatmail.sls").write_text(json.dumps(pillar, indent=2) + "\n")
     return UP_PILLAR
 

@@ -8,11 +8,13 @@ import socket
 import ssl
 import string
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.harness import GATEWAY, hosts
+from tests.harness.__main__ import new_account
 
 from .conftest import DOMAINS
 
@@ -214,3 +216,16 @@ def test_bad_pillar_fails_before_any_change(relay):
     assert not result.ok
     assert result.changed == []
     assert "no_such_setting" in result.stdout + result.stderr
+
+
+def test_web_page_and_new_account(relay):
+    ctx = tls_context()
+    req = urllib.request.Request(f"https://{relay.ip}/", headers={"Host": DOMAIN})
+    with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+        assert resp.status == 200
+        assert DOMAIN in resp.read().decode()
+    account = new_account(relay.ip, DOMAIN)
+    assert isinstance(account, dict), account
+    assert account["email"].endswith("@" + DOMAIN)
+    assert account["dclogin_url"].startswith(f"dclogin:{account['email']}?")
+    imap_login(relay.ip, account["email"], account["password"]).logout()

@@ -1,5 +1,8 @@
 # Pillar of the relay host converged by the host tests: two self-signed domains.
 chatmail:
+  params:
+    # test hosts see the load average of the shared CI machine, not their own
+    max_load_1m: 100
   domains:
     chat1.test: {}
     _chat2.test:
