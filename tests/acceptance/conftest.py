@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import GATEWAY, hosts
+from tests.harness import GATEWAY, dns, hosts
 from tests.harness import acceptance_relays as ar
 from tests.harness.docker import docker as docker_cli
 from tests.harness.docker import env as docker_env
@@ -53,6 +53,7 @@ SPECS = [
 ]
 CLIENT = {"name": "cmsalt-acc-client", "fqdn": "client.test", "ip": "172.31.77.233"}
 RPC_SERVER = "/usr/local/bin/deltachat-rpc-server"
+SINK_DOMAIN = "sink.test"
 INI = "/etc/chatmail/chatmail.ini"
 VENV_BIN = "/usr/local/lib/chatmaild/bin"
 
@@ -113,6 +114,15 @@ def relay1(relays):
 @pytest.fixture(scope="session")
 def relay2(relays):
     return relays[1]
+
+
+@pytest.fixture(scope="session")
+def sink(relays, tmp_path_factory):
+    """A remote MX on the gateway (domain sink.test) that keeps what relays send it."""
+    mail_sink = ar.MailSink(tmp_path_factory.mktemp("sink"))
+    dns.set_zone(SINK_DOMAIN, ar.sink_zone(SINK_DOMAIN))
+    yield mail_sink
+    mail_sink.close()
 
 
 @pytest.fixture(scope="session")

@@ -46,12 +46,13 @@ class Relay:
 
 
 class PushGateway:
-    """A stand-in for the push gateway: records every POST, answers 200 (or 410 for
-    tokens listed in `gone`). Listens on the test network's gateway address."""
+    """A stand-in for the push gateway: records every POST, answers 200 (410 for
+    tokens in `gone`, 503 for tokens in `failing`). Listens on the gateway address."""
 
     def __init__(self, host=GATEWAY, port=0):
         self.requests = []
         self.gone = set()
+        self.failing = set()
         self.cond = threading.Condition()
         gateway = self
 
@@ -62,7 +63,7 @@ class PushGateway:
                 with gateway.cond:
                     gateway.requests.append((self.path, token, time.time()))
                     gateway.cond.notify_all()
-                code = 410 if token in gateway.gone else 200
+                code = 410 if token in gateway.gone else 503 if token in gateway.failing else 200
                 self.send_response(code)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -81,6 +82,7 @@ class PushGateway:
             return [token for _path, token, _t in self.requests]
 
     def wait_for(self, token, timeout=60, count=1):
+        """True once `token` was posted `count` times."""
         deadline = time.monotonic() + timeout
         with self.cond:
             while self.tokens_locked().count(token) < count:
@@ -154,3 +156,62 @@ def up(specs, pillar_root, push_url, keep=False):
 def down(relays):
     for relay in relays:
         hosts.destroy(relay.host)
+
+
+class MailSink:
+    """A remote MX stand-in on the gateway address: STARTTLS (self-signed) on port 25,
+    stores every message it accepts. Publish it with `sink_zone(domain)`."""
+
+    def __init__(self, workdir, host=GATEWAY, port=25):
+        import ssl
+        import subprocess
+
+        from aiosmtpd.controller import Controller
+
+        workdir = Path(workdir)
+        cert, key = workdir / "sink.crt", workdir / "sink.key"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=sink.test",
+             "-keyout", str(key), "-out", str(cert)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(cert), str(key))
+        self.messages = []
+        self.cond = threading.Condition()
+        sink = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):
+                with sink.cond:
+                    sink.messages.append((envelope.mail_from, list(envelope.rcpt_tos),
+                                          envelope.original_content or envelope.content,
+                                          session.peer[0], bool(session.ssl)))  # fmt: skip
+                    sink.cond.notify_all()
+                return "250 OK"
+
+        self.controller = Controller(
+            Handler(), hostname=host, port=port, tls_context=ctx, require_starttls=True,
+            server_hostname="sink.test", ready_timeout=10,
+        )  # fmt: skip
+        self.controller.start()
+
+    def wait(self, predicate, timeout=60):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                found = [m for m in self.messages if predicate(m)]
+                if found:
+                    return found[0]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.cond.wait(left)
+
+    def close(self):
+        self.controller.stop()
+
+
+def sink_zone(domain="sink.test"):
+    return dns.zone_text(domain, [f"@ IN A {GATEWAY}", f"@ IN MX 10 {domain}."])
