@@ -116,7 +116,7 @@ chatmail:
       opendkim: [opendkim, opendkim-tools]
       nginx: [nginx, libnginx-mod-stream]
       unbound: [unbound]
-      chatmaild: [python3, python3-venv, python3-setuptools, python3-wheel, python3-aiosmtpd, python3-dkim, dovecot-core]
+      chatmaild: [python3, python3-venv, python3-setuptools, python3-wheel, python3-aiosmtpd, python3-dkim, python3-dnspython, dovecot-core]
       base: [ca-certificates, openssl, cron]
       fcgiwrap: [fcgiwrap]
       web: [qrencode]
