@@ -25,6 +25,10 @@ from tests.hosts.test_relay import (  # noqa: F401  (re-exported for the test mo
     tls_context,
 )
 
+# RFC 5464 commands, unknown to imaplib
+for _name in ("GETMETADATA", "SETMETADATA"):
+    imaplib.Commands.setdefault(_name, ("AUTH", "SELECTED"))
+
 MAIL_DATA = Path(__file__).resolve().parents[2] / "chatmaild" / "tests" / "mail-data"
 MAILBOXES = "/home/vmail/mail"
 
