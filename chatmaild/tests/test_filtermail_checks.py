@@ -377,3 +377,25 @@ def test_fast_path_is_never_more_permissive(name, mutations):
     fast = encrypted_sender(raw)
     if fast is not None:
         assert fast == full_path_sender(raw)
+
+
+@pytest.mark.parametrize(
+    "header, expected",
+    [
+        ("abc@[192.0.2.7]", "abc@[192.0.2.7]"),  # IP-only relays' addresses
+        ("Name <abc@[192.0.2.7]>", "abc@[192.0.2.7]"),
+        ('"Al Ice" <a@b.org>', "a@b.org"),
+        ("=?utf-8?q?x?= <a@b.org>", "a@b.org"),
+        ("a@b.org, c@d.org", None),
+        ("x <a@b.org> <c@d.org>", None),
+        ("a@b@c.org", None),
+        ("<@b.org>", None),
+        ("garbage", None),
+    ],
+)
+def test_single_from_address(header, expected):
+    from email import message_from_bytes
+    from email.policy import compat32
+
+    msg = message_from_bytes(f"From: {header}\r\n\r\nbody".encode(), policy=compat32)
+    assert single_from_address(msg) == expected

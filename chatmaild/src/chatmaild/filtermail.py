@@ -38,9 +38,9 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from email import message_from_bytes
+from email.headerregistry import HeaderRegistry
 from email.message import Message
 from email.policy import compat32
-from email.utils import getaddresses
 
 from aiosmtpd.smtp import SMTP, syntax
 
@@ -168,14 +168,31 @@ def is_bounce(msg: Message) -> bool:
 
 
 def single_from_address(msg: Message) -> str | None:
-    """The address of the only ``From:`` header with exactly one mailbox."""
+    """The address of the only ``From:`` header with exactly one mailbox.
+
+    Parsed with the RFC 5322 header parser of :mod:`email.headerregistry`:
+    ``email.utils.getaddresses`` in patched CPython releases (Debian 12's
+    3.11.2 among them) returns nothing for domain literals such as
+    ``user@[1.2.3.4]``, the addresses of IP-only relays.  A header the parser
+    had to repair (defects) counts as no address at all.
+    """
     values = msg.get_all("from") or []
     if len(values) != 1:
         return None
-    addrs = getaddresses([str(values[0])])
-    if len(addrs) != 1 or not addrs[0][1] or addrs[0][1].count("@") != 1:
+    try:
+        header = _HEADERS("from", str(values[0]))
+        addrs = header.addresses
+    except Exception:  # the parser's errors are not part of its API
         return None
-    return addrs[0][1]
+    if header.defects or len(addrs) != 1:
+        return None
+    addr = addrs[0].addr_spec
+    if not addr or addr.count("@") != 1 or addrs[0].username == "":
+        return None
+    return addr
+
+
+_HEADERS = HeaderRegistry()
 
 
 def matches_passthrough(addr: str, entries: list[str]) -> bool:
