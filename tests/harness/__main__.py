@@ -54,7 +54,7 @@ def cmd_up(args):
         args.domain,
         ip=RELAY_IP,
         pillar_dir=pillar_dir,
-        reuse=running_fqdn == args.domain,
+        reuse=running_fqdn == args.domain and not args.fresh,
         keep=True,
     )
     print(f"[harness] host {host.name} up ({time.monotonic() - t0:.0f}s); converging", flush=True)
@@ -113,6 +113,7 @@ def main(argv=None):
     up.add_argument("--domain", default="chatmail.test")
     up.add_argument("--sls", default=None, help="apply only these SLS (comma-separated)")
     up.add_argument("--test", action="store_true", help="state.apply test=True")
+    up.add_argument("--fresh", action="store_true", help="replace a running host by a new one")
     sub.add_parser("down", help="remove test hosts, network, apt proxy, dockerd")
     sub.add_parser("status", help="show test hosts")
     shell = sub.add_parser("shell", help="bash in a test host")
