@@ -34,6 +34,17 @@ RELAY_IP = "172.31.77.10"
 LOCK_FILE = "/run/cmsalt-harness.lock"
 
 
+def pid_alive(pidfile):
+    """The pid in `pidfile` if that process exists and is not a zombie, else None."""
+    try:
+        pid = int(open(pidfile).read().strip())
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(") ", 1)[1][:1]
+    except (OSError, ValueError, IndexError):
+        return None
+    return None if state in ("Z", "X") else pid
+
+
 class locked:
     """Inter-process (and inter-thread) lock around the shared setup steps:
     starting dockerd, building images, creating the network, starting the proxy."""

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import time
 
-from . import CACHE, GATEWAY, LOG_DIR
+from . import CACHE, GATEWAY, LOG_DIR, pid_alive
 
 NSD_DIR = CACHE / "nsd"
 ZONE_DIR = NSD_DIR / "zones"
@@ -41,17 +41,7 @@ def zone_text(origin, records, ns_ip=GATEWAY, serial=None):
 
 
 def _pid():
-    try:
-        pid = int(open(PIDFILE).read().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    try:
-        if open(f"/proc/{pid}/stat").read().split(") ", 1)[1].startswith("Z"):
-            return None
-    except OSError:
-        return None
-    return pid
+    return pid_alive(PIDFILE)
 
 
 def zones():

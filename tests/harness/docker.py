@@ -5,7 +5,7 @@ import signal
 import subprocess
 import time
 
-from . import CACHE, LOG_DIR
+from . import CACHE, LOG_DIR, pid_alive
 
 SOCK = "/run/cmsalt-docker.sock"
 HOST = f"unix://{SOCK}"
@@ -43,12 +43,7 @@ def docker(*args, check=True, input=None, timeout=None, capture=True):
 
 
 def _pid():
-    try:
-        pid = int(open(PIDFILE).read().strip())
-        os.kill(pid, 0)
-        return pid
-    except (OSError, ValueError):
-        return None
+    return pid_alive(PIDFILE)
 
 
 def running():

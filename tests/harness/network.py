@@ -12,7 +12,7 @@ import socket
 import subprocess
 import time
 
-from . import CACHE, DYNAMIC_RANGE, GATEWAY, LABEL, LOG_DIR, NETWORK, PROXY_PORT, SUBNET
+from . import CACHE, DYNAMIC_RANGE, GATEWAY, LABEL, LOG_DIR, NETWORK, PROXY_PORT, SUBNET, pid_alive
 from .docker import docker
 
 ACNG_DIR = CACHE / "apt-cacher-ng"
@@ -70,12 +70,7 @@ def _port_open(host, port):
 
 
 def _acng_pid():
-    try:
-        pid = int(open(ACNG_PIDFILE).read().strip())
-        os.kill(pid, 0)
-        return pid
-    except (OSError, ValueError):
-        return None
+    return pid_alive(ACNG_PIDFILE)
 
 
 def _write_acng_conf():
