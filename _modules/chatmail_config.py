@@ -12,6 +12,8 @@ The module has no dependencies beyond the standard library and Salt, so
 that it also works through salt-ssh.
 """
 
+import base64
+import binascii
 import copy
 import ipaddress
 import os
@@ -118,7 +120,7 @@ SERVICE_PORTS = {
     993: "imaps",
 }
 
-TLS_MODES = ("auto", "acme", "self", "external")
+TLS_MODES = ("auto", "acme", "self", "ca", "external")
 DNS_CHECK_MODES = ("off", "warn", "fail")
 
 _SIZE_RE = re.compile(r"^\s*\d+\s*[kKmMgGtT]?[bB]?\s*$")
@@ -126,6 +128,11 @@ _LABEL_RE = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 _SELECTOR_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _POSTFIX_TIME_RE = re.compile(r"^\d+[smhdw]?$")
 _SYSTEMD_TIME_RE = re.compile(r"^\d+\s*(s|sec|min|m|h|hour|day|d|week|w|month|year|y)?$")
+_PEM_RE = re.compile(
+    r"-----BEGIN (?P<label>[A-Z0-9 ]+)-----(?P<body>[A-Za-z0-9+/=\s]*?)-----END (?P=label)-----"
+)
+_NEXTHOP_RE = re.compile(r"^(\*[a-z0-9._-]+|[a-z0-9._-]+\*?)$")
+PRIVATE_KEY_LABELS = ("PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY")
 
 
 class _Errors(list):
@@ -333,7 +340,20 @@ def build(defaults, osfamily=None, pillar=None, check_files=True):
 
     raw_domains = pillar.pop("domains", None)
     raw_params = pillar.pop("params", None)
+    # PEM strings span lines, which the generic string check refuses.
+    raw_pems = {}
+    if isinstance(pillar.get("tls_ca"), dict):
+        raw_pems = {k: pillar["tls_ca"].pop(k) for k in ("cert", "key") if k in pillar["tls_ca"]}
     merged = _merge_checked(base, pillar, ["chatmail"], errors)
+    for key, value in raw_pems.items():
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            errors.add(
+                ["chatmail", "tls_ca", key], f"must be a PEM string, not {_type_name(value)}"
+            )
+        else:
+            merged["tls_ca"][key] = value
 
     # Global params with their own kinds.
     params = copy.deepcopy(base["params"])
@@ -381,6 +401,7 @@ def build(defaults, osfamily=None, pillar=None, check_files=True):
     for key, value in merged["lookup"]["paths"].items():
         if not str(value).startswith("/"):
             errors.add(["chatmail", "lookup", "paths", key], f"must be an absolute path: {value!r}")
+    _check_tls_trust(merged, errors)
 
     # Domains.
     domains = {}
@@ -417,9 +438,22 @@ def build(defaults, osfamily=None, pillar=None, check_files=True):
     elif domain_list:
         primary = domain_list[0]
 
+    ca_domains = [d for d in domain_list if domains[d]["tls"]["mode"] == "ca"]
+    tls_ca = merged["tls_ca"]
+    for what in ("cert", "key"):
+        bad = any(e.startswith(f"chatmail:tls_ca:{what}:") for e in errors)
+        if ca_domains and not tls_ca[what].strip() and not bad:
+            errors.add(
+                ["chatmail", "tls_ca", what],
+                f"required by tls mode ca (domains: {', '.join(ca_domains)})",
+            )
+
     if errors:
         raise ChatmailConfigError(errors)
 
+    # The CA key is read from the pillar by the tls state only; it must not
+    # travel in the map every template receives.
+    tls_ca["has_key"] = bool(tls_ca.pop("key").strip())
     merged["domains"] = domains
     merged["domain_list"] = domain_list
     merged["primary"] = primary
@@ -485,7 +519,7 @@ def _build_domain(dom, dpillar, merged, dpath, errors, check_files):
         mode = "self"
     if mode == "auto":
         mode = _auto_tls_mode(dom)
-    if mode == "self":
+    if mode in ("self", "ca"):
         cert = f"{paths['tls_dir']}/{dom}/fullchain.pem"
         key = f"{paths['tls_dir']}/{dom}/privkey.pem"
     elif mode == "acme":
@@ -531,6 +565,158 @@ def _build_domain(dom, dpillar, merged, dpath, errors, check_files):
     domain["address_domain"] = f"[{dom}]" if is_ip else dom
     domain["mailboxes_path"] = f"{merged['params']['mailboxes_dir'].rstrip('/')}/{dom}"
     return domain
+
+
+def _pem_blocks(text):
+    """[(label, der bytes)] of the PEM blocks in ``text``; raises ValueError."""
+    if not isinstance(text, str):
+        raise ValueError(f"must be a PEM string, not {_type_name(text)}")
+    blocks = []
+    for match in _PEM_RE.finditer(text):
+        body = "".join(match.group("body").split())
+        try:
+            der = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"broken base64 in the PEM block {match.group('label')!r}") from None
+        if not der:
+            raise ValueError(f"empty PEM block {match.group('label')!r}")
+        blocks.append((match.group("label"), der))
+    if not blocks:
+        raise ValueError("not PEM (no -----BEGIN ...----- block)")
+    return blocks
+
+
+def _load_cert(text):
+    """The one certificate in ``text`` (a cryptography object, or None when
+    the cryptography package is missing); raises ValueError."""
+    blocks = _pem_blocks(text)
+    labels = [label for label, _der in blocks]
+    if labels != ["CERTIFICATE"]:
+        raise ValueError(f"must hold exactly one PEM CERTIFICATE, found {', '.join(labels)}")
+    try:
+        from cryptography import x509
+    except ImportError:  # pragma: no cover - salt's x509 states need it anyway
+        return None
+    try:
+        return x509.load_der_x509_certificate(blocks[0][1])
+    except ValueError as exc:
+        raise ValueError(f"not a valid X.509 certificate ({exc})") from None
+
+
+def _load_key(text):
+    blocks = _pem_blocks(text)
+    labels = [label for label, _der in blocks]
+    if labels == ["ENCRYPTED PRIVATE KEY"] or "Proc-Type: 4,ENCRYPTED" in text:
+        raise ValueError("encrypted private keys are not supported")
+    if len(labels) != 1 or labels[0] not in PRIVATE_KEY_LABELS:
+        raise ValueError(f"must hold exactly one PEM private key, found {', '.join(labels)}")
+    try:
+        from cryptography.hazmat.primitives import serialization
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        return serialization.load_pem_private_key(text.strip().encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a valid private key ({exc})") from None
+
+
+def _public_der(public_key):
+    from cryptography.hazmat.primitives import serialization
+
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _check_tls_trust(merged, errors):
+    """tls_ca (CA for tls mode ca), trusted_cas and smtp_tls."""
+    tls_ca = merged["tls_ca"]
+    path = ["chatmail", "tls_ca"]
+    cert = key = None
+    if tls_ca["cert"].strip():
+        try:
+            cert = _load_cert(tls_ca["cert"])
+        except ValueError as exc:
+            errors.add(path + ["cert"], str(exc))
+        else:
+            if cert is not None:
+                from cryptography import x509
+
+                try:
+                    ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+                except x509.ExtensionNotFound:
+                    ca = False
+                if not ca:
+                    errors.add(path + ["cert"], "not a CA certificate (basicConstraints CA:TRUE)")
+    if tls_ca["key"].strip():
+        try:
+            key = _load_key(tls_ca["key"])
+        except ValueError as exc:
+            errors.add(path + ["key"], str(exc))
+    if cert is not None and key is not None:
+        if _public_der(cert.public_key()) != _public_der(key.public_key()):
+            errors.add(path + ["key"], "does not belong to the certificate chatmail:tls_ca:cert")
+    if not tls_ca["cert"].strip() and tls_ca["key"].strip():
+        errors.add(path + ["cert"], "missing (chatmail:tls_ca:key is set)")
+    for what in ("days_valid", "days_remaining"):
+        if tls_ca[what] <= 0:
+            errors.add(path + [what], "must be positive")
+    if tls_ca["days_remaining"] >= tls_ca["days_valid"]:
+        errors.add(
+            path + ["days_remaining"],
+            f"must be less than days_valid ({tls_ca['days_valid']}), or every run reissues",
+        )
+
+    for i, pem in enumerate(merged["trusted_cas"]):
+        try:
+            _load_cert(pem)
+        except ValueError as exc:
+            errors.add(["chatmail", "trusted_cas", i], str(exc))
+
+    regexps = []
+    for i, pattern in enumerate(merged["smtp_tls"]["unverified_nexthops"]):
+        ppath = ["chatmail", "smtp_tls", "unverified_nexthops", i]
+        if not isinstance(pattern, str):
+            errors.add(ppath, f"must be a string, not {_type_name(pattern)} {pattern!r}")
+            continue
+        regexp = nexthop_regexp(pattern)
+        if regexp is None:
+            errors.add(
+                ppath,
+                f"not a next-hop pattern {pattern!r} (expected [ip], a domain,"
+                " *.suffix or prefix*)",
+            )
+        elif regexp not in regexps:
+            regexps.append(regexp)
+    merged["smtp_tls"]["unverified_regexps"] = regexps
+
+
+def nexthop_regexp(pattern):
+    """The postfix regexp table key for an unverified next-hop pattern, or None.
+
+    ``[ip]`` matches every IP-literal next hop; ``*.test`` every domain ending
+    in ``.test``; ``_*`` every domain starting with ``_``; anything else the
+    domain itself.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call chatmail_config.nexthop_regexp '*.test'
+    """
+    if pattern == "[ip]":
+        return r"/^\[[^]]+\]$/"
+    pattern = str(pattern).strip().lower()
+    if not _NEXTHOP_RE.match(pattern) or pattern in ("*", "."):
+        return None
+    if pattern.count("*") > 1:
+        return None
+    quoted = pattern.replace(".", "\\.")
+    if quoted.startswith("*"):
+        return "/" + quoted[1:] + "$/"
+    if quoted.endswith("*"):
+        return "/^" + quoted[:-1] + "/"
+    return "/^" + quoted + "$/"
 
 
 def _ini_value(value):

@@ -33,6 +33,7 @@ chatmail:
     tls:
       # auto: self for domains starting with "_", ending in ".test" and IPs;
       # acme otherwise.  acme: acmetool + Let's Encrypt.  self: self-signed.
+      # ca: issued on the host by the private CA chatmail:tls_ca (below).
       # external: cert/key are files placed on the host by other means;
       # services reload when they change.
       mode: auto
@@ -91,6 +92,31 @@ chatmail:
     privacy_mail: ''                    # per domain
     privacy_pdo: ''                     # per domain
     privacy_supervisor: ''              # per domain
+
+  # Private CA for domains in tls mode "ca": the host issues each such
+  # domain a certificate (SANs: domain, mta-sts.<domain>, www.<domain>) into
+  # <tls_dir>/<domain>/fullchain.pem + privkey.pem, and reissues it when
+  # fewer than days_remaining days are left or the CA changes.  PEM strings
+  # (example: a YAML block scalar "cert: |" followed by the PEM lines); the
+  # certificate must be a CA (basicConstraints CA:TRUE), the key unencrypted.
+  # The key is written to <tls_dir>/ca/ca.key (0600) only.
+  tls_ca:
+    cert: ''
+    key: ''
+    days_valid: 365
+    days_remaining: 30
+
+  # PEM certificates the host trusts in addition to the system CAs (e.g. the
+  # private CA of the other relays of a test fleet), installed as
+  # /usr/local/share/ca-certificates/chatmail-<n>.crt.
+  trusted_cas: []
+
+  # Outgoing SMTP verifies every peer's certificate ("verify") except for
+  # these next hops, which are only encrypted: "[ip]" (IP literals),
+  # "*.suffix", "prefix*" or a domain.  A fleet whose relays all have
+  # verifiable certificates (e.g. tls mode ca + trusted_cas) sets [].
+  smtp_tls:
+    unverified_nexthops: ['_*', '*.test', '[ip]']
 
   limits:
     imap_max_userip_connections: 20      # concurrent IMAP connections per account and IP

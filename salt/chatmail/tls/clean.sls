@@ -1,5 +1,7 @@
 {#- Stops watching external certificates and drops the acme renewal; the
-    certificates and keys themselves stay (they are data). #}
+    certificates and keys themselves stay (they are data), except the private
+    CA's key (a secret of the pillar).  The extra trusted CAs leave the system
+    trust store. #}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import chatmail with context %}
 
@@ -16,3 +18,22 @@ chatmail-tls-clean-files-absent:
       - /etc/acme/hooks/chatmail-reload
     - require:
       - service: chatmail-tls-external-path-service-dead
+
+chatmail-tls-clean-ca-directory-absent:
+  file.absent:
+    - name: {{ chatmail.lookup.paths.tls_dir }}/ca
+{%- set trust_dir = '/usr/local/share/ca-certificates' %}
+{%- set trusted = salt['file.find'](trust_dir, name='chatmail-*.crt', type='f', maxdepth=1)
+      if salt['file.directory_exists'](trust_dir) else [] %}
+{%- if trusted %}
+
+chatmail-tls-clean-trusted-cas-file-absent:
+  file.absent:
+    - names: {{ trusted | json }}
+
+chatmail-tls-clean-trusted-cas-update-cmd-run:
+  cmd.run:
+    - name: update-ca-certificates --fresh
+    - onchanges:
+      - file: chatmail-tls-clean-trusted-cas-file-absent
+{%- endif %}

@@ -1,10 +1,15 @@
 {#- Per domain certificate: self-signed (created once, never regenerated),
-    acme (acmetool desired file; issued by acmetool reconcile) or external
-    (files provided by the operator; watched by a systemd path unit). #}
+    ca (issued on the host by the pillar CA chatmail:tls_ca with Salt's x509
+    states; reissued when it nears expiry or the CA changes), acme (acmetool
+    desired file; issued by acmetool reconcile) or external (files provided
+    by the operator; watched by a systemd path unit).  Extra trusted CAs
+    (chatmail:trusted_cas) go into the system trust store. #}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import chatmail with context %}
 {%- set paths = chatmail.lookup.paths %}
 {%- set modes = chatmail.domains.values() | map(attribute='tls') | map(attribute='mode') | list %}
+{%- set ca_dir = paths.tls_dir ~ '/ca' %}
+{%- set trust_dir = '/usr/local/share/ca-certificates' %}
 
 chatmail-tls-directory:
   file.directory:
@@ -16,12 +21,12 @@ chatmail-tls-directory:
 
 {%- for domain in chatmail.domain_list %}
 {%-   set d = chatmail.domains[domain] %}
+{%-   if d.is_ip %}
+{%-     set san = 'IP:' ~ domain %}
+{%-   else %}
+{%-     set san = 'DNS:' ~ domain ~ ',DNS:mta-sts.' ~ domain ~ ',DNS:www.' ~ domain %}
+{%-   endif %}
 {%-   if d.tls.mode == 'self' %}
-{%-     if d.is_ip %}
-{%-       set san = 'IP:' ~ domain %}
-{%-     else %}
-{%-       set san = 'DNS:' ~ domain ~ ',DNS:mta-sts.' ~ domain ~ ',DNS:www.' ~ domain %}
-{%-     endif %}
 
 chatmail-tls-{{ domain }}-directory:
   file.directory:
@@ -48,6 +53,51 @@ chatmail-tls-{{ domain }}-selfsigned-cmd-run:
       - {{ d.tls.key }}
     - require:
       - file: chatmail-tls-{{ domain }}-directory
+{%-   elif d.tls.mode == 'ca' %}
+
+chatmail-tls-{{ domain }}-directory:
+  file.directory:
+    - name: {{ paths.tls_dir }}/{{ domain }}
+    - user: root
+    - group: root
+    - mode: "0755"
+    - require:
+      - file: chatmail-tls-directory
+
+chatmail-tls-{{ domain }}-ca-private-key-managed:
+  x509.private_key_managed:
+    - name: {{ d.tls.key }}
+    - algo: ec
+    - keysize: 256
+    - user: root
+    - group: root
+    - mode: "0600"
+    - require:
+      - file: chatmail-tls-{{ domain }}-directory
+
+chatmail-tls-{{ domain }}-ca-certificate-managed:
+  x509.certificate_managed:
+    - name: {{ d.tls.cert }}
+    - signing_cert: {{ ca_dir }}/ca.pem
+    - signing_private_key: {{ ca_dir }}/ca.key
+    - private_key: {{ d.tls.key }}
+    - append_certs:
+      - {{ ca_dir }}/ca.pem
+    - subject:
+        CN: {{ domain }}
+    - subjectAltName: {{ san | yaml_encode }}
+    - basicConstraints: "critical, CA:FALSE"
+    - keyUsage: "critical, digitalSignature, keyEncipherment"
+    - extendedKeyUsage: serverAuth
+    - days_valid: {{ chatmail.tls_ca.days_valid }}
+    - days_remaining: {{ chatmail.tls_ca.days_remaining }}
+    - user: root
+    - group: root
+    - mode: "0644"
+    - require:
+      - x509: chatmail-tls-{{ domain }}-ca-private-key-managed
+      - file: chatmail-tls-ca-cert-file-managed
+      - file: chatmail-tls-ca-key-file-managed
 {%-   elif d.tls.mode == 'acme' %}
 
 chatmail-tls-{{ domain }}-acme-desired-file-managed:
@@ -67,6 +117,81 @@ chatmail-tls-{{ domain }}-acme-desired-file-managed:
       - file: chatmail-tls-acme-target-file-managed
 {%-   endif %}
 {%- endfor %}
+{%- if 'ca' in modes %}
+
+{#- The CA key comes straight from the pillar into a 0600 file (never into
+    the rendered states or the map); the CA certificate is public. #}
+chatmail-tls-ca-directory:
+  file.directory:
+    - name: {{ ca_dir }}
+    - user: root
+    - group: root
+    - mode: "0700"
+    - require:
+      - file: chatmail-tls-directory
+
+chatmail-tls-ca-key-file-managed:
+  file.managed:
+    - name: {{ ca_dir }}/ca.key
+    - contents_pillar: chatmail:tls_ca:key
+    - show_changes: false
+    - user: root
+    - group: root
+    - mode: "0600"
+    - require:
+      - file: chatmail-tls-ca-directory
+
+chatmail-tls-ca-cert-file-managed:
+  file.managed:
+    - name: {{ ca_dir }}/ca.pem
+    - contents: {{ chatmail.tls_ca.cert | yaml_encode }}
+    - user: root
+    - group: root
+    - mode: "0644"
+    - require:
+      - file: chatmail-tls-ca-directory
+{%- else %}
+
+chatmail-tls-ca-directory-absent:
+  file.absent:
+    - name: {{ ca_dir }}
+{%- endif %}
+{%- set trusted = [] %}
+{%- for pem in chatmail.trusted_cas %}
+{%-   do trusted.append(trust_dir ~ '/chatmail-' ~ loop.index ~ '.crt') %}
+
+chatmail-tls-trusted-ca-{{ loop.index }}-file-managed:
+  file.managed:
+    - name: {{ trusted[-1] }}
+    - contents: {{ pem | yaml_encode }}
+    - makedirs: true
+    - user: root
+    - group: root
+    - mode: "0644"
+{%- endfor %}
+{%- set stale = salt['file.find'](trust_dir, name='chatmail-*.crt', type='f', maxdepth=1)
+      | reject('in', trusted) | list if salt['file.directory_exists'](trust_dir) else [] %}
+{%- if stale %}
+
+chatmail-tls-trusted-ca-stale-file-absent:
+  file.absent:
+    - names: {{ stale | json }}
+{%- endif %}
+{%- if trusted or stale %}
+
+{#- Rebuilds /etc/ssl/certs (hash links read by postfix's smtp_tls_CApath,
+    ca-certificates.crt read by Python and most other clients). #}
+chatmail-tls-trusted-cas-update-cmd-run:
+  cmd.run:
+    - name: update-ca-certificates
+    - onchanges:
+{%-   for path in trusted %}
+      - file: chatmail-tls-trusted-ca-{{ loop.index }}-file-managed
+{%-   endfor %}
+{%-   if stale %}
+      - file: chatmail-tls-trusted-ca-stale-file-absent
+{%-   endif %}
+{%- endif %}
 {%- if 'acme' in modes %}
 {%-   set acme_email = chatmail.domains.values() | map(attribute='acme_email') | select | first | default('') %}
 

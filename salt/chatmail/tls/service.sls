@@ -4,6 +4,25 @@
 
 include:
   - .config
+{%- set ca_domains = [] %}
+{%- for domain in chatmail.domain_list if chatmail.domains[domain].tls.mode == 'ca' %}
+{%-   do ca_domains.append(domain) %}
+{%- endfor %}
+{%- if ca_domains %}
+
+{#- A (re)issued certificate: the TLS users reload (not yet installed on the
+    first run: nothing to reload then). #}
+chatmail-tls-ca-reload-cmd-run:
+  cmd.run:
+    - name: >-
+        for svc in postfix dovecot nginx; do
+        systemctl try-reload-or-restart "$svc" 2>/dev/null || true; done
+    - onchanges:
+{%-   for domain in ca_domains %}
+      - x509: chatmail-tls-{{ domain }}-ca-certificate-managed
+      - x509: chatmail-tls-{{ domain }}-ca-private-key-managed
+{%-   endfor %}
+{%- endif %}
 {%- if 'acme' in modes %}
 
 chatmail-tls-acme-timer-running:
