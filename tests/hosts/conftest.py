@@ -9,19 +9,6 @@ from tests.harness import ensure_infra, hosts
 
 HERE = Path(__file__).parent
 PILLAR = HERE / "pillar"
-# Under pytest-xdist every worker gets its own hosts (names suffixed, addresses
-# assigned by docker); run with --dist loadgroup to share one relay per run.
-WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
-RELAY = {
-    "name": "cmsalt-test-relay" + (f"-{WORKER}" if WORKER else ""),
-    "fqdn": "chat1.test",
-    "ip": None if WORKER else "172.31.77.20",
-}
-SMOKE = {
-    "name": "cmsalt-test-smoke" + (f"-{WORKER}" if WORKER else ""),
-    "fqdn": "smoke.test",
-    "ip": None if WORKER else "172.31.77.21",
-}
 DOMAINS = ["chat1.test", "_chat2.test"]
 # CMSALT_KEEP_HOSTS=1 leaves the test hosts running after the session (debugging;
 # remove them with `python -m tests.harness down`).
@@ -30,6 +17,23 @@ KEEP = os.environ.get("CMSALT_KEEP_HOSTS") == "1"
 # booting fresh ones: fast iteration on states and tests.
 REUSE = os.environ.get("CMSALT_REUSE_HOSTS") == "1"
 KEEP = KEEP or REUSE
+# Kept/reused hosts have fixed names and addresses (cmsalt-test-relay 172.31.77.20,
+# cmsalt-test-smoke .21).  Otherwise every session (and xdist worker) boots its own
+# hosts, named with its pid and addressed by docker, so concurrent runs of the
+# host tests never touch each other's hosts.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+FIXED = KEEP and not WORKER
+SUFFIX = f"-{WORKER}" if KEEP and WORKER else "" if KEEP else f"-{os.getpid()}"
+RELAY = {
+    "name": f"cmsalt-test-relay{SUFFIX}",
+    "fqdn": "chat1.test",
+    "ip": "172.31.77.20" if FIXED else None,
+}
+SMOKE = {
+    "name": f"cmsalt-test-smoke{SUFFIX}",
+    "fqdn": "smoke.test",
+    "ip": "172.31.77.21" if FIXED else None,
+}
 
 
 def pytest_collection_modifyitems(items):
