@@ -28,6 +28,7 @@ class RelaySpec:
     ip: str
     params: dict = field(default_factory=dict)
     limits: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # more chatmail: pillar keys (merged)
 
 
 @dataclass
@@ -108,7 +109,17 @@ def pillar_for(spec, push_url):
     }
     if spec.limits:
         chatmail["limits"] = dict(spec.limits)
-    return {"chatmail": chatmail}
+    return {"chatmail": _merge(chatmail, spec.extra)}
+
+
+def _merge(base, over):
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def write_pillar(directory, spec, push_url):
@@ -162,20 +173,21 @@ class MailSink:
     """A remote MX stand-in on the gateway address: STARTTLS (self-signed) on port 25,
     stores every message it accepts. Publish it with `sink_zone(domain)`."""
 
-    def __init__(self, workdir, host=GATEWAY, port=25):
+    def __init__(self, workdir, host=GATEWAY, port=25, cert=None, key=None):
         import ssl
         import subprocess
 
         from aiosmtpd.controller import Controller
 
         workdir = Path(workdir)
-        cert, key = workdir / "sink.crt", workdir / "sink.key"
-        subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-             "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=sink.test",
-             "-keyout", str(key), "-out", str(cert)],
-            check=True, capture_output=True,
-        )  # fmt: skip
+        if cert is None:
+            cert, key = workdir / "sink.crt", workdir / "sink.key"
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                 "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=sink.test",
+                 "-keyout", str(key), "-out", str(cert)],
+                check=True, capture_output=True,
+            )  # fmt: skip
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(str(cert), str(key))
         self.messages = []
@@ -215,3 +227,62 @@ class MailSink:
 
 def sink_zone(domain="sink.test"):
     return dns.zone_text(domain, [f"@ IN A {GATEWAY}", f"@ IN MX 10 {domain}."])
+
+
+class TestCA:
+    """A private CA made for one run (openssl): the relays get it as chatmail:tls_ca
+    (tls mode "ca") and as a trusted CA, so relay-to-relay SMTP can verify peers."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, workdir):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.cert_path, self.key_path = self.dir / "ca.pem", self.dir / "ca.key"
+        _openssl(
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-days", "30", "-subj", "/CN=chatmail-salt acceptance CA",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout", self.key_path, "-out", self.cert_path,
+        )  # fmt: skip
+        self.cert = self.cert_path.read_text()
+        self.key = self.key_path.read_text()
+
+    def issue(self, name):
+        """(cert path, key path) of a server certificate for `name` signed by this CA."""
+        key, csr, cert = (self.dir / f"{name}.{ext}" for ext in ("key", "csr", "crt"))
+        _openssl(
+            "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-subj", f"/CN={name}", "-keyout", key, "-out", csr,
+        )  # fmt: skip
+        ext = self.dir / f"{name}.ext"
+        ext.write_text(f"subjectAltName=DNS:{name}\nextendedKeyUsage=serverAuth\n")
+        _openssl(
+            "x509", "-req", "-in", csr, "-CA", self.cert_path, "-CAkey", self.key_path,
+            "-CAcreateserial", "-days", "30", "-extfile", ext, "-out", cert,
+        )  # fmt: skip
+        return cert, key
+
+    def pillar(self, domains):
+        return {
+            "domains": {domain: {"tls": {"mode": "ca"}} for domain in domains},
+            "tls_ca": {"cert": self.cert, "key": self.key},
+            "trusted_cas": [self.cert],
+            "smtp_tls": {"unverified_nexthops": []},
+        }
+
+
+def _openssl(*args):
+    import subprocess
+
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+
+
+def tree_has_tls_ca():
+    """True when the state tree knows tls mode "ca" (chatmail:tls_ca, trusted_cas)."""
+    from . import REPO
+
+    defaults = (REPO / "salt/chatmail/defaults.yaml").read_text()
+    tls_states = (REPO / "salt/chatmail/tls/config.sls").read_text()
+    return "tls_ca:" in defaults and "smtp_tls:" in defaults and "'ca'" in tls_states

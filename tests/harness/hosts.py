@@ -2,6 +2,7 @@
 
 import atexit
 import json
+import random
 import shlex
 import subprocess
 import threading
@@ -108,6 +109,21 @@ def _ip(name):
     return docker_cli("inspect", "--format", fmt, name, check=False).stdout.strip()
 
 
+def used_ips():
+    fmt = "{{range .Containers}}{{.IPv4Address}} {{end}}"
+    out = docker_cli("network", "inspect", "--format", fmt, NETWORK, check=False).stdout
+    return {addr.split("/")[0] for addr in out.split()}
+
+
+def free_ip():
+    """A random unused address of the dynamic half (.128-.254) of the test network."""
+    prefix = GATEWAY.rsplit(".", 1)[0]
+    free = sorted({f"{prefix}.{n}" for n in range(128, 255)} - used_ips())
+    if not free:
+        raise RuntimeError(f"no free address left on {NETWORK}")
+    return random.choice(free)
+
+
 def minion_config(fqdn):
     return json.dumps(
         {
@@ -137,6 +153,8 @@ def wait_running(host, timeout=120):
 def boot(name, fqdn, ip=None, pillar_dir=None, extra_mounts=(), reuse=False, keep=False):
     """Start a systemd host (or reuse a running one of that name when reuse=True).
 
+    ip: a fixed address (keep those in 172.31.77.2-127), "auto" (a free one of
+    .128-.254) or None (docker chooses).
     extra_mounts: iterable of (host_path, container_path[, "ro"|"rw"]).
     Hosts are removed at interpreter exit unless keep=True.
     """
@@ -160,17 +178,23 @@ def boot(name, fqdn, ip=None, pillar_dir=None, extra_mounts=(), reuse=False, kee
             "--sysctl", "net.ipv6.conf.lo.disable_ipv6=0",
             "-v", f"{REPO}:{REPO_MOUNT}:ro",
         ]  # fmt: skip
-        if ip:
-            args += ["--ip", ip]
         if pillar_dir:
             args += ["-v", f"{Path(pillar_dir).resolve()}:{PILLAR_MOUNT}:ro"]
         for mount in extra_mounts:
             src, dst, *mode = mount
             args += ["-v", f"{src}:{dst}:{mode[0] if mode else 'ro'}"]
         args += [tag, "/lib/systemd/systemd"]
-        docker_cli(*args)
-        if not ip:
-            ip = _ip(name)
+        for attempt in range(5):
+            want = free_ip() if ip == "auto" else ip
+            try:
+                docker_cli(*args[:2], *(["--ip", want] if want else []), *args[2:])
+                break
+            except DockerError as exc:
+                # "auto": another session may have taken the address meanwhile
+                if ip != "auto" or "in use" not in str(exc) or attempt == 4:
+                    raise
+                docker_cli("rm", "-f", name, check=False)
+        ip = _ip(name)
         host = Host(name, fqdn, ip, Path(pillar_dir) if pillar_dir else None)
     if not keep:
         with _booted_lock:

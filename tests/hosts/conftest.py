@@ -28,12 +28,12 @@ SUFFIX = f"-{WORKER}" if KEEP and WORKER else "" if KEEP else f"-{os.getpid()}"
 RELAY = {
     "name": f"cmsalt-test-relay{SUFFIX}",
     "fqdn": "chat1.test",
-    "ip": "172.31.77.20" if FIXED else None,
+    "ip": "172.31.77.20" if FIXED else "auto",
 }
 SMOKE = {
     "name": f"cmsalt-test-smoke{SUFFIX}",
     "fqdn": "smoke.test",
-    "ip": "172.31.77.21" if FIXED else None,
+    "ip": "172.31.77.21" if FIXED else "auto",
 }
 
 
