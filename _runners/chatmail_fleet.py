@@ -164,7 +164,14 @@ def _is_highstate_return(ret):
 
 def _state_summary(ret):
     if isinstance(ret, list):
-        return {"result": False, "states": 0, "failed": 0, "changed": 0, "errors": ret}
+        return {
+            "result": False,
+            "states": 0,
+            "failed": 0,
+            "changed": 0,
+            "errors": ret,
+            "changed_ids": [],
+        }
     failed = [key for key, value in ret.items() if value.get("result") is False]
     changed = [key for key, value in ret.items() if value.get("changes")]
     return {
@@ -173,6 +180,7 @@ def _state_summary(ret):
         "failed": len(failed),
         "changed": len(changed),
         "errors": [key.split("_|-")[1] for key in failed[:5]],
+        "changed_ids": [key.split("_|-")[1] for key in changed[:10]],
     }
 
 

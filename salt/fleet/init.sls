@@ -43,14 +43,19 @@ chatmail-fleet-minion-unit-daemon-reload:
       - service: chatmail-fleet-minion-service-running
 {%- endif %}
 
-{#- A restart from inside a run of that same minion would kill the run:
-    the config change is picked up by a delayed restart instead. #}
+{#- A minion that is already running (this state applied through it) picks
+    up a changed config by a delayed restart: restarting it from inside its
+    own run would kill the run.  On bootstrap it is simply started. #}
+{%- set was_running = salt['service.status']('salt-minion') %}
+
 chatmail-fleet-minion-service-running:
   service.running:
     - name: salt-minion
     - enable: true
     - require:
       - file: chatmail-fleet-minion-config-file-managed
+
+{%- if was_running %}
 
 chatmail-fleet-minion-restart-cmd-run:
   cmd.run:
@@ -59,3 +64,4 @@ chatmail-fleet-minion-restart-cmd-run:
       - file: chatmail-fleet-minion-config-file-managed
     - require:
       - service: chatmail-fleet-minion-service-running
+{%- endif %}
