@@ -1,0 +1,115 @@
+"""Fleet fixtures: a salt master on the CI machine and three systemd relays
+running salt-minion on the test network (see tests/harness/fleet_master.py)."""
+
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.harness import GATEWAY, ensure_infra, fleet_master, hosts
+
+HERE = Path(__file__).parent
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+KEEP = os.environ.get("CMSALT_KEEP_HOSTS") == "1"
+MINIONS = ["fleet1.test", "fleet2.test", "fleet3.test"]
+# Short schedule so that a scheduled highstate fires within the test.
+FLEET_SETTINGS = {
+    "highstate": {"enabled": True, "minutes": 1.5, "splay": 10, "timeout": 900},
+    "mine": {"interval": 1},
+}
+
+
+def pillar_file(minion_id):
+    return "hosts/" + minion_id.replace(".", "_") + ".sls"
+
+
+def relay_pillar(domain, extra_params=None):
+    """The pillar of one fleet relay: its own domain, DNS through the test nsd."""
+    lines = [
+        f"# pillar of the fleet test relay {domain}",
+        "chatmail:",
+        "  domains:",
+        f"    {domain}: {{}}",
+        "  dns:",
+        f"    forwarders: [{GATEWAY}]",
+    ]
+    # The hosts share the CI machine's load average (2 cores, several suites):
+    # keep account creation from being refused as "overloaded".
+    params = {"max_load_1m": 1000, **(extra_params or {})}
+    lines.append("  params:")
+    lines += [f"    {key}: {value}" for key, value in params.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_pillar(pillar_dir, minion_id, **kw):
+    path = Path(pillar_dir) / pillar_file(minion_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(relay_pillar(minion_id, **kw))
+    return path
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if str(item.fspath).startswith(str(HERE)) and "unit" not in item.fspath.basename:
+            item.add_marker(pytest.mark.hosts)
+            item.add_marker(pytest.mark.fleet)
+            item.add_marker(pytest.mark.xdist_group("fleet"))
+
+
+def _name(minion_id):
+    return "cmsalt-" + minion_id.split(".")[0] + (f"-{WORKER}" if WORKER else "")
+
+
+@pytest.fixture(scope="session")
+def fleet_pillar():
+    path = Path(tempfile.mkdtemp(prefix="cmsalt-fleet-pillar-"))
+    for minion_id in MINIONS:
+        write_pillar(path, minion_id)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def master(fleet_pillar):
+    ensure_infra()
+    m = fleet_master.Master(fleet_pillar, fleet_settings=FLEET_SETTINGS).start()
+    yield m
+    m.cleanup()
+
+
+@pytest.fixture(scope="session")
+def fleet(master):
+    """{minion id: Host}: three booted hosts, bootstrapped as minions, keys accepted."""
+    specs = [{"name": _name(m), "fqdn": m, "keep": KEEP} for m in MINIONS]
+    booted = hosts.boot_many(specs)
+    try:
+        with ThreadPoolExecutor(len(booted)) as pool:
+            list(pool.map(lambda h: fleet_master.bootstrap_minion(h, master), booted))
+        master.accept(MINIONS)
+        master.wait_ping(MINIONS)
+        yield {h.fqdn: h for h in booted}
+    finally:
+        if not KEEP:
+            for host in booted:
+                hosts.destroy(host)
+
+
+@pytest.fixture(scope="session")
+def fleet_converged(master, fleet):
+    """The first highstate of all three relays, started from the master."""
+    return fleet_master.highstate(master, MINIONS)
+
+
+@pytest.fixture(scope="session")
+def relays(fleet, fleet_converged):
+    failed = {m: r.summary() for m, r in fleet_converged.items() if not r.ok}
+    if failed:
+        pytest.fail(f"fleet highstate failed: {failed}", pytrace=False)
+    return fleet
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "fleet: salt master + minions on systemd test hosts")

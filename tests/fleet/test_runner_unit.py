@@ -1,0 +1,134 @@
+"""The fleet runner's logic on given mine data and a real local job cache
+layout (no master, no hosts): records, DNS view, last highstates, status."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+import salt.payload
+
+from tests.harness import REPO
+
+ZONE = """; chatmail DNS records for a.test
+a.test.  3600 IN A 192.0.2.1
+a.test.  3600 IN MX 10 a.test.
+opendkim._domainkey.a.test. 3600 IN TXT "v=DKIM1;k=rsa;p=AAAA" "BBBB"
+"""
+
+
+@pytest.fixture
+def runner(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "chatmail_fleet_under_test", REPO / "_runners" / "chatmail_fleet.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    mine = {
+        "chatmail_dns.zone_fragments": {"m1": {"a.test": ZONE}, "m2": {"b.test": ""}},
+        "chatmail_dkim.list_keys": {
+            "m1": {"a.test": {"opendkim": "AAAABBBB"}},
+            "m2": {"b.test": {"opendkim": "CCCC"}},
+        },
+        "chatmail_dns.status": {
+            "m1": {"a.test": {"ok": True, "problems": [], "warnings": []}},
+            "m2": {"b.test": {"ok": False, "problems": ["MX missing"], "warnings": []}},
+        },
+        "chatmail_fleet_status": {
+            "m1": {
+                "retcode": 0,
+                "stdout": json.dumps(
+                    {
+                        "domains": ["a.test"],
+                        "services": {"postfix": "active", "dovecot": "failed"},
+                        "certs": {"a.test": {"days_left": 42}},
+                        "queue": 3,
+                        "accounts": {"a.test": 5},
+                        "disk": {"used_percent": 12.5},
+                    }
+                ),
+            }
+        },
+    }
+    module.__salt__ = {"mine.get": lambda tgt, fun, tgt_type="glob": mine.get(fun, {})}
+    module.__opts__ = {"cachedir": str(tmp_path)}
+    return module
+
+
+def write_job(cachedir, jid, fun, returns, arg=()):
+    jid_dir = os.path.join(cachedir, "jobs", jid[:2], jid)
+    os.makedirs(jid_dir)
+    with open(os.path.join(jid_dir, "jid"), "w") as fh:
+        fh.write(jid)
+    with open(os.path.join(jid_dir, ".load.p"), "wb") as fh:
+        salt.payload.dump({"fun": fun, "arg": list(arg), "jid": jid}, fh)
+    for minion, ret in returns.items():
+        os.makedirs(os.path.join(jid_dir, minion))
+        with open(os.path.join(jid_dir, minion, "return.p"), "wb") as fh:
+            salt.payload.dump({"return": ret, "retcode": 0}, fh)
+
+
+def state(sid, result=True, changes=None):
+    return {f"file_|-{sid}_|-/x_|-managed": {"result": result, "changes": changes or {}}}
+
+
+def test_records_flag_missing_zone_and_keep_dkim(runner):
+    recs = runner.records(text=False)
+    assert recs["a.test"]["problems"] == []
+    assert recs["a.test"]["dkim"] == {"opendkim": "AAAABBBB"}
+    assert recs["b.test"]["problems"] == ["m2 published no zone fragment"]
+    text = runner.records()
+    assert "; a.test -- relay m1" in text and "IN MX 10 a.test." in text
+    assert "; PROBLEM: m2 published no zone fragment" in text
+
+
+def test_records_flag_dkim_key_not_in_zone(runner):
+    runner.__salt__["mine.get"]("*", "chatmail_dkim.list_keys")["m1"]["a.test"]["x"] = "ZZZZ"
+    recs = runner.records(text=False)
+    assert recs["a.test"]["problems"] == ["DKIM key x of m1 is not in the zone fragment"]
+
+
+def test_dns_view(runner):
+    result = runner.dns()
+    assert result["a.test"] == {"minion": "m1", "ok": True, "problems": [], "warnings": []}
+    assert result["b.test"]["ok"] is False and result["b.test"]["problems"] == ["MX missing"]
+
+
+def test_last_highstates_newest_real_run(runner, tmp_path):
+    write_job(tmp_path, "20261122040000000000", "state.highstate", {"m1": state("a")})
+    write_job(
+        tmp_path,
+        "20261122050000000000",
+        "state.highstate",
+        {"m1": {**state("a"), **state("b", changes={"diff": "x"})}},
+    )
+    busy = ['The function "state.highstate" is running as PID 7 and was started at ...']
+    write_job(tmp_path, "20261122060000000000", "state.highstate", {"m1": busy})
+    write_job(tmp_path, "20261122070000000000", "state.apply", {"m1": state("c")}, arg=["fleet"])
+    write_job(tmp_path, "20261122080000000000", "test.ping", {"m1": True})
+    write_job(tmp_path, "20261122030000000000", "state.highstate", {"m2": ["Pillar failed"]})
+    last = runner.last_highstates()
+    assert last["m1"]["jid"] == "20261122050000000000"
+    assert last["m1"]["time"] == "2026-11-22 05:00:00"
+    assert (last["m1"]["result"], last["m1"]["changed"], last["m1"]["states"]) == (True, 1, 2)
+    assert last["m1"]["changed_ids"] == ["b"]
+    assert last["m2"]["result"] is False and last["m2"]["errors"] == ["Pillar failed"]
+
+
+def test_status_table(runner, tmp_path):
+    write_job(tmp_path, "20261122050000000000", "state.highstate", {"m1": state("a")})
+    data = runner.status(text=False)
+    row = data["m1"]["row"]
+    assert row["highstate"] == "ok 2026-11-22 05:00:00"
+    assert row["services"] == "1/2 down:dovecot"
+    assert (row["cert_days"], row["queue"], row["accounts"], row["disk"]) == (
+        "42",
+        "3",
+        "5",
+        "12.5%",
+    )
+    text = runner.status()
+    assert text.splitlines()[0].split() == runner.COLUMNS
+    assert "m1" in text
+    report = runner.report()
+    assert "=== DNS records ===" in report and "=== Fleet status ===" in report
