@@ -755,7 +755,11 @@ def ini_text(chatmail):
         lines.append(f"{key} = {_ini_value(value)}".rstrip())
     for dom in order:
         dconf = chatmail["domains"][dom]
-        lines += ["", f"[domain:{dom}]", f"tls_mode = {dconf['tls']['mode']}"]
+        # chatmaild only knows auto/acme/self/external; a private CA's
+        # certificate is, for clients outside the fleet, like a self-signed
+        # one (/new then offers the dclogin URL accepting it).
+        mode = "self" if dconf["tls"]["mode"] == "ca" else dconf["tls"]["mode"]
+        lines += ["", f"[domain:{dom}]", f"tls_mode = {mode}"]
         for key in sorted(PER_DOMAIN):
             if key in params and dconf[key] != params[key]:
                 lines.append(f"{key} = {_ini_value(dconf[key])}".rstrip())

@@ -90,7 +90,15 @@ def test_ca_mode_map(cc, defaults, ca):
     assert ca[1].splitlines()[1] not in json.dumps(m)
     assert m["tls_ca"]["cert"] == ca[0]
     assert m["smtp_tls"]["unverified_regexps"] == []
-    assert "tls_mode = ca" in cc.ini_text(m)
+    # chatmaild treats a private CA's certificate like a self-signed one
+    assert "tls_mode = self" in cc.ini_text(m) and "tls_mode = ca" not in cc.ini_text(m)
+
+
+def test_chatmaild_reads_the_ini(cc, defaults, ca, chatmaild_config, tmp_path):
+    ini = tmp_path / "chatmail.ini"
+    ini.write_text(cc.ini_text(cc.build(defaults, {}, _ca_pillar(ca))))
+    config = chatmaild_config.read_config(ini)
+    assert config.for_domain("chat.example.org").tls_mode == "self"
 
 
 @pytest.mark.parametrize(
