@@ -11,13 +11,14 @@ CMSALT_KEEP_HOSTS=1 keeps the hosts after the run; CMSALT_ACC_REUSE=1 reuses run
 ones without converging again (fast inner loop while writing tests).
 """
 
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.harness import GATEWAY, dns, hosts
+from tests.harness import CACHE, GATEWAY, dns, hosts
 from tests.harness import acceptance_relays as ar
 from tests.harness.docker import docker as docker_cli
 from tests.harness.docker import env as docker_env
@@ -51,6 +52,11 @@ SPECS = [
         limits={"imap_max_userip_connections": 5},
     ),
 ]
+# tls mode "ca" (a private CA made for the run, trusted by both relays, peers
+# verified on port 25) once the tree has it; CMSALT_ACC_TLS=self forces the
+# self-signed certificates of *.test domains instead.
+CA_MODE = os.environ.get("CMSALT_ACC_TLS", "ca") == "ca" and ar.tree_has_tls_ca()
+CA_DIR = CACHE / "acceptance-ca"
 CLIENT = {"name": "cmsalt-acc-client", "fqdn": "client.test", "ip": "172.31.77.233"}
 RPC_SERVER = "/usr/local/bin/deltachat-rpc-server"
 SINK_DOMAIN = "sink.test"
@@ -77,6 +83,25 @@ def push_gateway():
     gateway.close()
 
 
+@pytest.fixture(scope="session")
+def test_ca():
+    """The run's private CA (kept in the cache dir for CMSALT_ACC_REUSE runs)."""
+    if not CA_MODE:
+        return None
+    if REUSE and (CA_DIR / "ca.pem").exists():
+        ca = ar.TestCA.__new__(ar.TestCA)
+        ca.dir, ca.cert_path, ca.key_path = CA_DIR, CA_DIR / "ca.pem", CA_DIR / "ca.key"
+        ca.cert, ca.key = ca.cert_path.read_text(), ca.key_path.read_text()
+        return ca
+    return ar.TestCA(CA_DIR)
+
+
+def specs_for(ca):
+    if ca is None:
+        return SPECS
+    return [dataclasses.replace(spec, extra=ca.pillar([spec.domain])) for spec in SPECS]
+
+
 def _reuse_relays():
     relays = []
     for spec in SPECS:
@@ -87,12 +112,12 @@ def _reuse_relays():
 
 
 @pytest.fixture(scope="session")
-def relays(push_gateway):
+def relays(push_gateway, test_ca):
     if REUSE and all(hosts._container_state(s.name) for s in SPECS):
         yield _reuse_relays()
         return
     with tempfile.TemporaryDirectory(prefix="cmsalt-acc-pillar-") as tmp:
-        up = ar.up(SPECS, tmp, PUSH_URL, keep=KEEP or REUSE)
+        up = ar.up(specs_for(test_ca), tmp, PUSH_URL, keep=KEEP or REUSE)
         failed = [r for r in up if not r.first.ok]
         if failed:
             if not (KEEP or REUSE):
@@ -117,9 +142,11 @@ def relay2(relays):
 
 
 @pytest.fixture(scope="session")
-def sink(relays, tmp_path_factory):
-    """A remote MX on the gateway (domain sink.test) that keeps what relays send it."""
-    mail_sink = ar.MailSink(tmp_path_factory.mktemp("sink"))
+def sink(relays, test_ca, tmp_path_factory):
+    """A remote MX on the gateway (domain sink.test) that keeps what relays send it;
+    its certificate comes from the run's CA when there is one."""
+    cert, key = test_ca.issue(SINK_DOMAIN) if test_ca else (None, None)
+    mail_sink = ar.MailSink(tmp_path_factory.mktemp("sink"), cert=cert, key=key)
     dns.set_zone(SINK_DOMAIN, ar.sink_zone(SINK_DOMAIN))
     yield mail_sink
     mail_sink.close()

@@ -280,9 +280,18 @@ def _openssl(*args):
 
 
 def tree_has_tls_ca():
-    """True when the state tree knows tls mode "ca" (chatmail:tls_ca, trusted_cas)."""
+    """True when the state tree and chatmaild know tls mode "ca" (chatmail:tls_ca,
+    trusted_cas, smtp_tls)."""
+    import re
+
     from . import REPO
 
     defaults = (REPO / "salt/chatmail/defaults.yaml").read_text()
     tls_states = (REPO / "salt/chatmail/tls/config.sls").read_text()
-    return "tls_ca:" in defaults and "smtp_tls:" in defaults and "'ca'" in tls_states
+    daemon_config = (REPO / "chatmaild/src/chatmaild/config.py").read_text()
+    return (
+        "tls_ca:" in defaults
+        and "smtp_tls:" in defaults
+        and "'ca'" in tls_states
+        and re.search(r"choices=\([^)]*\"ca\"", daemon_config) is not None
+    )
