@@ -8,6 +8,8 @@ connection.  DNS (A, MX, DKIM, ...) comes from the harness nsd.
 import datetime
 import json
 import os
+import socket
+import ssl
 import time
 
 import pytest
@@ -223,3 +225,35 @@ def test_second_highstate_changes_nothing(pair):
     for (_host, domain), res in zip(pair, results, strict=True):
         assert res.ok, f"{domain}: {res.summary()}"
         assert res.changed == [], f"{domain}: {res.changed}"
+
+
+def _served_leaf(ip, port=993):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((ip, port), timeout=20) as sock:
+        with ctx.wrap_socket(sock) as tls:
+            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+
+
+def test_new_ca_reissues_and_reloads(pair, ca):
+    """Another CA in the pillar: the certificate is reissued by it and dovecot
+    serves it at once; back to the fleet CA, the next run changes nothing."""
+    _relay1, (host2, domain2) = pair
+    other_cert, other_key = make_ca()
+    override = {"chatmail": {"tls_ca": {"cert": other_cert, "key": other_key}}}
+    res = hosts.converge(host2, sls="chatmail.tls", pillar_override=override)
+    assert res.ok, res.summary()
+    assert f"chatmail-tls-{domain2}-ca-certificate-managed" in res.changed
+    assert "chatmail-tls-ca-reload-cmd-run" in res.changed
+    other = x509.load_pem_x509_certificate(other_cert.encode())
+    assert _served_leaf(host2.ip).issuer == other.subject
+    try:
+        res = hosts.converge(host2, sls="chatmail.tls")
+        assert res.ok, res.summary()
+        assert f"chatmail-tls-{domain2}-ca-certificate-managed" in res.changed
+    finally:
+        again = hosts.converge(host2, sls="chatmail.tls")
+    assert again.ok and again.changed == [], again.summary()
+    fleet_ca = x509.load_pem_x509_certificate(ca[0].encode())
+    assert _served_leaf(host2.ip).issuer == fleet_ca.subject
