@@ -33,20 +33,34 @@ def free_port(host=GATEWAY):
         return sock.getsockname()[1]
 
 
-def _repath(value):
+def _repath(value, tree):
     if isinstance(value, str) and value.startswith(SHIPPED_ROOT):
-        return str(REPO) + value[len(SHIPPED_ROOT) :]
+        return str(tree) + value[len(SHIPPED_ROOT) :]
     if isinstance(value, list):
-        return [_repath(v) for v in value]
+        return [_repath(v, tree) for v in value]
     if isinstance(value, dict):
-        return {k: _repath(v) for k, v in value.items()}
+        return {k: _repath(v, tree) for k, v in value.items()}
     return value
 
 
-def master_config(root, pillar_dir, fleet_settings=None, extra=None):
-    """The shipped master config with the repository's real path, this run's
-    pillar directory in front of pillar/ and a fleet settings override."""
-    conf = _repath(yaml.safe_load(SHIPPED_CONF.read_text()))
+SNAPSHOT_DIRS = ["salt", "pillar", "_runners"]
+
+
+def snapshot_tree(dest):
+    """Copy salt/ (links resolved), pillar/ and _runners/ of the work tree, so
+    that edits to the tree during a run do not reach the minions mid-test."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
+    for name in SNAPSHOT_DIRS:
+        shutil.copytree(REPO / name, Path(dest) / name, symlinks=False, ignore=ignore)
+    return Path(dest)
+
+
+def master_config(root, pillar_dir, fleet_settings=None, extra=None, snapshot=True):
+    """The shipped master config with the repository's path (or a snapshot of
+    it), this run's pillar directory in front of pillar/ and a fleet settings
+    override."""
+    tree = snapshot_tree(Path(root) / "tree") if snapshot else REPO
+    conf = _repath(yaml.safe_load(SHIPPED_CONF.read_text()), tree)
     conf["pillar_roots"]["base"] = [str(pillar_dir)] + conf["pillar_roots"]["base"]
     if fleet_settings is not None:
         fleet_dir = Path(root) / "fleet-pillar"
@@ -74,12 +88,12 @@ def master_config(root, pillar_dir, fleet_settings=None, extra=None):
 class Master:
     """salt-master process with its own config dir; CLI helpers bound to it."""
 
-    def __init__(self, pillar_dir, fleet_settings=None, extra=None, root=None):
+    def __init__(self, pillar_dir, fleet_settings=None, extra=None, root=None, snapshot=True):
         self.root = Path(root or tempfile.mkdtemp(prefix="cmsalt-master-"))
         self.pillar_dir = Path(pillar_dir)
         self.conf_dir = self.root / "etc"
         self.conf_dir.mkdir(parents=True, exist_ok=True)
-        self.conf = master_config(self.root, self.pillar_dir, fleet_settings, extra)
+        self.conf = master_config(self.root, self.pillar_dir, fleet_settings, extra, snapshot)
         (self.conf_dir / "master").write_text(yaml.safe_dump(self.conf))
         self.proc = None
 
