@@ -66,10 +66,10 @@ PARAMS = {
     "max_user_send_burst_size": 1000000,
 }
 SPECS = [
-    ar.RelaySpec("cmsalt-bench1", "bench1.test", "172.31.77.241", PARAMS, UNLIMITED),
-    ar.RelaySpec("cmsalt-bench2", "bench2.test", "172.31.77.242", PARAMS, UNLIMITED),
+    ar.RelaySpec("cmsalt-bench1", "bench1.test", "auto", PARAMS, UNLIMITED),
+    ar.RelaySpec("cmsalt-bench2", "bench2.test", "auto", PARAMS, UNLIMITED),
 ]
-CLIENT = {"name": "cmsalt-bench-client", "fqdn": "bclient.test", "ip": "172.31.77.243"}
+CLIENT = {"name": "cmsalt-bench-client", "fqdn": "bclient.test", "ip": "auto"}
 RPC_SERVER = "/usr/local/bin/deltachat-rpc-server"
 PUSH_URL = f"http://{GATEWAY}:9/notify"  # nothing listens; pushes are retried and dropped
 
@@ -95,11 +95,16 @@ def ms_row(label, samples):
 
 
 def converge_fresh(pillar_root):
-    dns.set_zones({s.domain: ar.bootstrap_zone(s) for s in SPECS})
+    def boot(spec):
+        pillar = ar.write_pillar(Path(pillar_root) / spec.name, spec, PUSH_URL)
+        return hosts.boot(spec.name, spec.domain, ip=spec.ip, pillar_dir=pillar)
+
+    with ThreadPoolExecutor(len(SPECS)) as pool:
+        booted = dict(zip([s.name for s in SPECS], pool.map(boot, SPECS), strict=True))
+    dns.set_zones({s.domain: ar.bootstrap_zone(s.domain, booted[s.name].ip) for s in SPECS})
 
     def one(spec):
-        pillar = ar.write_pillar(Path(pillar_root) / spec.name, spec, PUSH_URL)
-        host = hosts.boot(spec.name, spec.domain, ip=spec.ip, pillar_dir=pillar)
+        host = booted[spec.name]
         start = time.monotonic()
         first = hosts.converge(host)
         fresh = time.monotonic() - start

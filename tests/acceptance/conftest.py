@@ -2,10 +2,11 @@
 a stand-in push gateway on the CI machine, and real Delta Chat clients.
 
 Hosts:
-  relay1  acc1.test  172.31.77.231  generous SMTP/IMAP rate limits (the CI machine is one client IP)
-  relay2  acc2.test  172.31.77.232  default limits, 5 IMAP connections per account and IP
-  client  client.test              bare host running deltachat-rpc-server (resolves the
-                                    test domains through the harness nsd like a phone would)
+  relay1  acc1.test    generous SMTP/IMAP rate limits (the CI machine is one client IP)
+  relay2  acc2.test    default limits, 5 IMAP connections per account and IP
+  client  client.test  bare host running deltachat-rpc-server (resolves the test
+                       domains through the harness nsd like a phone would)
+Addresses are free ones of the test network's dynamic half (hosts.boot ip="auto").
 
 CMSALT_KEEP_HOSTS=1 keeps the hosts after the run; CMSALT_ACC_REUSE=1 reuses running
 ones without converging again (fast inner loop while writing tests).
@@ -36,7 +37,6 @@ SPECS = [
     ar.RelaySpec(
         "cmsalt-acc1",
         "acc1.test",
-        "172.31.77.231",
         params=PARAMS,
         limits={
             "smtp_connection_rate_per_minute": 100000,
@@ -47,7 +47,6 @@ SPECS = [
     ar.RelaySpec(
         "cmsalt-acc2",
         "acc2.test",
-        "172.31.77.232",
         params=PARAMS,
         limits={"imap_max_userip_connections": 5},
     ),
@@ -57,7 +56,7 @@ SPECS = [
 # self-signed certificates of *.test domains instead.
 CA_MODE = os.environ.get("CMSALT_ACC_TLS", "ca") == "ca" and ar.tree_has_tls_ca()
 CA_DIR = CACHE / "acceptance-ca"
-CLIENT = {"name": "cmsalt-acc-client", "fqdn": "client.test", "ip": "172.31.77.233"}
+CLIENT = {"name": "cmsalt-acc-client", "fqdn": "client.test", "ip": "auto"}
 RPC_SERVER = "/usr/local/bin/deltachat-rpc-server"
 SINK_DOMAIN = "sink.test"
 INI = "/etc/chatmail/chatmail.ini"

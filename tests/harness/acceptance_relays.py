@@ -25,7 +25,7 @@ ZONE_DIR = "/etc/chatmail/zones"
 class RelaySpec:
     name: str
     domain: str
-    ip: str
+    ip: str = "auto"  # see hosts.boot: "auto" is a free address of .128-.254
     params: dict = field(default_factory=dict)
     limits: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # more chatmail: pillar keys (merged)
@@ -131,9 +131,9 @@ def write_pillar(directory, spec, push_url):
     return directory
 
 
-def bootstrap_zone(spec):
+def bootstrap_zone(domain, ip):
     """A and MX only: enough for the relays to find each other while converging."""
-    return dns.zone_text(spec.domain, [f"@ IN A {spec.ip}", f"@ IN MX 10 {spec.domain}."])
+    return dns.zone_text(domain, [f"@ IN A {ip}", f"@ IN MX 10 {domain}."])
 
 
 def published_zone(relay):
@@ -150,15 +150,20 @@ def publish(relays):
 def up(specs, pillar_root, push_url, keep=False):
     """Boot and converge every relay in parallel; returns [Relay] (first converge kept)."""
     ensure_infra()
-    dns.set_zones({s.domain: bootstrap_zone(s) for s in specs})
 
-    def one(spec):
+    def boot(spec):
         pillar = write_pillar(Path(pillar_root) / spec.name, spec, push_url)
         host = hosts.boot(spec.name, spec.domain, ip=spec.ip, pillar_dir=pillar, keep=keep)
-        return Relay(spec, host, hosts.converge(host))
+        return Relay(spec, host)
+
+    def converge(relay):
+        relay.first = hosts.converge(relay.host)
+        return relay
 
     with ThreadPoolExecutor(max_workers=len(specs)) as pool:
-        relays = list(pool.map(one, specs))
+        relays = list(pool.map(boot, specs))
+        dns.set_zones({r.domain: bootstrap_zone(r.domain, r.ip) for r in relays})
+        relays = list(pool.map(converge, relays))
     if all(r.first.ok for r in relays):
         publish(relays)
     return relays
@@ -280,18 +285,15 @@ def _openssl(*args):
 
 
 def tree_has_tls_ca():
-    """True when the state tree and chatmaild know tls mode "ca" (chatmail:tls_ca,
-    trusted_cas, smtp_tls)."""
-    import re
-
+    """True when the state tree knows tls mode "ca" (chatmail:tls_ca, trusted_cas,
+    smtp_tls:unverified_nexthops)."""
     from . import REPO
 
     defaults = (REPO / "salt/chatmail/defaults.yaml").read_text()
     tls_states = (REPO / "salt/chatmail/tls/config.sls").read_text()
-    daemon_config = (REPO / "chatmaild/src/chatmaild/config.py").read_text()
     return (
         "tls_ca:" in defaults
-        and "smtp_tls:" in defaults
+        and "trusted_cas:" in defaults
+        and "unverified_nexthops:" in defaults
         and "'ca'" in tls_states
-        and re.search(r"choices=\([^)]*\"ca\"", daemon_config) is not None
     )
