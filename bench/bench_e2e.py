@@ -2,7 +2,7 @@
 
     python bench/bench_e2e.py [--n 100] [--duration 20] [--keep]
 
-Boots two relays (bench1.test, bench2.test) and a client host on the harness
+Boots two relays (e2eb1.test, e2eb2.test) and a client host on the harness
 test network, with the same setup as the acceptance suite (nsd zones from the
 relays' own zone fragments, rate limits lifted so the CI machine counts as many
 clients), and measures:
@@ -66,10 +66,10 @@ PARAMS = {
     "max_user_send_burst_size": 1000000,
 }
 SPECS = [
-    ar.RelaySpec("cmsalt-bench1", "bench1.test", "auto", PARAMS, UNLIMITED),
-    ar.RelaySpec("cmsalt-bench2", "bench2.test", "auto", PARAMS, UNLIMITED),
+    ar.RelaySpec("cmsalt-e2ebench-1", "e2eb1.test", "auto", PARAMS, UNLIMITED),
+    ar.RelaySpec("cmsalt-e2ebench-2", "e2eb2.test", "auto", PARAMS, UNLIMITED),
 ]
-CLIENT = {"name": "cmsalt-bench-client", "fqdn": "bclient.test", "ip": "auto"}
+CLIENT = {"name": "cmsalt-e2ebench-client", "fqdn": "e2ebclient.test", "ip": "auto"}
 RPC_SERVER = "/usr/local/bin/deltachat-rpc-server"
 PUSH_URL = f"http://{GATEWAY}:9/notify"  # nothing listens; pushes are retried and dropped
 
