@@ -4,6 +4,7 @@ a stand-in push gateway on the CI machine, and real Delta Chat clients.
 Hosts:
   relay1  acc1.test    generous SMTP/IMAP rate limits (the CI machine is one client IP)
   relay2  acc2.test    default limits, 5 IMAP connections per account and IP
+  relay3  acc3.test and its own IPv4 address (two domains, one of them IP-only)
   client  client.test  bare host running deltachat-rpc-server (resolves the test
                        domains through the harness nsd like a phone would)
 Addresses are free ones of the test network's dynamic half (hosts.boot ip="auto").
@@ -50,6 +51,8 @@ SPECS = [
         params=PARAMS,
         limits={"imap_max_userip_connections": 5},
     ),
+    # two domains on one host: a named one and the host's IPv4 address (IP-only relay)
+    ar.RelaySpec("cmsalt-acc3", "acc3.test", params=PARAMS, ip_domain=True),
 ]
 # tls mode "ca" (a private CA made for the run, trusted by both relays, peers
 # verified on port 25) once the tree has it; CMSALT_ACC_TLS=self forces the
@@ -138,6 +141,11 @@ def relay1(relays):
 @pytest.fixture(scope="session")
 def relay2(relays):
     return relays[1]
+
+
+@pytest.fixture(scope="session")
+def relay3(relays):
+    return relays[2]
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ class RelaySpec:
     params: dict = field(default_factory=dict)
     limits: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # more chatmail: pillar keys (merged)
+    ip_domain: bool = False  # also serve the host's own IPv4 address as a chatmail domain
 
 
 @dataclass
@@ -101,9 +102,14 @@ class PushGateway:
         self.server.server_close()
 
 
-def pillar_for(spec, push_url):
+def pillar_for(spec, push_url, ip=None):
+    domains = {spec.domain: {}}
+    if spec.ip_domain:
+        if not ip:
+            raise ValueError(f"{spec.name}: ip_domain needs the host's address")
+        domains[ip] = {}
     chatmail = {
-        "domains": {spec.domain: {}},
+        "domains": domains,
         "params": {"push_notification_url": push_url, **spec.params},
         "dns": {"check": "warn", "forwarders": [GATEWAY], "nameservers": [GATEWAY]},
     }
@@ -122,12 +128,13 @@ def _merge(base, over):
     return out
 
 
-def write_pillar(directory, spec, push_url):
+def write_pillar(directory, spec, push_url, ip=None):
     """Pillar tree for one relay (JSON is YAML, so .sls files can hold it)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
-    (directory / "chatmail.sls").write_text(json.dumps(pillar_for(spec, push_url), indent=2))
+    pillar = pillar_for(spec, push_url, ip)
+    (directory / "chatmail.sls").write_text(json.dumps(pillar, indent=2))
     return directory
 
 
@@ -152,8 +159,11 @@ def up(specs, pillar_root, push_url, keep=False):
     ensure_infra()
 
     def boot(spec):
-        pillar = write_pillar(Path(pillar_root) / spec.name, spec, push_url)
+        # the pillar is written once the address is known (IP-address domains)
+        pillar = Path(pillar_root) / spec.name
+        pillar.mkdir(parents=True, exist_ok=True)
         host = hosts.boot(spec.name, spec.domain, ip=spec.ip, pillar_dir=pillar, keep=keep)
+        write_pillar(pillar, spec, push_url, host.ip)
         return Relay(spec, host)
 
     def converge(relay):
