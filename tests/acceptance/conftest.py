@@ -28,6 +28,9 @@ from tests.harness.docker import env as docker_env
 HERE = Path(__file__).parent
 KEEP = os.environ.get("CMSALT_KEEP_HOSTS") == "1"
 REUSE = os.environ.get("CMSALT_ACC_REUSE") == "1"
+# Under pytest-xdist run with --dist loadgroup: every acceptance test is in one
+# group (one worker), since the test domains' zones in nsd are shared.
+SUFFIX = f"-{os.environ['PYTEST_XDIST_WORKER']}" if os.environ.get("PYTEST_XDIST_WORKER") else ""
 PUSH_PORT = int(os.environ.get("CMSALT_ACC_PUSH_PORT", "18477"))
 PUSH_URL = f"http://{GATEWAY}:{PUSH_PORT}/notify"
 
@@ -36,7 +39,7 @@ PUSH_URL = f"http://{GATEWAY}:{PUSH_PORT}/notify"
 PARAMS = {"max_load_1m": 1000}
 SPECS = [
     ar.RelaySpec(
-        "cmsalt-acc1",
+        "cmsalt-acc1" + SUFFIX,
         "acc1.test",
         params=PARAMS,
         limits={
@@ -46,20 +49,20 @@ SPECS = [
         },
     ),
     ar.RelaySpec(
-        "cmsalt-acc2",
+        "cmsalt-acc2" + SUFFIX,
         "acc2.test",
         params=PARAMS,
         limits={"imap_max_userip_connections": 5},
     ),
     # two domains on one host: a named one and the host's IPv4 address (IP-only relay)
-    ar.RelaySpec("cmsalt-acc3", "acc3.test", params=PARAMS, ip_domain=True),
+    ar.RelaySpec("cmsalt-acc3" + SUFFIX, "acc3.test", params=PARAMS, ip_domain=True),
 ]
 # tls mode "ca" (a private CA made for the run, trusted by both relays, peers
 # verified on port 25) once the tree has it; CMSALT_ACC_TLS=self forces the
 # self-signed certificates of *.test domains instead.
 CA_MODE = os.environ.get("CMSALT_ACC_TLS", "ca") == "ca" and ar.tree_has_tls_ca()
 CA_DIR = CACHE / "acceptance-ca"
-CLIENT = {"name": "cmsalt-acc-client", "fqdn": "client.test", "ip": "auto"}
+CLIENT = {"name": "cmsalt-acc-client" + SUFFIX, "fqdn": "client.test", "ip": "auto"}
 RPC_SERVER = "/usr/local/bin/deltachat-rpc-server"
 SINK_DOMAIN = "sink.test"
 INI = "/etc/chatmail/chatmail.ini"
