@@ -33,7 +33,8 @@ PATH_MAP = {
     "/tmp/kitchen/srv/salt": hosts.REPO_MOUNT,
     "/tmp/kitchen/etc/salt": "/etc/salt",
 }
-WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+# per-process host names: concurrent runs never remove each other's hosts
+SUFFIX = f"-{os.getpid()}"
 
 
 def load(path=KITCHEN_YML):
@@ -130,11 +131,7 @@ class SuiteResult:
 
 
 def _host_name(suite):
-    return (
-        "cmsalt-kitchen-"
-        + re.sub(r"[^a-z0-9-]", "", suite.instance)
-        + (f"-{WORKER}" if WORKER else "")
-    )
+    return "cmsalt-kitchen-" + re.sub(r"[^a-z0-9-]", "", suite.instance) + SUFFIX
 
 
 def _fqdn(suite):
