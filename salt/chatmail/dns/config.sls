@@ -24,3 +24,17 @@ chatmail-dns-{{ domain }}-zone-fragment-managed:
     - require:
       - sls: {{ tplroot }}.opendkim.config
 {%- endfor %}
+
+{#- A domain removed from the pillar loses its zone fragment on the next run.
+    Only *.zone files of domains no longer listed are removed; with nothing
+    stale no state is rendered, so a repeat run reports no changes. #}
+{%- set zone_dir = chatmail.lookup.paths.zone_dir %}
+{%- if salt['file.directory_exists'](zone_dir) %}
+{%-   for entry in salt['file.readdir'](zone_dir) | sort
+        if entry.endswith('.zone') and entry[:-5] not in chatmail.domain_list %}
+
+chatmail-dns-{{ entry[:-5] }}-stale-zone-fragment-absent:
+  file.absent:
+    - name: {{ zone_dir }}/{{ entry }}
+{%-   endfor %}
+{%- endif %}

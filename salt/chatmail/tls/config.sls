@@ -260,3 +260,33 @@ chatmail-tls-external-service-unit-file-managed:
     - source: salt://{{ tpldir }}/files/chatmail-tls-reload.service
     - mode: "0644"
 {%- endif %}
+
+{#- A domain removed from the pillar loses its certificate directory
+    (self/ca modes) and its acmetool desired file (acme mode) on the next
+    run.  The directories go last, after postfix, dovecot and nginx were
+    re-rendered and reloaded without the domain.  Only entries named after
+    domains no longer listed are touched (never the CA directory, never
+    desired files not written by this tree). #}
+{%- if salt['file.directory_exists'](paths.tls_dir) %}
+{%-   for entry in salt['file.readdir'](paths.tls_dir) | sort
+        if entry not in ['.', '..', 'ca'] and entry not in chatmail.domain_list
+        and salt['file.directory_exists'](paths.tls_dir ~ '/' ~ entry) %}
+
+chatmail-tls-{{ entry }}-stale-directory-absent:
+  file.absent:
+    - name: {{ paths.tls_dir }}/{{ entry }}
+    - order: last
+{%-   endfor %}
+{%- endif %}
+{%- set desired = '/var/lib/acme/desired' %}
+{%- if salt['file.directory_exists'](desired) %}
+{%-   for entry in salt['file.readdir'](desired) | sort
+        if entry not in ['.', '..'] and entry not in chatmail.domain_list
+        and salt['file.file_exists'](desired ~ '/' ~ entry)
+        and salt['file.search'](desired ~ '/' ~ entry, 'Managed by Salt \\(chatmail-salt\\)') %}
+
+chatmail-tls-{{ entry }}-stale-acme-desired-file-absent:
+  file.absent:
+    - name: {{ desired }}/{{ entry }}
+{%-   endfor %}
+{%- endif %}
