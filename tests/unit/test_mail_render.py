@@ -15,6 +15,8 @@ import textwrap
 import pytest
 import yaml
 
+from tests.unit.conftest import masterless_minion
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MAIL_SLS = ["chatmail.opendkim", "chatmail.postfix", "chatmail.dovecot"]
 CLEAN_SLS = ["chatmail.opendkim.clean", "chatmail.postfix.clean", "chatmail.dovecot.clean"]
@@ -70,25 +72,7 @@ def certs(tmp_path_factory):
 def render(tmp_path_factory):
     def _render(pillar, sls=MAIL_SLS):
         root = tmp_path_factory.mktemp("mailsalt")
-        (root / "pillar").mkdir()
-        (root / "pillar" / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
-        (root / "pillar" / "chatmail.sls").write_text(json.dumps({"chatmail": pillar}))
-        conf = root / "minion"
-        conf.write_text(
-            yaml.safe_dump(
-                {
-                    "id": "mail-render-test",
-                    "file_client": "local",
-                    "root_dir": str(root),
-                    "cachedir": str(root / "cache"),
-                    "extension_modules": str(root / "extmods"),
-                    "pki_dir": str(root / "pki"),
-                    "log_file": str(root / "minion.log"),
-                    "file_roots": {"base": [str(REPO / "salt")]},
-                    "pillar_roots": {"base": [str(root / "pillar")]},
-                }
-            )
-        )
+        conf = masterless_minion(root, "mail-render-test", pillar)
         proc = subprocess.run(
             [sys.executable, "-c", RENDER, str(conf), ",".join(sls)],
             capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,

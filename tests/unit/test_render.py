@@ -14,6 +14,8 @@ import jinja2
 import pytest
 import yaml
 
+from tests.unit.conftest import masterless_minion
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SALT_CALL = pathlib.Path(sys.executable).with_name("salt-call")
 CORE_SLS = [
@@ -35,25 +37,7 @@ CORE_SLS = [
 def salt_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("salt")
     pillar = root / "pillar"
-    pillar.mkdir()
-    (pillar / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
-    conf = root / "conf"
-    conf.mkdir()
-    (conf / "minion").write_text(
-        yaml.safe_dump(
-            {
-                "id": "render-test",
-                "file_client": "local",
-                "root_dir": str(root),
-                "cachedir": str(root / "cache"),
-                "extension_modules": str(root / "extmods"),
-                "pki_dir": str(root / "pki"),
-                "log_file": str(root / "minion.log"),
-                "file_roots": {"base": [str(REPO / "salt")]},
-                "pillar_roots": {"base": [str(pillar)]},
-            }
-        )
-    )
+    conf = masterless_minion(root, "render-test").parent
 
     def call(*args, pillar_data):
         (pillar / "chatmail.sls").write_text(json.dumps(pillar_data))

@@ -11,11 +11,12 @@ import sys
 
 import jinja2
 import pytest
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from tests.unit.conftest import masterless_minion
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 POLICY_TEMPLATE = REPO / "salt" / "chatmail" / "postfix" / "files" / "smtp_tls_policy_map.jinja"
@@ -256,25 +257,7 @@ print(json.dumps(out))
 def show_sls(tmp_path_factory):
     def _show(pillar, sls=("chatmail.tls", "chatmail.tls.clean")):
         root = tmp_path_factory.mktemp("tlsca-salt")
-        (root / "pillar").mkdir()
-        (root / "pillar" / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
-        (root / "pillar" / "chatmail.sls").write_text(json.dumps({"chatmail": pillar}))
-        conf = root / "minion"
-        conf.write_text(
-            yaml.safe_dump(
-                {
-                    "id": "tls-ca-render-test",
-                    "file_client": "local",
-                    "root_dir": str(root),
-                    "cachedir": str(root / "cache"),
-                    "extension_modules": str(root / "extmods"),
-                    "pki_dir": str(root / "pki"),
-                    "log_file": str(root / "minion.log"),
-                    "file_roots": {"base": [str(REPO / "salt")]},
-                    "pillar_roots": {"base": [str(root / "pillar")]},
-                }
-            )
-        )
+        conf = masterless_minion(root, "tls-ca-render-test", pillar)
         proc = subprocess.run(
             [sys.executable, "-c", SHOW, str(conf), ",".join(sls)],
             capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
