@@ -263,8 +263,10 @@ chatmail-tls-external-service-unit-file-managed:
 
 {#- A domain removed from the pillar loses its certificate directory
     (self/ca modes) and its acmetool desired file (acme mode) on the next
-    run.  The directories go last, after postfix, dovecot and nginx were
-    re-rendered and reloaded without the domain.  Only entries named after
+    run.  The directories go late (order: last): after postfix and dovecot
+    were re-rendered and reloaded without the domain; nginx requires this
+    sls, so it reloads right after, having held the old certificates in
+    memory until then.  Only entries named after
     domains no longer listed are touched (never the CA directory, never
     desired files not written by this tree). #}
 {%- if salt['file.directory_exists'](paths.tls_dir) %}
