@@ -71,7 +71,22 @@ def ssh_host():
         roster = root / "roster"
         roster.write_text(
             yaml.safe_dump(
-                {SSH_ID: {"host": host.ip, "user": "root", "port": 22, "priv": str(key)}}
+                {
+                    SSH_ID: {
+                        "host": host.ip,
+                        "user": "root",
+                        "port": 22,
+                        "priv": str(key),
+                        # Test hosts reuse addresses with new host keys: a
+                        # known_hosts of this run only, or ssh's "host key
+                        # changed" warning lands in the output salt-ssh parses.
+                        "ssh_options": [
+                            f"UserKnownHostsFile={root / 'known_hosts'}",
+                            "StrictHostKeyChecking=no",
+                            "LogLevel=ERROR",
+                        ],
+                    }
+                }
             )
         )
         yield host, ssh_config_dir(root, pillar_dir), roster
