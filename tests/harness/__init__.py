@@ -9,6 +9,8 @@ Pieces (each module can be used on its own):
 
 import fcntl
 import os
+import signal
+import time
 from pathlib import Path
 
 # The tree mounted into hosts (salt/, chatmaild/, ...): this work tree, or e.g. a
@@ -43,6 +45,26 @@ def pid_alive(pidfile):
     except (OSError, ValueError, IndexError):
         return None
     return None if state in ("Z", "X") else pid
+
+
+def stop_process(pidfile):
+    """SIGTERM the live process named by `pidfile`, SIGKILL it after 5 s.
+    Returns False when no such process was running."""
+    pid = pid_alive(pidfile)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(50):
+        if pid_alive(pidfile) is None:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    return True
 
 
 class locked:

@@ -5,13 +5,11 @@ Relays reach it as GATEWAY:53 (e.g. unbound forward/stub zones, pillar
 chatmail:dns:forwarders or chatmail:dns:nameservers).
 """
 
-import os
-import signal
 import socket
 import subprocess
 import time
 
-from . import CACHE, GATEWAY, LOG_DIR, pid_alive
+from . import CACHE, GATEWAY, LOG_DIR, pid_alive, stop_process
 
 NSD_DIR = CACHE / "nsd"
 ZONE_DIR = NSD_DIR / "zones"
@@ -84,21 +82,7 @@ def _answers():
 
 
 def stop():
-    pid = _pid()
-    if pid is None:
-        return False
-    os.kill(pid, signal.SIGTERM)
-    for _ in range(50):
-        if _pid() is None:
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(pid, signal.SIGKILL)
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    return True
+    return stop_process(PIDFILE)
 
 
 def restart(timeout=15):

@@ -7,12 +7,22 @@ reach them only through the proxy, which fetches from the mirror this machine us
 import glob
 import os
 import re
-import signal
 import socket
 import subprocess
 import time
 
-from . import CACHE, DYNAMIC_RANGE, GATEWAY, LABEL, LOG_DIR, NETWORK, PROXY_PORT, SUBNET, pid_alive
+from . import (
+    CACHE,
+    DYNAMIC_RANGE,
+    GATEWAY,
+    LABEL,
+    LOG_DIR,
+    NETWORK,
+    PROXY_PORT,
+    SUBNET,
+    pid_alive,
+    stop_process,
+)
 from .docker import docker
 
 ACNG_DIR = CACHE / "apt-cacher-ng"
@@ -126,19 +136,7 @@ def ensure_proxy(timeout=30):
 
 
 def stop_proxy():
-    pid = _acng_pid()
-    if pid is None:
+    if not stop_process(ACNG_PIDFILE):
         return False
-    os.kill(pid, signal.SIGTERM)
-    for _ in range(50):
-        if _acng_pid() is None:
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(pid, signal.SIGKILL)
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
     os.unlink(ACNG_PIDFILE)
     return True
