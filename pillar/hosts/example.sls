@@ -131,6 +131,15 @@ chatmail:
     forwarders: []       # unbound forwards every query to these IPs (empty: full recursion)
     manage_resolv_conf: true  # point /etc/resolv.conf at the local unbound once it runs
 
+  # IMAP IDLE sessions are handed to Dovecot's imap-hibernate process after
+  # this many seconds.  A hibernated session learns of new mail from inotify
+  # at once, while a live imap process debounces new-mail notifications by a
+  # compiled-in 500 ms: a short timeout is what makes delivery to waiting
+  # clients fast (and frees the imap process).  0 keeps sessions live;
+  # params.imap_compress also prevents hibernation.
+  imap:
+    hibernate_timeout: 1
+
   journald:
     max_retention: 2day  # journald MaxRetentionSec (logs are kept in memory only)
 

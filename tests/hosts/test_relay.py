@@ -179,6 +179,39 @@ def test_encrypted_message_delivered_dkim_signed(relay):
         assert GATEWAY not in received, received
 
 
+def test_idle_session_hibernates_and_wakes_on_new_mail(relay):
+    """After imap.hibernate_timeout (1 s) in IDLE the session belongs to
+    Dovecot's imap-hibernate process (``doveadm who`` names its pid); new
+    mail wakes it, and it reports EXISTS within the same IDLE command."""
+    sender, sender_pw = new_credentials()
+    rcpt, rcpt_pw = new_credentials()
+    imap = imap_login(relay.ip, rcpt, rcpt_pw)
+    try:
+        imap.select("INBOX")
+        tag = imap._new_tag()
+        imap.send(tag + b" IDLE\r\n")
+        assert imap.readline().startswith(b"+")
+        hibernate_pid = relay.sh("pgrep -f '^dovecot/imap-hibernate'").stdout.split()
+        assert len(hibernate_pid) == 1
+        who = ""
+        for _ in range(40):
+            time.sleep(0.5)
+            who = relay.exec("doveadm", "who", "-1", rcpt).stdout
+            if re.search(rf"^{re.escape(rcpt)}\s+imap\s+{hibernate_pid[0]}\s", who, re.M):
+                break
+        else:
+            pytest.fail(f"session not hibernated: {who}")
+        submit(relay.ip, sender, sender_pw, [rcpt], encrypted_message(sender, rcpt))
+        imap.sock.settimeout(30)
+        while b"EXISTS" not in (line := imap.readline()):
+            assert line, "connection closed while waiting for EXISTS"
+        imap.send(b"DONE\r\n")
+        while not imap.readline().startswith(tag):
+            pass
+    finally:
+        imap.logout()
+
+
 def test_cleartext_submission_refused(relay):
     sender, sender_pw = new_credentials()
     rcpt, rcpt_pw = new_credentials()

@@ -111,6 +111,7 @@ def mixed(render, certs):
             "queue_lifetime": "3d",
             "imap_login_rate_per_minute": 30,
         },
+        "imap": {"hibernate_timeout": 0},
     }
     return render(pillar)
 
@@ -272,6 +273,10 @@ def test_dovecot_conf(example, certs):
     assert "mail_attribute_dict = proxy:/run/chatmail-metadata/metadata.socket:metadata" in conf
     assert "last_login_dict = proxy:/run/chatmail-lastlogin/lastlogin.socket:lastlogin" in conf
     assert "service_count = 0" in conf
+    # IDLE sessions hibernate after a second: the hibernate process wakes
+    # them without the imap process's 500 ms new-mail debounce
+    assert "imap_hibernate_timeout = 1s" in conf
+    assert re.search(r"unix_listener imap-master \{\s+user = \$default_internal_user", conf)
     # IMAP login rate limit: a Lua passdb before doveauth's
     lua_passdb = conf.index("args = file=/etc/dovecot/chatmail-login-limit.lua blocking=no")
     assert lua_passdb < conf.index("args = /etc/dovecot/chatmail-auth.conf.ext")
@@ -304,6 +309,7 @@ def test_ip_only_domain(mixed, certs):
     assert re.findall(r"^local_name (\S+) \{", conf, re.M) == ["chat.example.net"]
     assert "quota_rule = *:storage=2048M" in conf
     assert "listen = *\n" in conf
+    assert "hibernate" not in conf  # imap: hibernate_timeout: 0
     assert "local LIMIT = 30\n" in files["/etc/dovecot/chatmail-login-limit.lua"]
 
 
