@@ -50,6 +50,7 @@ metadata_socket=None, extra="")``
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import socket as socketmod
@@ -535,3 +536,20 @@ def dovecot(mail_sandbox, start_daemon):
         return d
 
     return start
+
+
+def dkim_keypair() -> tuple[bytes, str]:
+    """A throwaway 1024-bit RSA key: (PEM private key, DKIM TXT record)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private, "v=DKIM1; k=rsa; p=" + base64.b64encode(public).decode()

@@ -21,8 +21,7 @@ import dns.rrset
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from conftest import dkim_keypair
 
 DATA = Path(__file__).parent / "mail-data"
 DOMAIN = "chat.example.org"
@@ -141,16 +140,7 @@ def dns_server():
 
 @pytest.fixture(scope="module")
 def rsa_key():
-    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return private, "v=DKIM1; k=rsa; p=" + base64.b64encode(public).decode()
+    return dkim_keypair()
 
 
 def publish(dns_server, rsa_key, domain, selector="dkim"):

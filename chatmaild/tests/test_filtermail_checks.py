@@ -3,7 +3,6 @@ the rate limiter, DKIM with an in-process key table, random MIME trees."""
 
 from __future__ import annotations
 
-import base64
 from email.mime.application import MIMEApplication
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
@@ -28,8 +27,7 @@ from chatmaild.filtermail import (
 )
 from chatmaild.filtermail_dkim import check_dkim, parse_server
 from chatmaild.filtermail_fastpath import content_type, encrypted_sender
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from conftest import dkim_keypair
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -148,19 +146,11 @@ def test_rate_limiter_gcra():
 
 @pytest.fixture(scope="module")
 def keys():
-    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-    der = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    private, record = dkim_keypair()
     table = {}
 
     def publish(domain):
-        table[f"sel._domainkey.{domain}.".encode()] = b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
+        table[f"sel._domainkey.{domain}.".encode()] = record.encode()
 
     def dnsfunc(name, timeout=5):
         return table.get(name)
