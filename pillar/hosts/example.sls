@@ -143,6 +143,16 @@ chatmail:
   journald:
     max_retention: 2day  # journald MaxRetentionSec (logs are kept in memory only)
 
+  # !!! BENCHMARKS AND TESTS ONLY -- NEVER ON A RELAY IN SERVICE !!!
+  # filtermail_bypass: true makes Postfix submission (ports 587 and 465) hand
+  # mail straight to cleanup instead of through filtermail, so nothing checks
+  # any more that outgoing mail is encrypted: CLEARTEXT MAIL LEAVES THE RELAY
+  # and the relay stops being a chatmail relay.  It exists only so that
+  # bench/bench_e2e.py can show filtermail's share of the delivery latency.
+  # Port 25 (incoming) keeps its filter.
+  testing:
+    filtermail_bypass: false
+
   # Distribution specifics; override only for unusual hosts.
   lookup:
     pkgs:

@@ -337,3 +337,59 @@ def test_dovecot_accepts_config(variant, request, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert "imap_capability = +XDELTAPUSH XCHATMAIL" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def bypass(render, certs):
+    """The benchmark-only switch chatmail:testing:filtermail_bypass on."""
+    pillar = {
+        "domains": {"chat.example.net": {"tls": {"mode": "external", **certs}}},
+        "testing": {"filtermail_bypass": True},
+    }
+    return render(pillar, sls=["chatmail.postfix"])
+
+
+def test_filtermail_bypass_master_cf(bypass, tmp_path):
+    text = bypass["files"]["/etc/postfix/master.cf"]
+    svc = master_services(text)
+    assert "CLEARTEXT MAIL CAN LEAVE THIS RELAY" in text
+    for name in ("submission/inet", "submissions/inet"):
+        opts = " ".join(svc[name])
+        assert "smtpd_proxy_filter" not in opts
+        # the same treatment as filtermail's reinject port: header cleanup, DKIM
+        assert "cleanup_service_name=authclean" in opts
+        assert "milter_macro_daemon_name=ORIGINATING" in opts
+        assert "smtpd_milters=unix:opendkim/opendkim.sock" in opts
+        assert "smtpd_sasl_path=private/auth" in opts
+    # incoming mail from other relays keeps its filter
+    assert "smtpd_proxy_filter=127.0.0.1:10081" in " ".join(svc["smtp/inet"])
+    if not shutil.which("postconf"):
+        pytest.skip("postfix is not installed")
+    etc = write_tree(bypass["files"], tmp_path) / "etc" / "postfix"
+    proc = subprocess.run(
+        ["postconf", "-c", str(etc), "-M"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    for name in ("submission", "submissions"):
+        line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(name + " "))
+        assert "smtpd_proxy_filter" not in line and "cleanup_service_name=authclean" in line
+
+
+def test_filtermail_bypass_off_by_default(example):
+    assert "CLEARTEXT" not in example["files"]["/etc/postfix/master.cf"]
+
+
+@pytest.mark.parametrize(
+    "testing, problem",
+    [
+        ({"filtermail_bypass": "yes"}, "chatmail:testing:filtermail_bypass: "),
+        ({"filtermail_bypas": True}, "chatmail:testing:filtermail_bypas: unknown key"),
+        ("on", "chatmail:testing: must be a mapping"),
+    ],
+)
+def test_filtermail_bypass_validated(cc, defaults, testing, problem):
+    pillar = {"domains": {"chat.example.net": {}}, "testing": testing}
+    with pytest.raises(cc.ChatmailConfigError) as exc:
+        cc.build(defaults, {}, pillar, check_files=False)
+    assert any(e.startswith(problem) for e in exc.value.errors), exc.value.errors
