@@ -66,16 +66,8 @@ def __virtual__():
 
 
 def _pillar(key, default):
-    """A pillar value as default for an argument.  Salt 3008 masks pillar
-    values returned to modules ("**********") unless asked to unmask."""
-    try:
-        get = __salt__["pillar.get"]
-    except (NameError, KeyError):
-        return default
-    try:
-        return get(key, default, unmask=True)
-    except TypeError:  # salt before 3008 has no unmask and does not mask
-        return get(key, default)
+    """A pillar value as default for an argument (see _utils/chatmail_util.py)."""
+    return __utils__["chatmail_util.pillar_get"](__salt__, key, default)
 
 
 _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?$")
