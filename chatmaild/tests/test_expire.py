@@ -99,7 +99,8 @@ def test_remove(tree):
     assert (acc / "password").exists()
     assert not (acc / "maildirsize").exists()  # dovecot recounts the quota
     assert res.stdout.strip().splitlines() == [
-        "removed 1 of 2 accounts and 6 of 10 messages (850300 bytes) in the remaining accounts"
+        "removed 1 of 2 accounts and 6 of 10 messages (850300 bytes) in the remaining accounts;"
+        " 0 mailbox(es) trimmed to 70% of quota"
     ]
     # a second run finds nothing more
     res = run(ini, "--remove")
@@ -166,3 +167,101 @@ def test_config_error_exits_2(tmp_path):
     res = run(ini)
     assert res.returncode == 2
     assert "delete_mails_after" in res.stderr
+
+
+MB = 1024 * 1024
+
+
+@pytest.fixture
+def quota_tree(make_ini, tmp_path):
+    """Accounts of a domain with a 10 MB quota (1 MB messages by S= tag, ages in days)."""
+    other = "other.example.net"
+    ini = make_ini(
+        domains=[DOMAIN, other],
+        sections={DOMAIN: {"max_mailbox_size": "10M", "delete_large_after": "30"}},
+        delete_mails_after=20,
+    )
+    mb = tmp_path / "mailboxes"
+    now = time.time()
+
+    def fill(addr, ages, **kw):
+        acc = make_account(mb, addr, now=now)
+        msgs = []
+        for i, age in enumerate(ages):
+            folder = ".DeltaChat" if i % 3 == 1 else ""
+            sub = "new" if i % 3 == 2 else "cur"
+            name = f"{i}.M{i}.host,S={MB}" + (":2,S" if sub == "cur" else "")
+            msgs.append(add_message(acc, name, age, folder=folder, sub=sub, now=now, **kw))
+        (acc / "maildirsize").write_text(f"{10 * MB}S\n")
+        return acc, msgs
+
+    accounts = {
+        # 11 MB: 9 old (10..2 days) and 2 young -> the 4 oldest go, 7 MB remain
+        "over": fill(f"overfull1@{DOMAIN}", [10, 9, 8, 7, 6, 5, 4, 3, 2, 0.5, 0.2]),
+        # 8 MB of old mail: above 75% -> trimmed to 7 MB
+        "above": fill(f"abovethe75@{DOMAIN}", [9, 8, 7, 6, 5, 4, 3, 2]),
+        # 7 MB: at 70%, below 75% -> untouched
+        "below": fill(f"belowthe75@{DOMAIN}", [9, 8, 7, 6, 5, 4, 3]),
+        # 12 MB of mail younger than a day -> untouched (it refuses more mail)
+        "young": fill(f"younghere1@{DOMAIN}", [0.9, 0.8, 0.7, 0.6, 0.5, 0.4] * 2),
+        # 9 MB, 3 of them past delete_mails_after: 6 MB left, no trim needed
+        "aged": fill(f"agedmails1@{DOMAIN}", [25, 24, 23, 5, 5, 5, 5, 5, 5]),
+        # 12 MB in a domain with the default 500M quota -> untouched
+        "other": fill(f"otherdom12@{other}", [5] * 12),
+    }
+    return ini, accounts
+
+
+def test_daily_run_trims_mailboxes_over_75_percent_of_their_quota(quota_tree):
+    ini, accounts = quota_tree
+    res = run(ini, "--remove", "-v")
+    assert res.returncode == 0, res.stderr
+    acc, msgs = accounts["over"]
+    assert [m.exists() for m in msgs] == [False] * 4 + [True] * 7
+    for m in msgs[:4]:
+        assert f"message {m} (mailbox at 110% of 10M, oldest first)" in res.stdout
+    assert not (acc / "maildirsize").exists()  # dovecot recounts
+    acc, msgs = accounts["above"]
+    assert [m.exists() for m in msgs] == [False] + [True] * 7
+    assert not (acc / "maildirsize").exists()
+    for key in ("below", "young", "other"):
+        acc, msgs = accounts[key]
+        assert all(m.exists() for m in msgs), key
+        assert (acc / "maildirsize").exists(), key
+    acc, msgs = accounts["aged"]
+    assert [m.exists() for m in msgs] == [False] * 3 + [True] * 6
+    assert "(mailbox at" not in "".join(
+        line for line in res.stdout.splitlines() if "agedmails1" in line
+    )
+    assert res.stdout.splitlines()[-1] == (
+        "removed 0 of 6 accounts and 8 of 59 messages (8388608 bytes) in the remaining"
+        " accounts; 2 mailbox(es) trimmed to 70% of quota"
+    )
+    # the next run finds every mailbox at or below 70%
+    res = run(ini, "--remove")
+    assert "and 0 of 51 messages" in res.stdout
+    assert "0 mailbox(es) trimmed" in res.stdout
+
+
+def test_daily_dry_run_shows_the_quota_trim(quota_tree):
+    ini, accounts = quota_tree
+    res = run(ini)
+    assert res.returncode == 0, res.stderr
+    _acc, msgs = accounts["over"]
+    assert all(m.exists() for m in msgs)
+    for m in msgs[:4]:
+        assert f"would remove message {m} (mailbox at 110% of 10M, oldest first)" in res.stdout
+    for m in msgs[4:]:
+        assert str(m) not in res.stdout
+    assert "2 mailbox(es) trimmed" in res.stdout
+
+
+def test_young_mail_turns_removable_after_a_day(quota_tree):
+    """A mailbox full of young mail is trimmed by the first daily run after it aged."""
+    ini, accounts = quota_tree
+    _acc, msgs = accounts["young"]
+    res = run(ini, "--days-offset", "1")
+    lines = [line for line in res.stdout.splitlines() if "younghere1" in line]
+    # 12 MB -> 7 MB: the five oldest
+    assert len(lines) == 5, lines
+    assert all("mailbox at 120% of 10M" in line for line in lines)

@@ -9,7 +9,13 @@ walked once.  Per account directory (a name containing ``@``):
   Maildir++ subfolder (``.Name/``) go when older than ``delete_mails_after``
   days, and large ones (more than 200000 bytes, read from the ``,S=`` tag of
   the file name or the file size) go when older than ``delete_large_after``
-  days.
+  days;
+* then, if what is left is more than 75% of the domain's
+  ``max_mailbox_size``, the oldest messages older than a day go until at
+  most 70% remain (the same trim Dovecot's quota warning runs, see
+  ``chatmail-quota-expire``), so a mailbox that went over its quota while
+  nothing triggered the warning (a failed trim, a lowered quota, a burst of
+  young mail that has aged since) is usable again after the next daily run.
 
 Without ``--remove`` nothing is changed; every item that would go is
 printed.  Symbolic links are never followed below the domain directory, and
@@ -35,6 +41,13 @@ from .config import ConfigError, main_config_error, read_config
 
 DAY = 86400
 LARGE_MESSAGE_BYTES = 200_000
+# Quota trimming: above QUOTA_TRIM_AT percent of max_mailbox_size the oldest
+# messages go until QUOTA_TRIM_TO percent remain; messages younger than
+# QUOTA_KEEP_YOUNGER seconds are never removed to make room (a mailbox full of
+# fresh mail should refuse more, which its owner's client notices).
+QUOTA_TRIM_AT = 75
+QUOTA_TRIM_TO = 70
+QUOTA_KEEP_YOUNGER = DAY
 _SIZE_TAG_RE = re.compile(r",S=(\d+)")
 
 
@@ -129,6 +142,23 @@ def remove_file(path: Path) -> bool:
     return True
 
 
+def quota_trim_plan(messages, target_bytes: int, now: float):
+    """Which messages to remove so that at most ``target_bytes`` remain.
+
+    Oldest first (by mtime, then path); a message younger than
+    ``QUOTA_KEEP_YOUNGER`` stops the selection, so young mail is never
+    chosen.  Returns (messages_to_remove, total_bytes_after)."""
+    total = sum(m.size for m in messages)
+    newest_removable = now - QUOTA_KEEP_YOUNGER
+    chosen = []
+    for msg in sorted(messages, key=lambda m: (m.mtime, str(m.path))):
+        if total <= target_bytes or msg.mtime > newest_removable:
+            break
+        chosen.append(msg)
+        total -= msg.size
+    return chosen, total
+
+
 def invalidate_quota(account_dir: Path):
     """Drop Dovecot's ``maildirsize`` so the quota is recalculated."""
     remove_file(Path(account_dir) / "maildirsize")
@@ -150,6 +180,7 @@ class Expiry:
         self.messages = 0
         self.messages_removed = 0
         self.bytes_removed = 0
+        self.quota_trimmed = 0
 
     def report(self, line: str):
         if not self.remove or self.verbose:
@@ -171,6 +202,7 @@ class Expiry:
                 self.accounts_removed += 1
                 continue
             changed = False
+            kept = []
             for msg in scan_messages(account):
                 self.messages += 1
                 if msg.mtime < cutoff_mails:
@@ -178,22 +210,45 @@ class Expiry:
                 elif msg.size > LARGE_MESSAGE_BYTES and msg.mtime < cutoff_large:
                     why = f"large, {msg.size} bytes, {_age_days(self.now, msg.mtime)} days old"
                 else:
+                    kept.append(msg)
                     continue
-                self.report(f"message {msg.path} ({why})")
-                if self.remove and not remove_file(msg.path):
-                    continue
-                changed = True
-                self.messages_removed += 1
-                self.bytes_removed += msg.size
+                changed |= self.remove_message(msg, why)
+            changed |= self.trim_to_quota(dc, kept)
             if changed and self.remove:
                 invalidate_quota(account)
+
+    def remove_message(self, msg, why: str) -> bool:
+        self.report(f"message {msg.path} ({why})")
+        if self.remove and not remove_file(msg.path):
+            return False
+        self.messages_removed += 1
+        self.bytes_removed += msg.size
+        return True
+
+    def trim_to_quota(self, dc, messages) -> bool:
+        """Above QUOTA_TRIM_AT % of the domain's quota, remove the oldest
+        messages older than a day down to QUOTA_TRIM_TO %."""
+        quota = dc.max_mailbox_size
+        total = sum(m.size for m in messages)
+        if quota <= 0 or total * 100 <= quota * QUOTA_TRIM_AT:
+            return False
+        chosen, _after = quota_trim_plan(messages, quota * QUOTA_TRIM_TO // 100, self.now)
+        if chosen:
+            self.quota_trimmed += 1
+        percent = total * 100 // quota
+        changed = False
+        for msg in chosen:
+            why = f"mailbox at {percent}% of {dc.max_mailbox_size_raw}, oldest first"
+            changed |= self.remove_message(msg, why)
+        return changed
 
     def summary(self) -> str:
         verb = "removed" if self.remove else "would remove"
         return (
             f"{verb} {self.accounts_removed} of {self.accounts} accounts and"
             f" {self.messages_removed} of {self.messages} messages"
-            f" ({self.bytes_removed} bytes) in the remaining accounts"
+            f" ({self.bytes_removed} bytes) in the remaining accounts;"
+            f" {self.quota_trimmed} mailbox(es) trimmed to {QUOTA_TRIM_TO}% of quota"
         )
 
 

@@ -1,7 +1,9 @@
 """chatmail-quota-expire: shrink one mailbox below a size target.
 
-Dovecot's ``quota_warning`` runs this (through the ``quota-warning``
-service) when a mailbox passes 75% of its quota::
+Dovecot runs this through ``/usr/local/bin/chatmail-quota-warning`` (the
+``quota-warning`` service) when a save takes a mailbox past 75% or past 100%
+of its quota, and when a session (IMAP login, LMTP delivery) starts while
+the mailbox is already over 100%::
 
     chatmail-quota-expire CONFIG TARGET_MB MAILBOX_DIR
 
@@ -9,9 +11,9 @@ The oldest messages of all folders are removed until the mailbox holds at
 most TARGET_MB megabytes, but messages younger than 24 hours are never
 touched: a client that keeps filling its mailbox should see the quota
 error instead of silently losing what just arrived.  ``maildirsize`` is
-dropped afterwards so Dovecot recounts the quota.  This program only
-touches the file system; the service wrapper may run ``doveadm quota
-recalc`` as well.
+dropped afterwards, which makes Dovecot recount the quota at its next look
+(no ``doveadm quota recalc`` needed).  The daily ``chatmail-expire`` does the
+same trim for every mailbox above 75%.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from pathlib import Path
 
 from .config import ConfigError, main_config_error, read_config
-from .expire import DAY, invalidate_quota, remove_file, scan_messages
+from .expire import invalidate_quota, quota_trim_plan, remove_file, scan_messages
 
 MB = 1024 * 1024
 
@@ -32,17 +34,12 @@ def expire_to_target(mailbox_dir: Path, target_bytes: int, now: float | None = N
     most ``target_bytes``.  Returns (removed_count, total_bytes_after)."""
     now = time.time() if now is None else now
     out = out or sys.stdout
-    messages = scan_messages(mailbox_dir)
-    total = sum(m.size for m in messages)
-    protected_after = now - DAY
+    chosen, total = quota_trim_plan(scan_messages(mailbox_dir), target_bytes, now)
     removed = 0
-    for msg in sorted(messages, key=lambda m: (m.mtime, str(m.path))):
-        if total <= target_bytes or msg.mtime > protected_after:
-            break
+    for msg in chosen:
         if remove_file(msg.path):
             removed += 1
             print(f"removed {msg.path} ({msg.size} bytes)", file=out)
-        total -= msg.size
     if removed:
         invalidate_quota(mailbox_dir)
     return removed, total
