@@ -121,6 +121,13 @@ SERVICE_PORTS = {
 }
 
 TLS_MODES = ("auto", "acme", "self", "ca", "external")
+# Short names for chatmail:acme:directory.
+ACME_DIRECTORIES = {
+    "letsencrypt": "https://acme-v02.api.letsencrypt.org/directory",
+    "letsencrypt-staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
+}
+# No quotes, backslashes or spaces: the URLs go into acmetool's YAML files.
+_HTTPS_URL_RE = re.compile(r"^https://[A-Za-z0-9._~%:\[\]-]+(/[A-Za-z0-9._~%!$&()*+,;=:@/?-]*)?$")
 DNS_CHECK_MODES = ("off", "warn", "fail")
 
 _SIZE_RE = re.compile(r"^\s*\d+\s*[kKmMgGtT]?[bB]?\s*$")
@@ -402,6 +409,7 @@ def build(defaults, osfamily=None, pillar=None, check_files=True):
         if not str(value).startswith("/"):
             errors.add(["chatmail", "lookup", "paths", key], f"must be an absolute path: {value!r}")
     _check_tls_trust(merged, errors)
+    _check_acme(merged, errors)
 
     # Domains.
     domains = {}
@@ -689,6 +697,23 @@ def _check_tls_trust(merged, errors):
         elif regexp not in regexps:
             regexps.append(regexp)
     merged["smtp_tls"]["unverified_regexps"] = regexps
+
+
+def _check_acme(merged, errors):
+    """chatmail:acme: the directory (a short name is replaced by its URL)
+    and the terms-of-service URLs agreed to, all https URLs."""
+    acme = merged["acme"]
+    path = ["chatmail", "acme"]
+    directory = ACME_DIRECTORIES.get(acme["directory"], acme["directory"])
+    if not _HTTPS_URL_RE.match(directory):
+        names = ", ".join(sorted(ACME_DIRECTORIES))
+        errors.add(
+            path + ["directory"], f"must be an https:// URL or one of {names}, not {directory!r}"
+        )
+    acme["directory"] = directory
+    for i, url in enumerate(acme["terms_agreed"]):
+        if not isinstance(url, str) or not _HTTPS_URL_RE.match(url):
+            errors.add(path + ["terms_agreed", i], f"must be an https:// URL, not {url!r}")
 
 
 def nexthop_regexp(pattern):

@@ -106,6 +106,22 @@ chatmail:
     days_valid: 365
     days_remaining: 30
 
+  # Domains in tls mode "acme": acmetool orders one certificate per domain
+  # (SANs: domain, mta-sts.<domain>, www.<domain>) from this RFC 8555
+  # directory during the highstate, answering the http-01 challenge on
+  # port 80 (nginx, or acmetool itself before nginx is installed), so the
+  # domain's A/AAAA records must point at the host first.  acmetool.timer
+  # renews twice a day; the acmetool hook reloads postfix, dovecot and nginx.
+  # directory: "letsencrypt", "letsencrypt-staging" (untrusted test
+  # certificates, no rate limits) or the https URL of any ACME directory.
+  # terms_agreed: the terms-of-service URLs you agree to; the registration
+  # fails (naming the URL in acmetool's log) when the CA asks for another.
+  acme:
+    directory: letsencrypt
+    terms_agreed:
+      - https://letsencrypt.org/documents/LE-SA-v1.4-April-3-2024.pdf
+      - https://letsencrypt.org/documents/LE-SA-v1.5-February-24-2025.pdf
+
   # PEM certificates the host trusts in addition to the system CAs (e.g. the
   # private CA of the other relays of a test fleet), installed as
   # /usr/local/share/ca-certificates/chatmail-<n>.crt.

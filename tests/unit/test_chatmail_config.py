@@ -385,3 +385,50 @@ def test_ini_ip_domain(cc, chatmaild_config, defaults, tmp_path):
     config = chatmaild_config.read_config(ini)
     dom = config.for_address("abc@[192.0.2.7]")
     assert dom.is_ip and dom.tls_mode == "self"
+
+
+# --- chatmail:acme ------------------------------------------------------
+
+
+def test_acme_directory_defaults_to_letsencrypt_production(cc, defaults):
+    cm = build(cc, defaults, one_domain())
+    assert cm["acme"]["directory"] == "https://acme-v02.api.letsencrypt.org/directory"
+    assert all(url.startswith("https://") for url in cm["acme"]["terms_agreed"])
+
+
+@pytest.mark.parametrize(
+    "given, url",
+    [
+        ("letsencrypt-staging", "https://acme-staging-v02.api.letsencrypt.org/directory"),
+        ("https://172.31.77.1:14000/dir", "https://172.31.77.1:14000/dir"),
+        ("https://ca.example.net/acme/directory", "https://ca.example.net/acme/directory"),
+    ],
+)
+def test_acme_directory_short_names_and_urls(cc, defaults, given, url):
+    pillar = dict(one_domain(), acme={"directory": given, "terms_agreed": []})
+    cm = build(cc, defaults, pillar)
+    assert cm["acme"] == {"directory": url, "terms_agreed": []}
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["http://ca.example.net/directory", "staging", "", "https://ca.example.net/a b", "ftp://x"],
+)
+def test_acme_directory_must_be_https(cc, defaults, given):
+    errors = errors_of(cc, defaults, dict(one_domain(), acme={"directory": given}))
+    assert len(errors) == 1
+    assert errors[0].startswith("chatmail:acme:directory: must be an https:// URL or one of ")
+    assert repr(given) in errors[0]
+
+
+def test_acme_terms_agreed_are_https_urls(cc, defaults):
+    pillar = dict(one_domain(), acme={"terms_agreed": ["https://ca.example.net/tos", 'http://"x']})
+    errors = errors_of(cc, defaults, pillar)
+    assert errors == ["chatmail:acme:terms_agreed:1: must be an https:// URL, not 'http://\"x'"]
+    errors = errors_of(cc, defaults, dict(one_domain(), acme={"terms_agreed": "yes"}))
+    assert errors == ["chatmail:acme:terms_agreed: must be a list, not a string 'yes'"]
+
+
+def test_acme_unknown_key_is_named(cc, defaults):
+    errors = errors_of(cc, defaults, dict(one_domain(), acme={"staging": True}))
+    assert errors == ["chatmail:acme:staging: unknown key (known keys: directory, terms_agreed)"]

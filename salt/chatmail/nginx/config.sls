@@ -20,9 +20,12 @@ chatmail-nginx-default-site-file-absent:
 
 {%- for domain in chatmail.domain_list %}
 {%-   set d = chatmail.domains[domain] %}
-{#-   An acme certificate appears only after acmetool ran (which needs port
-      80 up): until then the vhost serves http only. #}
-{%-   set https = d.tls.mode != 'acme' or salt['file.file_exists'](d.tls.cert) %}
+{#-   acme: the tls states order the certificate before this vhost is
+      written; should that have failed, the vhost serves http only (port 80
+      keeps answering acmetool's challenges for the timer's next attempt).
+      The template decides when the state runs (https: null), not when this
+      file is rendered, before the certificate exists. #}
+{%-   set https = none if d.tls.mode == 'acme' else true %}
 
 chatmail-nginx-{{ domain }}-vhost-file-managed:
   file.managed:

@@ -194,6 +194,10 @@ chatmail-tls-trusted-cas-update-cmd-run:
 {%- endif %}
 {%- if 'acme' in modes %}
 {%-   set acme_email = chatmail.domains.values() | map(attribute='acme_email') | select | first | default('') %}
+{%-   set acme_domains = [] %}
+{%-   for domain in chatmail.domain_list if chatmail.domains[domain].tls.mode == 'acme' %}
+{%-     do acme_domains.append(domain) %}
+{%-   endfor %}
 
 chatmail-tls-acme-pkgs-installed:
   pkg.installed:
@@ -213,7 +217,7 @@ chatmail-tls-acme-target-file-managed:
     - contents: |
         # Managed by Salt (chatmail-salt)
         request:
-          provider: https://acme-v02.api.letsencrypt.org/directory
+          provider: "{{ chatmail.acme.directory }}"
           key:
             type: ecdsa
           challenge:
@@ -229,9 +233,10 @@ chatmail-tls-acme-responses-file-managed:
     - mode: "0644"
     - contents: |
         # Managed by Salt (chatmail-salt)
-        "acme-enter-email": "{{ acme_email }}"
-        "acme-agreement:https://letsencrypt.org/documents/LE-SA-v1.4-April-3-2024.pdf": true
-        "acme-agreement:https://letsencrypt.org/documents/LE-SA-v1.5-February-24-2025.pdf": true
+        "acme-enter-email": {{ acme_email | json }}
+{%-   for url in chatmail.acme.terms_agreed %}
+        "acme-agreement:{{ url }}": true
+{%-   endfor %}
     - require:
       - pkg: chatmail-tls-acme-pkgs-installed
 
@@ -242,6 +247,57 @@ chatmail-tls-acme-hook-file-managed:
     - makedirs: true
     - mode: "0755"
 
+{#- Certificates are ordered during the highstate, before postfix, dovecot
+    and nginx are configured with them.  acmetool answers the http-01
+    challenge through nginx (webroot) when nginx runs, and otherwise with a
+    listener of its own on port 80 (a fresh host: nginx comes later).  It
+    runs when its configuration changed, and again when a domain still has
+    no certificate, or an expired one, or one lacking a wanted name. #}
+{%-   set reconcile_requires = [
+        'file: chatmail-tls-acme-target-file-managed',
+        'file: chatmail-tls-acme-responses-file-managed',
+        'file: chatmail-tls-acme-hook-file-managed',
+        'file: chatmail-tls-acme-webroot-directory'] %}
+{%-   for domain in acme_domains %}
+{%-     do reconcile_requires.append('file: chatmail-tls-' ~ domain ~ '-acme-desired-file-managed') %}
+{%-   endfor %}
+{%-   if chatmail.trusted_cas %}
+{%-     do reconcile_requires.append('cmd: chatmail-tls-trusted-cas-update-cmd-run') %}
+{%-   endif %}
+
+chatmail-tls-acme-reconcile-cmd-run:
+  cmd.run:
+    - name: acmetool --batch --xlog.severity=info reconcile
+    - onchanges:
+      - file: chatmail-tls-acme-target-file-managed
+      - file: chatmail-tls-acme-responses-file-managed
+{%-   for domain in acme_domains %}
+      - file: chatmail-tls-{{ domain }}-acme-desired-file-managed
+{%-   endfor %}
+    - require:
+{%-   for req in reconcile_requires %}
+      - {{ req }}
+{%-   endfor %}
+
+chatmail-tls-acme-certificates-cmd-run:
+  cmd.run:
+    - name: acmetool --batch --xlog.severity=info reconcile
+    - unless:
+{%-   for domain in acme_domains %}
+      - >-
+        openssl x509 -noout -checkend 0
+        -in {{ chatmail.lookup.paths.acme_dir }}/{{ domain }}/cert &&
+        openssl x509 -noout -ext subjectAltName
+        -in {{ chatmail.lookup.paths.acme_dir }}/{{ domain }}/cert
+        | tr -d ' ' | tr ',' '\n'
+        | grep -cxF -e 'DNS:{{ domain }}' -e 'DNS:mta-sts.{{ domain }}' -e 'DNS:www.{{ domain }}'
+        | grep -qx 3
+{%-   endfor %}
+    - require:
+      - cmd: chatmail-tls-acme-reconcile-cmd-run
+{%-   for req in reconcile_requires %}
+      - {{ req }}
+{%-   endfor %}
 {%- endif %}
 {%- if 'external' in modes %}
 
