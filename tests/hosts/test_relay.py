@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from _modules.chatmail_status import UNITS
 from tests.harness import GATEWAY, hosts
 from tests.harness.__main__ import new_account
 
@@ -21,18 +22,8 @@ from .conftest import DOMAINS
 
 REPO = Path(__file__).resolve().parents[2]
 ENCRYPTED_EML = REPO / "chatmaild" / "tests" / "mail-data" / "encrypted.eml"
-SERVICES = [
-    "postfix",
-    "dovecot",
-    "opendkim",
-    "nginx",
-    "unbound",
-    "doveauth",
-    "filtermail",
-    "filtermail-incoming",
-    "chatmail-metadata",
-    "lastlogin",
-]
+# the chatmail units: the one list, also used by chatmail_status.report
+SERVICES = list(UNITS)
 PORTS = [25, 80, 143, 443, 465, 587, 993]
 DOMAIN = DOMAINS[0]
 
