@@ -29,7 +29,7 @@ __virtualname__ = "chatmail_fleet"
 MINE_ZONES = "chatmail_dns.zone_fragments"
 MINE_DKIM = "chatmail_dkim.list_keys"
 MINE_DNS = "chatmail_dns.status"
-MINE_STATUS = "chatmail_fleet_status"
+MINE_STATUS = "chatmail_status.report"
 HIGHSTATE_FUNS = ("state.highstate", "state.apply")
 
 
@@ -246,12 +246,33 @@ def last_highstates(tgt="*", tgt_type="glob"):
     return dict(sorted(latest.items()))
 
 
+def _cert_summary(domains):
+    """(days left of the first certificate to expire, [domains whose served
+    certificate or certificate file could not be read])"""
+    days, errors = [], []
+    for domain, entry in sorted(domains.items()):
+        cert = entry.get("cert") if isinstance(entry, dict) else None
+        if not isinstance(cert, dict):
+            errors.append(domain)
+            continue
+        if "days_left" in cert:
+            days.append(cert["days_left"])
+        for kind in ("served", "file"):
+            info = cert.get(kind)
+            if not isinstance(info, dict) or "error" in info:
+                errors.append(domain)
+                break
+    return (min(days) if days else None), errors
+
+
 def _status_row(minion, status, last):
+    """One line of the table from a chatmail_status.report result."""
     services = status.get("services") or {}
     down = sorted(unit for unit, state in services.items() if state != "active")
-    certs = status.get("certs") or {}
-    days = [c["days_left"] for c in certs.values() if isinstance(c, dict) and "days_left" in c]
-    cert_errors = [d for d, c in certs.items() if not isinstance(c, dict) or "error" in c]
+    domains = status.get("domains") or {}
+    days, cert_errors = _cert_summary(domains)
+    queue = status.get("queue") or {}
+    accounts = [e.get("accounts") for e in domains.values() if isinstance(e, dict)]
     disk = status.get("disk") or {}
     if last:
         outcome = "ok" if last["result"] else f"FAILED({last['failed'] or 'render'})"
@@ -260,31 +281,26 @@ def _status_row(minion, status, last):
         highstate = "never"
     return {
         "minion": minion,
-        "domains": ",".join(status.get("domains") or []),
+        "domains": ",".join(sorted(domains)),
         "highstate": highstate,
         "services": f"{len(services) - len(down)}/{len(services)}"
         + (f" down:{','.join(down)}" if down else ""),
-        "cert_days": (str(min(days)) if days else "-")
+        "cert_days": ("-" if days is None else str(days))
         + (f" err:{','.join(cert_errors)}" if cert_errors else ""),
-        "queue": "-" if status.get("queue") is None else str(status["queue"]),
-        "accounts": str(sum((status.get("accounts") or {}).values())),
+        "queue": str(queue["total"]) if "total" in queue else "-",
+        "accounts": str(sum(n for n in accounts if isinstance(n, int))),
         "disk": f"{disk['used_percent']}%" if "used_percent" in disk else "-",
     }
 
 
 def _status_data(tgt, tgt_type):
-    import json  # pylint: disable=import-outside-toplevel
-
     raw = _mine(MINE_STATUS, tgt, tgt_type)
     last = last_highstates(tgt, tgt_type)
     rows = []
     for minion in sorted(set(raw) | set(last)):
-        value = raw.get(minion)
-        stdout = value.get("stdout", "") if isinstance(value, dict) else value or ""
-        try:
-            status = json.loads(stdout) if stdout else {}
-        except ValueError:
-            status = {}
+        # not a dict: the minion has not synced chatmail_status yet (an error text)
+        status = raw.get(minion)
+        status = status if isinstance(status, dict) else {}
         rows.append((_status_row(minion, status, last.get(minion)), status, last.get(minion)))
     return rows
 
@@ -297,7 +313,8 @@ def status(tgt="*", tgt_type="glob", text=True):
     Fleet status table, one line per relay: last highstate result and time,
     services up, days until the first certificate expires, Postfix queue
     length, accounts, mailbox disk use.  ``text=False`` returns the data
-    (``{minion: {"row", "status", "highstate"}}``).
+    (``{minion: {"row", "status", "highstate"}}``; ``status`` is the relay's
+    ``chatmail_status.report``, with the details per domain).
 
     CLI Example:
 

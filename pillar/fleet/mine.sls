@@ -1,11 +1,11 @@
 {#- What every relay publishes to the master (salt-run chatmail_fleet.*):
-    DKIM public keys, zone fragments, the DNS check and a status summary. #}
+    DKIM public keys, zone fragments, the DNS check and the relay status
+    per domain (chatmail_status.report: units, certificates, queue,
+    accounts, disk). #}
 {%- import_yaml "settings.yaml" as settings %}
 mine_interval: {{ settings.mine.interval | int }}
 mine_functions:
   chatmail_dkim.list_keys: []
   chatmail_dns.zone_fragments: []
   chatmail_dns.status: []
-  chatmail_fleet_status:
-    - mine_function: cmd.script
-    - salt://fleet/files/fleet_status.py
+  chatmail_status.report: []
