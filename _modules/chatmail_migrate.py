@@ -477,17 +477,18 @@ def export(path, domains=None, stop_intake=True, restart=False, **kwargs):
         fd, tmp = tempfile.mkstemp(prefix=".chatmail-export-", dir=os.path.dirname(path))
         os.fchmod(fd, 0o600)
         vanished = 0
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
-            data = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
-            info = tarfile.TarInfo(MANIFEST)
-            info.size, info.mode = len(data), 0o600
-            info.mtime = int(datetime.datetime.now().timestamp())
-            tar.addfile(info, io.BytesIO(data))
-            for arcname, source in entries:
-                try:
-                    tar.add(source, arcname=arcname, recursive=False)
-                except FileNotFoundError:
-                    vanished += 1
+        with os.fdopen(fd, "wb") as raw:
+            with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+                data = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
+                info = tarfile.TarInfo(MANIFEST)
+                info.size, info.mode = len(data), 0o600
+                info.mtime = int(datetime.datetime.now().timestamp())
+                tar.addfile(info, io.BytesIO(data))
+                for arcname, source in entries:
+                    try:
+                        tar.add(source, arcname=arcname, recursive=False)
+                    except FileNotFoundError:
+                        vanished += 1
             raw.flush()
             os.fsync(raw.fileno())
         os.rename(tmp, path)
@@ -707,10 +708,12 @@ def _same_file(a, b):
 
 
 def _read_bytes(path):
+    """The file's content; None when there is no file (a directory in the way
+    is reported by the plan)."""
     try:
         with open(path, "rb") as fh:
             return fh.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
 
 

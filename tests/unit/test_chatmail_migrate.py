@@ -436,3 +436,19 @@ def test_target_path_through_a_link_is_refused(migrate, new, archive, tmp_path):
 
 def test_import_is_exposed_as_import(migrate):
     assert callable(getattr(migrate, "import"))
+
+
+def test_export_of_one_domain_leaves_the_others(migrate, tmp_path):
+    relay = Relay(tmp_path / "two", domains=(DOMAIN, OTHER))
+    relay.add_key(DOMAIN)
+    relay.add_key(OTHER)
+    relay.add_account(ALICE, "{SHA512-CRYPT}$6$alice")
+    relay.add_account(f"carol0003@{OTHER}", "{SHA512-CRYPT}$6$carol")
+    relay.add_pending(f"carol0003@{OTHER}", "e5f6")
+    path = tmp_path / "one.tar.gz"
+    ret = migrate.export(str(path), domains=DOMAIN, stop_intake=False, **relay.kw)
+    assert list(ret["domains"]) == [DOMAIN]
+    with tarfile.open(path) as tar:
+        names = tar.getnames()
+    assert not [n for n in names if OTHER in n]
+    assert list(migrate.inspect(str(path))["domains"]) == [DOMAIN]
