@@ -5,15 +5,19 @@ raise)."""
 
 import datetime
 import hashlib
+import json
 import socket
 import ssl
 import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
 from _modules import chatmail_status as status_module
 from _states import chatmail_status as status_state
+from tests.harness import REPO
 
 INI = """[params]
 mail_domain = a.test {second}
@@ -221,3 +225,41 @@ def test_healthy_state_changes_nothing(states, relay_tree, tls_server):
         lines = ret.comment.splitlines()
         assert [line.split(":")[0] for line in lines] == ["192.0.2.7", "a.test"]
         assert "unit lastlogin is not active" in ret.comment
+
+
+def test_masterless_sync_and_status_sls(tmp_path, relay_tree):
+    """salt-call --local ships _utils with the modules and runs chatmail.status
+    with the ini path from the pillar."""
+    salt_call = Path(sys.executable).with_name("salt-call")
+    ini, _mbdir = relay_tree
+    root = tmp_path / "salt"
+    (root / "pillar").mkdir(parents=True)
+    (root / "pillar" / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
+    (root / "pillar" / "chatmail.sls").write_text(
+        f"chatmail:\n  lookup:\n    paths:\n      ini: {ini}\n  status:\n    days_left: 5\n"
+    )
+    (root / "minion").write_text(
+        f"id: relay.test\nfile_client: local\nroot_dir: {root}\ncachedir: {root}/cache\n"
+        f"pki_dir: {root}/pki\nsock_dir: {root}/sock\nlog_file: {root}/minion.log\n"
+        f"file_roots:\n  base: [{REPO / 'salt'}]\npillar_roots:\n  base: [{root / 'pillar'}]\n"
+    )
+
+    def run(*args):
+        proc = subprocess.run(
+            [str(salt_call), "--local", "-c", str(root), "--out=json", "-l", "quiet", *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        return proc.returncode, json.loads(proc.stdout)["local"]
+
+    _rc, synced = run("saltutil.sync_all")
+    assert "utils.chatmail_util" in synced["utils"]
+    assert "modules.chatmail_status" in synced["modules"]
+    assert "states.chatmail_status" in synced["states"]
+    for extra in ((), ("test=True",)):
+        rc, ret = run("state.apply", "chatmail.status", *extra)
+        (state,) = ret.values()
+        assert rc != 0 and state["result"] is False and state["changes"] == {}
+        assert state["comment"].startswith("192.0.2.7: unit ")
