@@ -1,0 +1,240 @@
+"""TLS modes "acme" and "external" on a real systemd host.
+
+The relay `acme.test` (tls mode acme) gets its certificate from a local
+RFC 8555 server standing in for Let's Encrypt (tests/harness/acme_server.py,
+HTTPS on the harness gateway, a CA made for this run that the relay trusts
+through chatmail:trusted_cas).  The stand-in validates http-01 by fetching
+the token from the relay on port 80, as Let's Encrypt does; nsd serves the
+relay's A records so acmetool's own self-test finds the host too.
+
+Shown: one highstate on a fresh host orders the certificate and brings up
+nginx (443), dovecot (993), postfix (25 STARTTLS, 465) serving it with its
+chain (verified here against the stand-in's root and the name acme.test);
+a second highstate changes nothing; a renewal by the unit the timer starts
+(acmetool.service) is served by all four ports without a restart by hand
+(the acmetool hook reloads them), after which a highstate changes nothing.
+The stand-in issues certificates that are already inside acmetool's renewal
+window (valid for one more hour of 24), so the renewal is due at once
+instead of after weeks; the highstate itself only orders when a certificate
+is missing, expired or lacks a name, so it leaves them alone.
+
+The same host serves `ext.test` in tls mode external: files written here;
+replacing the certificate file makes chatmail-tls-reload.path reload the
+services, which then serve the new certificate.
+
+CMSALT_KEEP_HOSTS=1 keeps the host (it then needs the stand-in of the run
+that made it, so reuse is not offered).
+"""
+
+import datetime
+import json
+import os
+import socket
+import ssl
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.harness import GATEWAY, dns, hosts
+from tests.harness.acme_server import AcmeServer
+
+pytestmark = pytest.mark.hosts
+
+DOMAIN = "acme.test"
+EXT = "ext.test"
+NAMES = [DOMAIN, f"mta-sts.{DOMAIN}", f"www.{DOMAIN}"]
+EXT_CERT = "/etc/ssl/ext-test/fullchain.pem"
+EXT_KEY = "/etc/ssl/ext-test/privkey.pem"
+TOS = "https://acme.test.invalid/terms-v1"
+KEEP = os.environ.get("CMSALT_KEEP_HOSTS") == "1"
+NAME = f"cmsalt-acme-{os.getpid()}"
+
+
+def pillar_text(acme):
+    pillar = {
+        "chatmail": {
+            "params": {"max_load_1m": 1000, "acme_email": f"admin@{DOMAIN}"},
+            "domains": {
+                DOMAIN: {"tls": {"mode": "acme"}},
+                EXT: {"tls": {"mode": "external", "cert": EXT_CERT, "key": EXT_KEY}},
+            },
+            "acme": {"directory": acme.directory_url, "terms_agreed": [TOS]},
+            "trusted_cas": [acme.ca.root_pem],
+            "dns": {"check": "warn", "forwarders": [GATEWAY], "nameservers": [GATEWAY]},
+        }
+    }
+    return json.dumps(pillar, indent=1)
+
+
+def pem(cert):
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@pytest.fixture(scope="module")
+def acme(harness):
+    server = AcmeServer(terms_of_service=TOS)
+    # issued certificates are due for renewal at once (see the module doc)
+    server.lifetime = datetime.timedelta(hours=24)
+    server.backdate = datetime.timedelta(hours=23)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def ext_key():
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def ext_cert_pem(acme, key):
+    """A certificate for ext.test from the run's CA, with its chain."""
+    return pem(acme.ca.issue(key.public_key(), dns_names=[EXT])) + acme.ca.chain_pem
+
+
+@pytest.fixture(scope="module")
+def relay(harness, acme, ext_key):
+    pillar_dir = Path(tempfile.mkdtemp(prefix="cmsalt-acme-pillar-"))
+    (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
+    (pillar_dir / "chatmail.sls").write_text(pillar_text(acme))
+    host = hosts.boot(NAME, DOMAIN, ip="auto", pillar_dir=pillar_dir, keep=KEEP)
+    try:
+        acme.resolve.update({name: host.ip for name in NAMES})
+        records = [f"{n} IN A {host.ip}" for n in ("@", "mta-sts", "www")]
+        dns.set_zones(
+            {
+                DOMAIN: dns.zone_text(DOMAIN, records + [f"@ IN MX 10 {DOMAIN}."]),
+                EXT: dns.zone_text(EXT, [f"@ IN A {host.ip}"]),
+            }
+        )
+        key_pem = ext_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+        host.write_file(EXT_KEY, key_pem, mode="0600")
+        host.write_file(EXT_CERT, ext_cert_pem(acme, ext_key))
+        first = hosts.converge(host)
+        yield host, first
+    finally:
+        if not KEEP:
+            hosts.destroy(host)
+
+
+@pytest.fixture(scope="module")
+def converged(relay):
+    host, first = relay
+    if not first.ok:
+        pytest.fail("highstate failed:\n" + first.summary(), pytrace=False)
+    return host
+
+
+def _read_reply(sock):
+    data = b""
+    while True:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError(f"closed after {data!r}")
+        data += chunk
+        lines = data.split(b"\r\n")
+        done = [ln for ln in lines[:-1] if len(ln) >= 4 and ln[3:4] == b" "]
+        if done:
+            return data
+
+
+def served_chain(ip, port, name, ca_pem, starttls=False):
+    """The leaf certificate served on ip:port for SNI `name`, after verifying
+    the chain against `ca_pem` and the name (raises ssl errors otherwise)."""
+    ctx = ssl.create_default_context(cadata=ca_pem)
+    with socket.create_connection((ip, port), timeout=30) as sock:
+        if starttls:
+            _read_reply(sock)
+            sock.sendall(b"EHLO test.invalid\r\n")
+            _read_reply(sock)
+            sock.sendall(b"STARTTLS\r\n")
+            assert _read_reply(sock).startswith(b"220")
+        with ctx.wrap_socket(sock, server_hostname=name) as tls:
+            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+
+
+PORTS = [(443, False), (993, False), (465, False), (25, True)]
+
+
+def served_everywhere(host, name, ca_pem):
+    return {port: served_chain(host.ip, port, name, ca_pem, tls) for port, tls in PORTS}
+
+
+def test_first_highstate_orders_and_serves_the_certificate(converged, relay, acme):
+    _host, first = relay
+    assert "chatmail-tls-acme-reconcile-cmd-run" in first.changed
+    assert "chatmail-tls-acme-certificates-cmd-run" not in first.changed
+    assert {name for name, _token, ok in acme.validations if ok} == set(NAMES)
+    assert len(acme.issued) == 1
+    issued = acme.issued[0]
+    sans = issued.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(sans.get_values_for_type(x509.DNSName)) == sorted(NAMES)
+    for name in (DOMAIN, f"mta-sts.{DOMAIN}"):
+        served = served_everywhere(converged, name, acme.ca.root_pem)
+        for port, leaf in served.items():
+            assert leaf.serial_number == issued.serial_number, (name, port)
+            assert leaf.issuer == acme.ca.cert.subject
+
+
+def test_acmetool_state_on_the_host(converged):
+    live = converged.sh(f"readlink /var/lib/acme/live/{DOMAIN}; ls /var/lib/acme/live").stdout
+    assert live.startswith("../certs/"), live
+    assert set(live.split()[1:]) == set(NAMES), live
+    assert converged.is_active("acmetool.timer")
+    assert converged.exec("systemctl", "is-enabled", "acmetool.timer").stdout.strip() == "enabled"
+    mode = converged.sh(f"stat -L -c '%a %U' /var/lib/acme/live/{DOMAIN}/privkey").stdout
+    assert mode.strip() == "600 root"
+
+
+def test_second_highstate_changes_nothing(converged):
+    res = hosts.converge(converged)
+    assert res.ok, res.summary()
+    assert res.changed == [], res.changed
+
+
+def test_renewal_is_served_after_the_hook_reloads(converged, acme):
+    before = len(acme.issued)
+    # the unit acmetool.timer starts (Debian's, sandboxed), not a shell of ours
+    converged.exec("systemctl", "start", "acmetool.service", timeout=300)
+    assert len(acme.issued) == before + 1, converged.sh(
+        "journalctl -u acmetool.service --no-pager -n 50", check=False
+    ).stdout
+    renewed = acme.issued[-1]
+    served = {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        served = served_everywhere(converged, DOMAIN, acme.ca.root_pem)
+        if all(leaf.serial_number == renewed.serial_number for leaf in served.values()):
+            break
+        time.sleep(1)
+    stale = [port for port, leaf in served.items() if leaf.serial_number != renewed.serial_number]
+    assert stale == [], f"old certificate still served on {stale}"
+    res = hosts.converge(converged)
+    assert res.ok, res.summary()
+    assert res.changed == [], res.changed
+
+
+def test_external_certificate_replaced_is_served(converged, acme, ext_key):
+    first = served_everywhere(converged, EXT, acme.ca.root_pem)
+    assert len({leaf.serial_number for leaf in first.values()}) == 1
+    assert converged.is_active("chatmail-tls-reload.path")
+    new_pem = ext_cert_pem(acme, ext_key)
+    new_serial = x509.load_pem_x509_certificate(new_pem.encode()).serial_number
+    converged.write_file(EXT_CERT, new_pem)
+    served = {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        served = served_everywhere(converged, EXT, acme.ca.root_pem)
+        if all(leaf.serial_number == new_serial for leaf in served.values()):
+            break
+        time.sleep(1)
+    stale = [port for port, leaf in served.items() if leaf.serial_number != new_serial]
+    assert stale == [], f"old certificate still served on {stale}"
