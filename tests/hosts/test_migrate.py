@@ -1,0 +1,236 @@
+"""Moving a relay to a new host (ACCEPTANCE.md, Operating) on two real systemd hosts.
+
+The old host is converged for ``move.test``; two accounts are made by IMAP
+login, one sends the other an encrypted mail, the recipient stores a push
+token (SETMETADATA).  ``chatmail_migrate.export`` writes the archive on the old
+host (which then takes no more mail), the archive travels old host -> CI
+machine -> new host (``docker cp``), ``chatmail_migrate.import`` restores it on
+the new host, which was converged with the same pillar, and a highstate
+follows.
+
+Clients keep working without re-setup: they know the relay only by its
+domain, their address and their password, and find their mail by IMAP UID.
+So the test checks, against the new host, that the same addresses log in
+with the same passwords (and a wrong password still fails), the mail is
+there under its old UID, the push token is still stored, the DKIM key is the
+old one (identical public key in ``chatmail_dkim`` and the zone fragment, so
+the published record stays valid) and new mail is signed with it, and that a
+further highstate changes nothing.  Only DNS moves to the new address.
+"""
+
+import email
+import imaplib
+import json
+import os
+import re
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.harness import hosts
+from tests.harness.docker import docker as docker_cli
+from tests.hosts.test_relay import (
+    dkim_signed,
+    encrypted_message,
+    imap_login,
+    new_credentials,
+    submit,
+)
+
+pytestmark = pytest.mark.hosts
+
+DOMAIN = "move.test"
+PREFIX = "cmsalt-migrate-"
+OLD = f"{PREFIX}{os.getpid()}-old"
+NEW = f"{PREFIX}{os.getpid()}-new"
+ARCHIVE = "/root/move.tar.gz"
+MAILBOXES = "/home/vmail/mail"
+TOKEN_ENTRY = "/private/devicetoken"
+PILLAR = {
+    "chatmail": {
+        # test hosts see the load average of the shared CI machine
+        "params": {"max_load_1m": 1000},
+        "domains": {DOMAIN: {}},
+    }
+}
+
+for _name in ("GETMETADATA", "SETMETADATA"):
+    imaplib.Commands.setdefault(_name, ("AUTH", "SELECTED"))
+
+
+def remove_stale_hosts():
+    """Hosts of earlier sessions of this test whose process is gone."""
+    for name, _status, _ip in hosts.list_hosts():
+        match = re.fullmatch(rf"{PREFIX}(\d+)-(?:old|new)", name)
+        if match and not Path(f"/proc/{match.group(1)}").exists():
+            hosts.destroy(name)
+
+
+@pytest.fixture
+def two_hosts(harness, tmp_path):
+    remove_stale_hosts()
+    pillar_dir = tmp_path / "pillar"
+    pillar_dir.mkdir()
+    pillar_dir.chmod(0o755)
+    (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
+    (pillar_dir / "chatmail.sls").write_text(json.dumps(PILLAR, indent=2) + "\n")
+    specs = [
+        {"name": name, "fqdn": DOMAIN, "ip": "auto", "pillar_dir": pillar_dir}
+        for name in (OLD, NEW)
+    ]
+    booted = []
+    try:
+        booted = hosts.boot_many(specs)
+        yield booted
+    finally:
+        for name in (OLD, NEW):
+            hosts.destroy(name)
+
+
+def salt_call(host, *args):
+    """A salt-call's return value (fails the test on a non-zero exit)."""
+    proc = hosts.salt_call(host, *args, timeout=600)
+    assert proc.returncode == 0, f"{args}: {proc.stdout[-3000:]} {proc.stderr[-3000:]}"
+    return json.loads(proc.stdout)["local"]
+
+
+def metadata(imap, command, args):
+    typ, data = imap._simple_command(command, args)
+    assert typ == "OK", data
+    flat = []
+    for item in imap._untagged_response(typ, data, "METADATA")[1]:
+        flat.extend(item if isinstance(item, tuple) else [item])
+    return b" ".join(x for x in flat if x).decode("utf-8", "replace")
+
+
+def fetch_inbox(ip, addr, password, count, timeout=60):
+    """{uid: message} of INBOX once it holds `count` messages."""
+    imap = imap_login(ip, addr, password)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            imap.select("INBOX")
+            _typ, data = imap.uid("SEARCH", None, "ALL")
+            uids = data[0].split()
+            if len(uids) >= count or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        out = {}
+        for uid in uids:
+            _typ, fetched = imap.uid("FETCH", uid, "(RFC822)")
+            out[int(uid)] = email.message_from_bytes(fetched[0][1])
+        return out
+    finally:
+        imap.logout()
+
+
+def send(ip, sender, password, rcpt):
+    message_id = f"{sender.split('@')[0]}.{time.time_ns()}@{DOMAIN}"
+    text = encrypted_message(sender, rcpt)
+    text = re.sub(r"(?m)^Message-ID: .*$", f"Message-ID: <{message_id}>", text)
+    submit(ip, sender, password, [rcpt], text)
+    return message_id
+
+
+def zone_dkim(host):
+    """The DKIM TXT value in the host's zone fragment (strings joined)."""
+    zone = host.exec("cat", f"/etc/chatmail/zones/{DOMAIN}.zone").stdout
+    (line,) = [x for x in zone.splitlines() if x.startswith(f"opendkim._domainkey.{DOMAIN}.")]
+    return "".join(re.findall(r'"([^"]*)"', line))
+
+
+@pytest.mark.timeout(2400)
+def test_move_relay_keeps_accounts_mail_and_dkim_key(two_hosts):
+    old, new = two_hosts
+    for result in hosts.converge_many([old, new]):
+        assert result.ok, result.summary()
+
+    # --- the old relay in use
+    alice, alice_pw = new_credentials(DOMAIN)
+    bob, bob_pw = new_credentials(DOMAIN)
+    imap_login(old.ip, alice, alice_pw).logout()
+    imap = imap_login(old.ip, bob, bob_pw)
+    try:
+        metadata(imap, "SETMETADATA", f'INBOX ({TOKEN_ENTRY} "tok-moving-device")')
+    finally:
+        imap.logout()
+    message_id = send(old.ip, alice, alice_pw, bob)
+    before = fetch_inbox(old.ip, bob, bob_pw, 1)
+    assert [m["Message-ID"] for m in before.values()] == [f"<{message_id}>"]
+    old_public = salt_call(old, "chatmail_dkim.public_key", DOMAIN)
+    assert old_public
+    old_key = old.exec("cat", f"/etc/dkimkeys/{DOMAIN}.opendkim.private").stdout
+    new_key_before = new.exec("cat", f"/etc/dkimkeys/{DOMAIN}.opendkim.private").stdout
+    assert new_key_before != old_key  # the new host's first highstate made its own
+    bob_password_file = old.exec(
+        "stat", "-c", "%Y %U:%G %a", f"{MAILBOXES}/{DOMAIN}/{bob}/password"
+    )
+
+    # --- export: intake stops, the archive is private
+    exported = salt_call(old, "chatmail_migrate.export", ARCHIVE)
+    assert exported["domains"][DOMAIN]["accounts"] == 2
+    assert set(exported["domains"][DOMAIN]["dkim_selectors"]) == {"opendkim"}
+    assert not old.is_active("postfix") and not old.is_active("dovecot")
+    for port in (25, 993):  # senders and clients retry later, nothing lands here
+        with pytest.raises(OSError):
+            socket.create_connection((old.ip, port), timeout=10).close()
+    assert old.exec("stat", "-c", "%a %U", ARCHIVE).stdout.split() == ["600", "root"]
+    manifest = salt_call(old, "chatmail_migrate.inspect", ARCHIVE)
+    assert list(manifest["domains"]) == [DOMAIN]
+
+    # --- old host -> CI machine -> new host
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "move.tar.gz"
+        docker_cli("cp", f"{old.name}:{ARCHIVE}", str(local))
+        docker_cli("cp", str(local), f"{new.name}:{ARCHIVE}")
+    new.exec("chmod", "0600", ARCHIVE)
+
+    imported = salt_call(new, "chatmail_migrate.import", ARCHIVE)
+    assert imported["accounts"] == {"new": 2, "existing": 0}
+    assert len(imported["dkim"]["replaced"]) == 1
+    assert "opendkim" in imported["restarted"]
+    # importing the same archive again is refused nowhere and changes nothing
+    again = salt_call(new, "chatmail_migrate.import", ARCHIVE)
+    assert again["accounts"] == {"new": 0, "existing": 2}
+    assert again["dkim"]["replaced"] == [] and again["mail"]["replaced"] == []
+
+    converged = hosts.converge(new)
+    assert converged.ok, converged.summary()
+
+    # --- clients of the old relay on the new one, unchanged
+    assert (
+        new.exec("stat", "-c", "%Y %U:%G %a", f"{MAILBOXES}/{DOMAIN}/{bob}/password").stdout
+        == bob_password_file.stdout
+    )
+    after = fetch_inbox(new.ip, bob, bob_pw, 1)
+    assert {uid: m["Message-ID"] for uid, m in after.items()} == {
+        uid: m["Message-ID"] for uid, m in before.items()
+    }
+    (moved,) = after.values()
+    assert moved.get_content_type() == "multipart/encrypted"
+    imap_login(new.ip, alice, alice_pw).logout()
+    with pytest.raises(imaplib.IMAP4.error):
+        imap_login(new.ip, alice, alice_pw + "x")
+    imap = imap_login(new.ip, bob, bob_pw)
+    try:
+        assert "tok-moving-device" in metadata(imap, "GETMETADATA", f"INBOX {TOKEN_ENTRY}")
+    finally:
+        imap.logout()
+
+    # --- the same DKIM key: module, zone fragment, key file, signatures
+    assert salt_call(new, "chatmail_dkim.public_key", DOMAIN) == old_public
+    assert zone_dkim(new) == f"v=DKIM1;k=rsa;p={old_public}"
+    assert new.exec("cat", f"/etc/dkimkeys/{DOMAIN}.opendkim.private").stdout == old_key
+    assert new.exec(
+        "stat", "-c", "%U %a", f"/etc/dkimkeys/{DOMAIN}.opendkim.private"
+    ).stdout.split() == ["opendkim", "600"]
+    new_id = send(new.ip, alice, alice_pw, bob)
+    assert f"<{new_id}>" in [m["Message-ID"] for m in fetch_inbox(new.ip, bob, bob_pw, 2).values()]
+    assert dkim_signed(new, new_id, DOMAIN)
+
+    final = hosts.converge(new)
+    assert final.ok, final.summary()
+    assert final.changed == []
