@@ -24,6 +24,7 @@ exception.
 import configparser
 import datetime
 import hashlib
+import ipaddress
 import json
 import os
 import shutil
@@ -118,8 +119,6 @@ def read_ini(path=DEFAULT_INI):
 
 
 def _is_ip(domain):
-    import ipaddress  # pylint: disable=import-outside-toplevel
-
     try:
         ipaddress.ip_address(domain.strip("[]"))
     except ValueError:
