@@ -19,6 +19,10 @@ from pathlib import Path
 from . import GATEWAY, dns, ensure_infra, hosts
 
 ZONE_DIR = "/etc/chatmail/zones"
+# Per-domain settings of a relay's IP-address domain (RelaySpec.ip_domain): a small
+# quota, so the storage tests can fill a mailbox past it with real files (and a
+# per-domain value that differs from the named domain's 500M).
+IP_DOMAIN_SETTINGS = {"max_mailbox_size": "20M"}
 
 
 @dataclass
@@ -107,7 +111,7 @@ def pillar_for(spec, push_url, ip=None):
     if spec.ip_domain:
         if not ip:
             raise ValueError(f"{spec.name}: ip_domain needs the host's address")
-        domains[ip] = {}
+        domains[ip] = dict(IP_DOMAIN_SETTINGS)
     chatmail = {
         "domains": domains,
         "params": {"push_notification_url": push_url, **spec.params},

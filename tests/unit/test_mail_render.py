@@ -268,7 +268,15 @@ def test_dovecot_conf(example, certs):
     assert "mail_location = maildir:~" in conf
     # fallback quota: the primary's size; doveauth answers per domain
     assert "quota_rule = *:storage=500M" in conf
-    assert "quota_warning = storage=75%% quota-warning 70 %u %h" in conf
+    # trimmed at 75%, at 100% and when a session starts over quota; deferred when full
+    for line in (
+        "quota_warning = storage=75%% quota-warning 70 %u %h",
+        "quota_warning2 = storage=100%% quota-warning 70 %u %h",
+        "quota_over_flag_value = TRUE",
+        "quota_over_script = quota-warning 70 %u %h",
+        "quota_full_tempfail = yes",
+    ):
+        assert line in conf, line
     assert "mail_max_userip_connections = 20" in conf
     assert "mail_attribute_dict = proxy:/run/chatmail-metadata/metadata.socket:metadata" in conf
     assert "last_login_dict = proxy:/run/chatmail-lastlogin/lastlogin.socket:lastlogin" in conf
