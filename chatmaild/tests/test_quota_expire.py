@@ -2,8 +2,12 @@
 
 import subprocess
 import time
+from pathlib import Path
 
+from chatmaild.expire import DAY, Message, quota_trim_plan
 from conftest import script_path
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_expire import DOMAIN, add_message, make_account
 
 MB = 1024 * 1024
@@ -76,3 +80,27 @@ def test_refuses_paths_outside_the_mailbox_tree(make_ini, tmp_path):
     link.symlink_to(elsewhere)
     assert run(ini, 0, link).returncode == 2
     assert victim.exists()
+
+
+NOW = 1_800_000_000.0
+AGES = st.floats(min_value=0, max_value=30 * DAY, allow_nan=False)
+SIZES = st.integers(min_value=0, max_value=5 * MB)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(AGES, SIZES), max_size=40), st.integers(0, 100 * MB))
+def test_trim_plan_properties(items, target):
+    """Random mailboxes: oldest first, never mail younger than a day, and it
+    stops as soon as the target is met."""
+    msgs = [Message(Path(f"cur/{i}"), NOW - age, size, True) for i, (age, size) in enumerate(items)]
+    chosen, after = quota_trim_plan(msgs, target, NOW)
+    assert after == sum(m.size for m in msgs) - sum(m.size for m in chosen)
+    assert all(m.mtime <= NOW - DAY for m in chosen)
+    order = sorted(msgs, key=lambda m: (m.mtime, str(m.path)))
+    assert chosen == order[: len(chosen)]
+    rest = order[len(chosen) :]
+    # stopped because the target is met, the next one is young, or none is left
+    assert after <= target or not rest or rest[0].mtime > NOW - DAY
+    # and not one message too late
+    if chosen:
+        assert after + chosen[-1].size > target
