@@ -135,6 +135,20 @@ def send(ip, sender, password, rcpt):
     return message_id
 
 
+def pending_for(host, addr, wait=0):
+    """Files in chatmaild's push queue for addr (polled up to `wait` seconds)."""
+    script = (
+        "cd /var/lib/chatmaild/pending_notifications 2>/dev/null && "
+        f"grep -l -F '\"{addr}\"' -- * 2>/dev/null || true"
+    )
+    deadline = time.monotonic() + wait
+    while True:
+        found = host.sh(script).stdout.split()
+        if found or time.monotonic() >= deadline:
+            return found
+        time.sleep(1)
+
+
 def zone_dkim(host):
     """The DKIM TXT value in the host's zone fragment (strings joined)."""
     zone = host.exec("cat", f"/etc/chatmail/zones/{DOMAIN}.zone").stdout
@@ -155,10 +169,17 @@ def test_move_relay_keeps_accounts_mail_and_dkim_key(two_hosts):
     imap = imap_login(old.ip, bob, bob_pw)
     try:
         metadata(imap, "SETMETADATA", f'INBOX ({TOKEN_ENTRY} "tok-moving-device")')
+        # a subfolder with a message of its own (Maildir ".Archive/")
+        assert imap.create("Archive")[0] == "OK"
+        archived = b"From: <%s>\r\nSubject: kept\r\n\r\nfiled away\r\n" % bob.encode()
+        assert imap.append("Archive", None, None, archived)[0] == "OK"
     finally:
         imap.logout()
     message_id = send(old.ip, alice, alice_pw, bob)
     before = fetch_inbox(old.ip, bob, bob_pw, 1)
+    # the push gateway is unreachable from test hosts: the notification for
+    # bob's new mail waits in chatmaild's queue, and must move with the relay
+    assert pending_for(old, bob, wait=60)
     assert [m["Message-ID"] for m in before.values()] == [f"<{message_id}>"]
     old_public = salt_call(old, "chatmail_dkim.public_key", DOMAIN)
     assert old_public
@@ -172,6 +193,7 @@ def test_move_relay_keeps_accounts_mail_and_dkim_key(two_hosts):
     # --- export: intake stops, the archive is private
     exported = salt_call(old, "chatmail_migrate.export", ARCHIVE)
     assert exported["domains"][DOMAIN]["accounts"] == 2
+    assert exported["pending_notifications"] >= 1
     assert set(exported["domains"][DOMAIN]["dkim_selectors"]) == {"opendkim"}
     assert not old.is_active("postfix") and not old.is_active("dovecot")
     for port in (25, 993):  # senders and clients retry later, nothing lands here
@@ -211,6 +233,14 @@ def test_move_relay_keeps_accounts_mail_and_dkim_key(two_hosts):
     }
     (moved,) = after.values()
     assert moved.get_content_type() == "multipart/encrypted"
+    assert pending_for(new, bob)
+    imap = imap_login(new.ip, bob, bob_pw)
+    try:
+        imap.select("Archive")
+        _typ, data = imap.search(None, "SUBJECT", "kept")
+        assert len(data[0].split()) == 1
+    finally:
+        imap.logout()
     imap_login(new.ip, alice, alice_pw).logout()
     with pytest.raises(imaplib.IMAP4.error):
         imap_login(new.ip, alice, alice_pw + "x")
