@@ -104,14 +104,8 @@ def __virtual__():
 
 
 def _pillar(key, default):
-    try:
-        get = __salt__["pillar.get"]
-    except (NameError, KeyError):
-        return default
-    try:
-        return get(key, default, unmask=True)
-    except TypeError:
-        return get(key, default)
+    """A pillar value as default for an argument (see _utils/chatmail_util.py)."""
+    return __utils__["chatmail_util.pillar_get"](__salt__, key, default)
 
 
 def _valid_domain(domain):
