@@ -118,7 +118,7 @@ class Relay:
         return path
 
     def add_account(self, addr, password_hash, messages=1):
-        user = self.mail / addr.split("@")[1] / addr
+        user = self.mail / addr.split("@")[1].strip("[]") / addr
         for sub in ("cur", "new", "tmp", ".Archive/cur", ".Archive/new", ".Archive/tmp"):
             (user / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
         pw = user / "password"
@@ -452,3 +452,17 @@ def test_export_of_one_domain_leaves_the_others(migrate, tmp_path):
         names = tar.getnames()
     assert not [n for n in names if OTHER in n]
     assert list(migrate.inspect(str(path))["domains"]) == [DOMAIN]
+
+
+def test_ip_only_domain_moves_without_dkim(migrate, tmp_path):
+    ip = "10.77.0.5"
+    addr = f"dave00004@[{ip}]"
+    old = Relay(tmp_path / "old", domains=(ip,))
+    old.add_account(addr, "{SHA512-CRYPT}$6$dave")
+    path = tmp_path / "ip.tar.gz"
+    ret = migrate.export(str(path), stop_intake=False, **old.kw)
+    assert ret["domains"][ip]["accounts"] == 1
+    assert ret["domains"][ip]["dkim_selectors"] == []
+    new = Relay(tmp_path / "new", domains=(ip,))
+    run_import(migrate, str(path), reload=False, **new.kw)
+    assert (new.mail / ip / addr / "password").read_text() == "{SHA512-CRYPT}$6$dave\n"
