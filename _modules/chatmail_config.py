@@ -18,6 +18,7 @@ import copy
 import ipaddress
 import os
 import re
+import urllib.parse
 
 try:
     from salt.exceptions import CommandExecutionError
@@ -711,9 +712,28 @@ def _check_acme(merged, errors):
             path + ["directory"], f"must be an https:// URL or one of {names}, not {directory!r}"
         )
     acme["directory"] = directory
+    acme["directory_id"] = acme_directory_id(directory)
     for i, url in enumerate(acme["terms_agreed"]):
         if not isinstance(url, str) or not _HTTPS_URL_RE.match(url):
             errors.add(path + ["terms_agreed", i], f"must be an https:// URL, not {url!r}")
+
+
+def acme_directory_id(url):
+    """The name acmetool gives an ACME directory under its ``accounts/``
+    (the URL without ``https://``, query-escaped with lower-case escapes),
+    so certificates can be told apart by the directory that issued them.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call chatmail_config.acme_directory_id https://acme-v02.api.letsencrypt.org/directory
+    """
+    rest = str(url).split("://", 1)[-1]
+    if rest.endswith("/") and rest.count("/") == 1:
+        rest = rest[:-1]
+    escaped = urllib.parse.quote_plus(rest, safe="-_.~")
+    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), escaped)
 
 
 def nexthop_regexp(pattern):

@@ -18,6 +18,10 @@ window (valid for one more hour of 24), so the renewal is due at once
 instead of after weeks; the highstate itself only orders when a certificate
 is missing, expired or lacks a name, so it leaves them alone.
 
+Switching chatmail:acme:directory to another ACME server (as from staging
+to production) re-orders from it although the old certificate is still
+valid, and switching back does the same.
+
 The same host serves `ext.test` in tls mode external: files written here;
 replacing the certificate file makes chatmail-tls-reload.path reload the
 services, which then serve the new certificate.
@@ -29,6 +33,7 @@ that made it, so reuse is not offered).
 import datetime
 import json
 import os
+import re
 import socket
 import ssl
 import tempfile
@@ -96,8 +101,17 @@ def ext_cert_pem(acme, key):
     return pem(acme.ca.issue(key.public_key(), dns_names=[EXT])) + acme.ca.chain_pem
 
 
+def remove_stale_hosts():
+    """Hosts of earlier sessions of this module whose process is gone."""
+    for name, _status, _ip in hosts.list_hosts():
+        match = re.fullmatch(r"cmsalt-acme-(\d+)", name)
+        if match and not Path(f"/proc/{match.group(1)}").exists():
+            hosts.destroy(name)
+
+
 @pytest.fixture(scope="module")
 def relay(harness, acme, ext_key):
+    remove_stale_hosts()
     pillar_dir = Path(tempfile.mkdtemp(prefix="cmsalt-acme-pillar-"))
     (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
     (pillar_dir / "chatmail.sls").write_text(pillar_text(acme))
@@ -168,6 +182,17 @@ def served_everywhere(host, name, ca_pem):
     return {port: served_chain(host.ip, port, name, ca_pem, tls) for port, tls in PORTS}
 
 
+def wait_served(host, name, ca_pem, serial, timeout=60):
+    """Ports still serving another certificate than `serial` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        served = served_everywhere(host, name, ca_pem)
+        stale = [port for port, leaf in served.items() if leaf.serial_number != serial]
+        if not stale or time.monotonic() > deadline:
+            return stale
+        time.sleep(1)
+
+
 def test_first_highstate_orders_and_serves_the_certificate(converged, relay, acme):
     _host, first = relay
     assert "chatmail-tls-acme-reconcile-cmd-run" in first.changed
@@ -207,15 +232,7 @@ def test_renewal_is_served_after_the_hook_reloads(converged, acme):
     assert len(acme.issued) == before + 1, converged.sh(
         "journalctl -u acmetool.service --no-pager -n 50", check=False
     ).stdout
-    renewed = acme.issued[-1]
-    served = {}
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        served = served_everywhere(converged, DOMAIN, acme.ca.root_pem)
-        if all(leaf.serial_number == renewed.serial_number for leaf in served.values()):
-            break
-        time.sleep(1)
-    stale = [port for port, leaf in served.items() if leaf.serial_number != renewed.serial_number]
+    stale = wait_served(converged, DOMAIN, acme.ca.root_pem, acme.issued[-1].serial_number)
     assert stale == [], f"old certificate still served on {stale}"
     res = hosts.converge(converged)
     assert res.ok, res.summary()
@@ -229,12 +246,36 @@ def test_external_certificate_replaced_is_served(converged, acme, ext_key):
     new_pem = ext_cert_pem(acme, ext_key)
     new_serial = x509.load_pem_x509_certificate(new_pem.encode()).serial_number
     converged.write_file(EXT_CERT, new_pem)
-    served = {}
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        served = served_everywhere(converged, EXT, acme.ca.root_pem)
-        if all(leaf.serial_number == new_serial for leaf in served.values()):
-            break
-        time.sleep(1)
-    stale = [port for port, leaf in served.items() if leaf.serial_number != new_serial]
+    stale = wait_served(converged, EXT, acme.ca.root_pem, new_serial)
     assert stale == [], f"old certificate still served on {stale}"
+
+
+def test_other_directory_reorders_and_back(converged, acme):
+    """Another ACME directory in the pillar (as staging -> production): the
+    certificate of the old one still satisfies acmetool, yet the highstate
+    orders from the new one and all ports serve that; back to the first
+    directory, its certificate is ordered again; then nothing changes."""
+    with AcmeServer(terms_of_service=TOS) as other:
+        other.resolve.update(acme.resolve)
+        override = {
+            "chatmail": {
+                "acme": {"directory": other.directory_url},
+                "trusted_cas": [acme.ca.root_pem, other.ca.root_pem],
+            }
+        }
+        res = hosts.converge(converged, pillar_override=override)
+        assert res.ok, res.summary()
+        assert "chatmail-tls-acme-reconcile-cmd-run" in res.changed
+        assert len(other.issued) == 1
+        stale = wait_served(converged, DOMAIN, other.ca.root_pem, other.issued[0].serial_number)
+        assert stale == [], f"old certificate still served on {stale}"
+        again = hosts.converge(converged, pillar_override=override)
+        assert again.ok and again.changed == [], again.summary() + f"\n{again.changed}"
+    before = len(acme.issued)
+    res = hosts.converge(converged)
+    assert res.ok, res.summary()
+    assert len(acme.issued) == before + 1
+    stale = wait_served(converged, DOMAIN, acme.ca.root_pem, acme.issued[-1].serial_number)
+    assert stale == [], f"old certificate still served on {stale}"
+    again = hosts.converge(converged)
+    assert again.ok and again.changed == [], again.summary() + f"\n{again.changed}"

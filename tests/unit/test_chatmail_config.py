@@ -407,7 +407,25 @@ def test_acme_directory_defaults_to_letsencrypt_production(cc, defaults):
 def test_acme_directory_short_names_and_urls(cc, defaults, given, url):
     pillar = dict(one_domain(), acme={"directory": given, "terms_agreed": []})
     cm = build(cc, defaults, pillar)
-    assert cm["acme"] == {"directory": url, "terms_agreed": []}
+    assert cm["acme"]["directory"] == url and cm["acme"]["terms_agreed"] == []
+
+
+@pytest.mark.parametrize(
+    "url, directory_id",
+    [
+        # as acmetool names them under /var/lib/acme/accounts
+        (
+            "https://acme-v02.api.letsencrypt.org/directory",
+            "acme-v02.api.letsencrypt.org%2fdirectory",
+        ),
+        ("https://127.0.0.1:37587/directory", "127.0.0.1%3a37587%2fdirectory"),
+        ("https://ca.example.net/", "ca.example.net"),
+        ("https://ca.example.net/a~b?x=1", "ca.example.net%2fa~b%3fx%3d1"),
+    ],
+)
+def test_acme_directory_id(cc, defaults, url, directory_id):
+    cm = build(cc, defaults, dict(one_domain(), acme={"directory": url}))
+    assert cm["acme"]["directory_id"] == directory_id
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
-{#- Stops watching external certificates and drops the acme renewal; the
-    certificates and keys themselves stay (they are data), except the private
-    CA's key (a secret of the pillar).  The extra trusted CAs leave the system
-    trust store. #}
+{#- Stops watching external certificates and drops the acme renewal (timer,
+    hook, order script); the certificates and keys themselves stay (they are
+    data), except the private CA's key (a secret of the pillar).  The extra
+    trusted CAs leave the system trust store. #}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import chatmail with context %}
 
@@ -10,14 +10,21 @@ chatmail-tls-external-path-service-dead:
     - name: chatmail-tls-reload.path
     - enable: false
 
+chatmail-tls-acme-timer-dead:
+  service.dead:
+    - name: acmetool.timer
+    - enable: false
+
 chatmail-tls-clean-files-absent:
   file.absent:
     - names:
       - {{ chatmail.lookup.paths.systemd_dir }}/chatmail-tls-reload.path
       - {{ chatmail.lookup.paths.systemd_dir }}/chatmail-tls-reload.service
       - /etc/acme/hooks/chatmail-reload
+      - /usr/local/sbin/chatmail-acme-order
     - require:
       - service: chatmail-tls-external-path-service-dead
+      - service: chatmail-tls-acme-timer-dead
 
 chatmail-tls-clean-ca-directory-absent:
   file.absent:

@@ -247,27 +247,40 @@ chatmail-tls-acme-hook-file-managed:
     - makedirs: true
     - mode: "0755"
 
+chatmail-tls-acme-order-file-managed:
+  file.managed:
+    - name: /usr/local/sbin/chatmail-acme-order
+    - source: salt://{{ tpldir }}/files/chatmail-acme-order.jinja
+    - template: jinja
+    - mode: "0755"
+    - context:
+        chatmail: {{ chatmail | json }}
+        domains: {{ acme_domains | json }}
+        retired: /var/lib/acme-retired
+
 {#- Certificates are ordered during the highstate, before postfix, dovecot
     and nginx are configured with them.  acmetool answers the http-01
     challenge through nginx (webroot) when nginx runs, and otherwise with a
     listener of its own on port 80 (a fresh host: nginx comes later).  It
     runs when its configuration changed, and again when a domain still has
-    no certificate, or an expired one, or one lacking a wanted name. #}
-{%-   set reconcile_requires = [
+    no certificate, or an expired one, one lacking a wanted name or one
+    from another directory (chatmail-acme-order --check). #}
+{%-   set order_requires = [
         'file: chatmail-tls-acme-target-file-managed',
         'file: chatmail-tls-acme-responses-file-managed',
         'file: chatmail-tls-acme-hook-file-managed',
+        'file: chatmail-tls-acme-order-file-managed',
         'file: chatmail-tls-acme-webroot-directory'] %}
 {%-   for domain in acme_domains %}
-{%-     do reconcile_requires.append('file: chatmail-tls-' ~ domain ~ '-acme-desired-file-managed') %}
+{%-     do order_requires.append('file: chatmail-tls-' ~ domain ~ '-acme-desired-file-managed') %}
 {%-   endfor %}
 {%-   if chatmail.trusted_cas %}
-{%-     do reconcile_requires.append('cmd: chatmail-tls-trusted-cas-update-cmd-run') %}
+{%-     do order_requires.append('cmd: chatmail-tls-trusted-cas-update-cmd-run') %}
 {%-   endif %}
 
 chatmail-tls-acme-reconcile-cmd-run:
   cmd.run:
-    - name: acmetool --batch --xlog.severity=info reconcile
+    - name: /usr/local/sbin/chatmail-acme-order
     - onchanges:
       - file: chatmail-tls-acme-target-file-managed
       - file: chatmail-tls-acme-responses-file-managed
@@ -275,27 +288,17 @@ chatmail-tls-acme-reconcile-cmd-run:
       - file: chatmail-tls-{{ domain }}-acme-desired-file-managed
 {%-   endfor %}
     - require:
-{%-   for req in reconcile_requires %}
+{%-   for req in order_requires %}
       - {{ req }}
 {%-   endfor %}
 
 chatmail-tls-acme-certificates-cmd-run:
   cmd.run:
-    - name: acmetool --batch --xlog.severity=info reconcile
-    - unless:
-{%-   for domain in acme_domains %}
-      - >-
-        openssl x509 -noout -checkend 0
-        -in {{ chatmail.lookup.paths.acme_dir }}/{{ domain }}/cert &&
-        openssl x509 -noout -ext subjectAltName
-        -in {{ chatmail.lookup.paths.acme_dir }}/{{ domain }}/cert
-        | tr -d ' ' | tr ',' '\n'
-        | grep -cxF -e 'DNS:{{ domain }}' -e 'DNS:mta-sts.{{ domain }}' -e 'DNS:www.{{ domain }}'
-        | grep -qx 3
-{%-   endfor %}
+    - name: /usr/local/sbin/chatmail-acme-order
+    - unless: /usr/local/sbin/chatmail-acme-order --check
     - require:
       - cmd: chatmail-tls-acme-reconcile-cmd-run
-{%-   for req in reconcile_requires %}
+{%-   for req in order_requires %}
       - {{ req }}
 {%-   endfor %}
 {%- endif %}
