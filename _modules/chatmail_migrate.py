@@ -891,12 +891,16 @@ def _install_keys(stage, s, replaced, result):
             result["dkim"]["added"].append(dst)
 
 
-def _reload(units, restart=True):
+def _restart(units):
+    """Restart those of units that run (try-restart); returns the restarted."""
     done = []
     for unit in units:
-        code, _out = _systemctl("try-restart" if restart else "try-reload-or-restart", unit)
-        if code == 0:
-            done.append(unit)
+        if _active(unit):
+            code, out = _systemctl("try-restart", unit)
+            if code == 0:
+                done.append(unit)
+            else:
+                log.error("chatmail_migrate: restarting %s failed: %s", unit, out)
     return done
 
 
@@ -992,5 +996,5 @@ def import_(path, force=False, reload=True, **kwargs):
     acme = result.get("acme", {})
     if acme.get("added") or acme.get("replaced"):
         units += [u for u in ("postfix", "dovecot", "nginx") if u not in units]
-    result["restarted"] = _reload(units) if reload else []
+    result["restarted"] = _restart(units) if reload else []
     return result
