@@ -1,7 +1,8 @@
 """Benchmark: end to end on two relays converged from salt/ (real systemd hosts).
 
     python bench/bench_e2e.py [--n 100] [--duration 60] [--gap 1.5] [--keep]
-                              [--parts highstate,dc,throughput,logins,idle,bypass]
+                              [--parts dc,throughput,logins,idle,bypass]
+                              [--probe-gap 0.7 [--probe-n 20]]
 
 Boots two relays (e2eb1.test, e2eb2.test) and a client host on the harness
 test network, with the same setup as the acceptance suite (nsd zones from the
@@ -393,6 +394,7 @@ def row_order(row):
         "bypassed" in row,
         "relay1 → relay2" in row,
         "back-to-back" in row,
+        "hand-off" in row,
     )
 
 
@@ -406,6 +408,15 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--gap", type=float, default=1.5, help="seconds the receiver idles before a spaced send"
     )
+    parser.add_argument(
+        "--probe-gap",
+        type=float,
+        default=0,
+        help="also an SMTP → IDLE row on relay2 whose receiver idles this long before each "
+        "send, e.g. 0.7: mail lands while Dovecot's 500 ms debounce is pending and the "
+        "session is hibernated at 1 s (0: no such row)",
+    )
+    parser.add_argument("--probe-n", type=int, default=20, help="messages in the probe row")
     parser.add_argument(
         "--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}"
     )
@@ -504,6 +515,16 @@ def main(argv=None) -> int:
                 )
                 for label, wall in login_rows:
                     lg.append(f"| {label} | {wall:.2f} | {100 / wall:.1f} |")
+
+            if "idle" in parts and args.probe_gap:
+                progress(f"SMTP → IDLE relay2 only, idle {args.probe_gap:g} s")
+                samples, stuck = idle_latency(r2, r2, args.probe_n, args.probe_gap)
+                probe = (
+                    f"SMTP submit → IMAP IDLE EXISTS, relay2 only, idle {args.probe_gap:g} s "
+                    "(mail lands inside the hibernation hand-off)"
+                )
+                lat.append(ms_row(probe, samples, stuck, load1()))
+                progress(lat[-1])
 
             if "idle" in parts:
                 # across relays first: the same-relay rows run right before the
