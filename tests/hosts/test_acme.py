@@ -279,3 +279,30 @@ def test_other_directory_reorders_and_back(converged, acme):
     assert stale == [], f"old certificate still served on {stale}"
     again = hosts.converge(converged)
     assert again.ok and again.changed == [], again.summary() + f"\n{again.changed}"
+
+
+def test_unreachable_directory_keeps_the_certificate(converged, acme):
+    """A directory that cannot issue (nothing listens there): the highstate
+    fails at the order, naming it, and the relay keeps its certificate (the
+    retired one comes back with its live links); back to the good directory
+    the relay converges, then nothing changes."""
+    serial = acme.issued[-1].serial_number
+    override = {"chatmail": {"acme": {"directory": f"https://{GATEWAY}:9/directory"}}}
+    res = hosts.converge(converged, pillar_override=override)
+    failed = dict(res.failed)
+    assert "chatmail-tls-acme-reconcile-cmd-run" in failed, res.summary()
+    order = next(
+        s for s in res.states.values() if s["__id__"] == "chatmail-tls-acme-reconcile-cmd-run"
+    )
+    assert "restored the certificates" in order["changes"]["stderr"], order
+    live = converged.sh("ls /var/lib/acme/live").stdout.split()
+    assert set(NAMES) <= set(live), live
+    out = converged.exec(
+        "openssl", "x509", "-noout", "-serial", "-in", f"/var/lib/acme/live/{DOMAIN}/cert"
+    ).stdout
+    assert int(out.strip().split("=", 1)[1], 16) == serial, out
+    assert wait_served(converged, DOMAIN, acme.ca.root_pem, serial, timeout=5) == []
+    res = hosts.converge(converged)
+    assert res.ok, res.summary()
+    again = hosts.converge(converged)
+    assert again.ok and again.changed == [], again.summary() + f"\n{again.changed}"
