@@ -70,8 +70,8 @@ class MetadataDaemon:
         status, value = self.client.lookup(TOKEN_KEY, user=addr)
         return value.split() if status == "O" else []
 
-    def message_new(self, addr=ADDR, tid=7):
-        return self.client.transaction(tid, [("S", MESSAGENEW_KEY, "")], user=addr)
+    def message_new(self, addr=ADDR, tid=7, value=""):
+        return self.client.transaction(tid, [("S", MESSAGENEW_KEY, value)], user=addr)
 
     def log(self):
         return self.proc.logpath.read_text()
@@ -99,6 +99,33 @@ def test_tokens_of_several_devices(metadata, tmp_path):
     # another account sees none of them
     make_account(tmp_path, f"bobby1234@{DOMAIN}")
     assert d.tokens(f"bobby1234@{DOMAIN}") == []
+
+
+def test_message_new_wakes_idle_sessions_and_pushes_unless_self(metadata, tmp_path):
+    """Every delivery pokes the account's new/ (a hidden file created and
+    removed: an inotify event for hibernated IDLE sessions, see idlewake);
+    only deliveries of other senders' mail queue a push."""
+    acc = make_account(tmp_path)
+    new = acc / "new"
+    new.mkdir()
+    queue = tmp_path / "state" / "pending_notifications"
+    d = metadata.start()
+    assert d.set_token("tok-phone") == "O1"
+
+    before = new.stat().st_mtime_ns
+    assert d.message_new(value="self") == "O7"
+    wait_for(lambda: new.stat().st_mtime_ns != before, timeout=10, what="wake-up in new/")
+    assert list(new.iterdir()) == []
+    assert not queue.exists() or list(queue.iterdir()) == []
+
+    before = new.stat().st_mtime_ns
+    assert d.message_new(tid=8) == "O8"
+    wait_for(lambda: new.stat().st_mtime_ns != before, timeout=10, what="second wake-up")
+    assert list(new.iterdir()) == []
+    wait_for(lambda: queue.exists() and list(queue.iterdir()), timeout=10, what="queued push")
+
+    # an address of no served domain: answered, nothing touched
+    assert d.message_new(addr="mallory12@elsewhere.example", tid=9, value="self") == "O9"
 
 
 def test_old_tokens_expire(metadata, tmp_path):

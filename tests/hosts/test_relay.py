@@ -204,6 +204,40 @@ def test_idle_session_hibernates_and_wakes_on_new_mail(relay):
         imap.logout()
 
 
+def test_mail_landing_during_hibernation_handoff_is_announced(relay):
+    """Mail that lands 0.5-1 s into an IDLE: the live imap process has seen
+    it but holds the notice for Dovecot's 500 ms debounce when the session
+    is handed to imap-hibernate at 1 s, and the notice dies with it.
+    chatmail-metadata's wake-up a second after the delivery (a hidden file
+    created in new/) wakes the hibernated session: EXISTS still arrives."""
+    sender, sender_pw = new_credentials()
+    rcpt, rcpt_pw = new_credentials()
+    imap = imap_login(relay.ip, rcpt, rcpt_pw)
+    msg = encrypted_message(sender, rcpt)
+    try:
+        imap.select("INBOX")
+        with smtplib.SMTP(relay.ip, 587, timeout=60) as smtp:
+            smtp.starttls(context=tls_context())
+            smtp.login(sender, sender_pw)
+            for _ in range(3):
+                tag = imap._new_tag()
+                imap.send(tag + b" IDLE\r\n")
+                assert imap.readline().startswith(b"+")
+                time.sleep(0.7)
+                smtp.sendmail(sender, [rcpt], msg)
+                # without the wake-up nothing comes before the next mail
+                # (or the 2-minute "still here"): the read times out
+                imap.sock.settimeout(20)
+                while b"EXISTS" not in (line := imap.readline()):
+                    assert line, "connection closed while waiting for EXISTS"
+                imap.sock.settimeout(60)
+                imap.send(b"DONE\r\n")
+                while not imap.readline().startswith(tag):
+                    pass
+    finally:
+        imap.shutdown()  # a timed-out connection cannot log out
+
+
 def test_cleartext_submission_refused(relay):
     sender, sender_pw = new_credentials()
     rcpt, rcpt_pw = new_credentials()

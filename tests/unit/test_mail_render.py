@@ -295,7 +295,7 @@ def test_dovecot_conf(example, certs):
     assert 'password_key = passdb/%Ew"%Eu' in auth
     assert "user_key = userdb/%Eu" in auth
     lua = example["files"]["/etc/dovecot/push_notification.lua"]
-    assert 'metadata_set("/private/messagenew", "")' in lua
+    assert 'metadata_set("/private/messagenew", value)' in lua
     script = example["files"]["/usr/local/bin/chatmail-quota-warning"]
     assert script.startswith("#!/usr/local/lib/chatmaild/bin/python3\n")
     compile(script, "chatmail-quota-warning", "exec")

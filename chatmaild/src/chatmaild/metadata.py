@@ -12,8 +12,11 @@ the extra prefix ``vendor/vendor.dovecot/pvt/server/``.  What we serve:
     valid tokens separated by spaces.  Tokens not set again within
     ``push_token_expiry_days`` are forgotten.
 ``priv/<guid>/messagenew``
-    set by Dovecot's push Lua script for each incoming (not self-sent)
-    message: queue one push request per token (see :mod:`chatmaild.notifier`).
+    set by Dovecot's push Lua script for each delivered message: queue one
+    push request per token (see :mod:`chatmaild.notifier`) unless the value
+    is ``self`` (the account's own message), and in any case wake the
+    account's hibernated IDLE sessions a moment later (see
+    :mod:`chatmaild.idlewake`).
 ``shared/<guid>/[vendor/vendor.dovecot/pvt/server/]vendor/deltachat/<name>``
     lookup of what the relay advertises: ``maxsmtprecipients``,
     ``turn`` (``host:port:user:password``, coturn REST API credentials
@@ -36,6 +39,7 @@ import time
 from pathlib import Path
 
 from .dictproxy import DictProxy, run_dict_daemon
+from .idlewake import IdleWaker
 from .notifier import QUEUE_DIRNAME, Notifier, write_file_atomic
 
 log = logging.getLogger("chatmaild.metadata")
@@ -151,10 +155,11 @@ class TokenStore:
 
 
 class MetadataDict(DictProxy):
-    def __init__(self, config, tokens: TokenStore, notifier: Notifier):
+    def __init__(self, config, tokens: TokenStore, notifier: Notifier, waker: IdleWaker):
         self.config = config
         self.tokens = tokens
         self.notifier = notifier
+        self.waker = waker
 
     def _domain_config(self, user):
         dc = self.config.for_address(user) if user else None
@@ -205,9 +210,14 @@ class MetadataDict(DictProxy):
             self.tokens.add(user, value)
             return True
         if name == MESSAGENEW:
-            tokens = self.tokens.get(user)
-            if tokens:
-                self.notifier.notify(user, tokens)
+            if value != "self":
+                tokens = self.tokens.get(user)
+                if tokens:
+                    self.notifier.notify(user, tokens)
+            try:
+                self.waker.schedule(self.config.user_dir(user))
+            except ValueError:
+                log.info("no wake-up for %r: not an account of this relay", user)
             return True
         log.info("set of %r refused", key)
         return False
@@ -233,7 +243,7 @@ def build(config) -> MetadataDict:
         remove_token=tokens.remove,
     )
     notifier.start()
-    return MetadataDict(config, tokens, notifier)
+    return MetadataDict(config, tokens, notifier, IdleWaker().start())
 
 
 def main(argv=None) -> int:
