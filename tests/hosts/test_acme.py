@@ -16,11 +16,13 @@ a second highstate changes nothing; a renewal by the unit the timer starts
 The stand-in issues certificates that are already inside acmetool's renewal
 window (valid for one more hour of 24), so the renewal is due at once
 instead of after weeks; the highstate itself only orders when a certificate
-is missing, expired or lacks a name, so it leaves them alone.
+is missing, expired, lacks a name or came from another directory, so it
+leaves them alone.
 
 Switching chatmail:acme:directory to another ACME server (as from staging
 to production) re-orders from it although the old certificate is still
-valid, and switching back does the same.
+valid, and switching back does the same; a directory that cannot issue
+fails the highstate and leaves the relay its certificate.
 
 The same host serves `ext.test` in tls mode external: files written here;
 replacing the certificate file makes chatmail-tls-reload.path reload the
