@@ -22,6 +22,7 @@ chatmail-tls-clean-files-absent:
       - {{ chatmail.lookup.paths.systemd_dir }}/chatmail-tls-reload.service
       - /etc/acme/hooks/chatmail-reload
       - /usr/local/sbin/chatmail-acme-order
+      - /etc/tmpfiles.d/chatmail-acme.conf
     - require:
       - service: chatmail-tls-external-path-service-dead
       - service: chatmail-tls-acme-timer-dead

@@ -203,6 +203,16 @@ chatmail-tls-acme-pkgs-installed:
   pkg.installed:
     - pkgs: {{ chatmail.lookup.pkgs.acme | json }}
 
+{#- /run is a tmpfs: systemd-tmpfiles recreates the webroot at boot, so the
+    first highstate after a reboot finds it and changes nothing. #}
+chatmail-tls-acme-webroot-tmpfiles-file-managed:
+  file.managed:
+    - name: /etc/tmpfiles.d/chatmail-acme.conf
+    - mode: "0644"
+    - contents: |
+        # Managed by Salt (chatmail-salt): acmetool's http-01 webroot
+        d /run/acme/acme-challenge 0755 root root -
+
 chatmail-tls-acme-webroot-directory:
   file.directory:
     - name: /var/run/acme/acme-challenge
