@@ -15,12 +15,14 @@ names the host.  Hence:
   with `DCACCOUNT:` end to end;
 - a named domain with a certificate of a private CA is refused even when the
   client host trusts that CA (system store and `SSL_CERT_FILE`); there the
-  `dclogin:` URL that `/new` hands out (`ic=3`/`sc=3`) is the way in.
+  `dclogin:` URL that `/new` hands out (`ic=3`/`sc=3`) is the way in;
+- so is the relay's IP address (self-signed, no `_` name to relax on).
 
 One relay `dcacc.test` (tls mode "ca", a CA made for the run) plus
-`_dcacc.test` (self-signed), DNS from the harness nsd, and a bare client
-host trusting the CA.  CMSALT_KEEP_HOSTS=1 keeps both hosts (fixed names),
-CMSALT_REUSE_HOSTS=1 re-converges running ones instead of booting fresh.
+`_dcacc.test` (self-signed) and its own IPv4 address (IP-only domain), DNS
+from the harness nsd, and a bare client host trusting the CA.
+CMSALT_KEEP_HOSTS=1 keeps both hosts (fixed names), CMSALT_REUSE_HOSTS=1
+re-converges running ones instead of booting fresh.
 """
 
 import json
@@ -54,6 +56,7 @@ CLIENT_CA = "/usr/local/share/ca-certificates/dcacc-test-ca.crt"
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 # what rustls reports for a chain it cannot anchor in its (webpki) roots
 UNKNOWN_ISSUER = "UnknownIssuer"
+INVALID_CERT = "invalid peer certificate"
 
 
 def remove_stale_hosts():
@@ -93,7 +96,9 @@ def relay(harness, workdir, test_ca, push_gateway):
     remove_stale_hosts()
     extra = test_ca.pillar([CA_DOMAIN])
     extra["domains"][SELF_DOMAIN] = {}
-    spec = ar.RelaySpec(RELAY_NAME, CA_DOMAIN, params={"max_load_1m": 1000}, extra=extra)
+    spec = ar.RelaySpec(
+        RELAY_NAME, CA_DOMAIN, params={"max_load_1m": 1000}, extra=extra, ip_domain=True
+    )
     pillar = workdir / "pillar"
     pillar.mkdir(exist_ok=True)
     host = hosts.boot(spec.name, spec.domain, ip="auto", pillar_dir=pillar, keep=KEEP, reuse=REUSE)
@@ -214,3 +219,16 @@ def test_dcaccount_private_ca_refused(dc, client):
     url = data.get("dclogin_url") or dclogin_url(data["email"], data["password"])
     acc.add_transport_from_qr(url)
     assert acc.get_config("configured_addr") == data["email"]
+
+
+def test_dcaccount_ip_domain_refused(dc, relay):
+    """DCACCOUNT: of the relay's IP address is refused too: its self-signed
+    certificate goes through the chain check (CaUsedAsEndEntity from webpki, as
+    `openssl req -x509` marks it CA:TRUE; without that it would be UnknownIssuer)."""
+    from deltachat_rpc_client.rpc import JsonRpcError
+
+    acc = dc.add_account()
+    with pytest.raises(JsonRpcError) as refused:
+        acc.add_transport_from_qr(f"DCACCOUNT:https://{relay.ip}/new")
+    assert INVALID_CERT in str(refused.value)
+    assert not acc.is_configured()
