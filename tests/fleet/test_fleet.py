@@ -58,9 +58,11 @@ def test_other_pillar_files_not_served(master, fleet, minion):
 
 
 def test_highstate_from_master_converges_all(fleet_converged):
+    # No claim that this run made the changes: the minions' 1.5-minute
+    # highstate schedule may have converged a host first (the master's run
+    # queues behind it and then finds nothing to do) on a loaded machine.
     for minion, result in fleet_converged.items():
         assert result.ok, f"{minion}: {result.summary()}"
-        assert result.changed, minion
 
 
 @pytest.mark.parametrize("minion", MINIONS)
