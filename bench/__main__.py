@@ -2,6 +2,7 @@
 
     python -m bench              # every bench/bench_*.py
     python -m bench doveauth     # only bench/bench_doveauth.py
+    python -m bench e2e --n 20   # options after the names go to each script
 
 Each benchmark is a standalone script that prints a markdown table; this
 runner adds the machine and date so the output can be pasted into
@@ -32,17 +33,19 @@ def machine() -> str:
 
 def main(argv: list[str]) -> int:
     scripts = sorted(HERE.glob("bench_*.py"))
-    if argv:
-        scripts = [s for s in scripts if s.stem.removeprefix("bench_") in argv]
+    split = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    names, options = argv[:split], argv[split:]
+    if names:
+        scripts = [s for s in scripts if s.stem.removeprefix("bench_") in names]
         if not scripts:
-            print(f"no benchmark named {' '.join(argv)}", file=sys.stderr)
+            print(f"no benchmark named {' '.join(names)}", file=sys.stderr)
             return 2
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"# Benchmarks, {now}\n\nMachine: {machine()}\n")
     failed = 0
     for script in scripts:
         print(f"## {script.stem.removeprefix('bench_')}\n", flush=True)
-        proc = subprocess.run([sys.executable, str(script)], stdin=subprocess.DEVNULL)
+        proc = subprocess.run([sys.executable, str(script), *options], stdin=subprocess.DEVNULL)
         if proc.returncode:
             print(f"\n(benchmark {script.name} failed with exit code {proc.returncode})")
             failed += 1
