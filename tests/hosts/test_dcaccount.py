@@ -189,6 +189,32 @@ def test_new_answers_what_the_core_parses(client):
         assert data["password"]
 
 
+def client_get(client, domain, path):
+    """GET https://<domain><path> from the client host, certificate not checked."""
+    script = (
+        "import ssl, sys, urllib.request\n"
+        "ctx = ssl.create_default_context()\n"
+        "ctx.check_hostname = False\n"
+        "ctx.verify_mode = ssl.CERT_NONE\n"
+        "with urllib.request.urlopen(f'https://{sys.argv[1]}{sys.argv[2]}', context=ctx,\n"
+        "                            timeout=30) as resp:\n"
+        "    sys.stdout.write(resp.read().decode())\n"
+    )
+    return client.exec("python3", "-c", script, domain, path).stdout
+
+
+def test_underscore_domain_page_shows_qr(client):
+    """The web page shows the DCACCOUNT: QR code where the core accepts it (the
+    self-signed "_" domain) and the /new button with its dclogin: URL where it
+    does not (the private-CA domain)."""
+    page = client_get(client, SELF_DOMAIN, "/")
+    assert f'href="DCACCOUNT:https://{SELF_DOMAIN}/new"' in page
+    assert "<svg" in client_get(client, SELF_DOMAIN, "/qr-chatmail-invite.svg")
+    page = client_get(client, CA_DOMAIN, "/")
+    assert "DCACCOUNT:" not in page.upper()
+    assert 'fetch("/new"' in page
+
+
 def test_dcaccount_underscore_domain(dc, relay):
     """DCACCOUNT: of the self-signed `_` domain: two accounts made by the core
     itself chat end to end encrypted."""

@@ -211,6 +211,17 @@ def test_ip_domain_pages(render, cc, defaults):
         "chatmail/nginx/files/page.html.jinja", chatmail=cmap, domain="192.0.2.7", page="index"
     )
     assert "DCACCOUNT" not in index and 'fetch("/new"' in index
+    # a named domain whose certificate Delta Chat does not trust (self-signed
+    # without "_", private CA) offers the same button instead of a QR code
+    named = cc.build(
+        defaults, {}, {"domains": {"chat.test": {}, "ca.example.org": {"tls": {"mode": "self"}}}}
+    )
+    for domain in named["domain_list"]:
+        page = render(
+            "chatmail/nginx/files/page.html.jinja", chatmail=named, domain=domain, page="index"
+        )
+        assert "DCACCOUNT" not in page and 'fetch("/new"' in page, domain
+        assert "not from a public certificate authority" in page
     vhost = render(
         "chatmail/nginx/files/vhost.conf.jinja", chatmail=cmap, domain="192.0.2.7", https=True
     )
