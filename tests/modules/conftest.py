@@ -9,34 +9,16 @@ import subprocess
 import time
 
 import pytest
-import salt.config
 from saltfactories.utils.functional import Loaders
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from tests import saltopts
+
 NSD = shutil.which("nsd") or "/usr/sbin/nsd"
 
 
 @pytest.fixture(scope="session")
 def minion_opts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("minion")
-    (root / "pillar").mkdir()
-    opts = salt.config.minion_config(None)
-    opts.update(
-        {
-            "id": "relay.test",
-            "root_dir": str(root),
-            "cachedir": str(root / "cache"),
-            "pki_dir": str(root / "pki"),
-            "sock_dir": str(root / "sock"),
-            "log_file": str(root / "minion.log"),
-            "file_client": "local",
-            "file_roots": {"base": [str(REPO / "salt")]},
-            "pillar_roots": {"base": [str(root / "pillar")]},
-            "fileserver_backend": ["roots"],
-            "grains_cache": False,
-        }
-    )
-    return opts
+    return saltopts.minion_opts(tmp_path_factory.mktemp("minion"), "relay.test")
 
 
 @pytest.fixture(scope="session")

@@ -15,13 +15,13 @@ import tarfile
 
 import pytest
 import salt._logging.impl as salt_logging
-import salt.config
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from salt.exceptions import CommandExecutionError
 from saltfactories.utils.functional import Loaders
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from tests import saltopts
+
 DOMAIN = "move.test"
 OTHER = "_other.test"
 ALICE = f"alice0001@{DOMAIN}"
@@ -32,24 +32,7 @@ LOGIN_DAY = 1_700_000_000 - (1_700_000_000 % 86400)
 
 @pytest.fixture(scope="module")
 def migrate(tmp_path_factory):
-    root = tmp_path_factory.mktemp("minion")
-    (root / "pillar").mkdir()
-    opts = salt.config.minion_config(None)
-    opts.update(
-        {
-            "id": "old.move.test",
-            "root_dir": str(root),
-            "cachedir": str(root / "cache"),
-            "pki_dir": str(root / "pki"),
-            "sock_dir": str(root / "sock"),
-            "log_file": str(root / "minion.log"),
-            "file_client": "local",
-            "file_roots": {"base": [str(REPO / "salt")]},
-            "pillar_roots": {"base": [str(root / "pillar")]},
-            "fileserver_backend": ["roots"],
-            "grains_cache": False,
-        }
-    )
+    opts = saltopts.minion_opts(tmp_path_factory.mktemp("minion"), "old.move.test")
     loaders = Loaders(opts)
     yield loaders.modules.chatmail_migrate
     # flush salt's buffered early log records while pytest still captures
