@@ -3,6 +3,7 @@
 import atexit
 import json
 import random
+import re
 import shlex
 import subprocess
 import threading
@@ -284,6 +285,16 @@ def list_hosts():
         ip = _ip(name)
         rows.append((name, status, ip))
     return rows
+
+
+def remove_dead_session_hosts(pattern):
+    """Remove hosts whose name fully matches ``pattern``, a regex whose first
+    group is the pid of the test session that booted them, once that process
+    is gone (the session died before its teardown)."""
+    for name, _status, _ip in list_hosts():
+        match = re.fullmatch(pattern, name)
+        if match and not Path(f"/proc/{match.group(1)}").exists():
+            destroy(name)
 
 
 def teardown_all(stop_daemons=True):

@@ -1,7 +1,6 @@
 """Session fixtures: systemd test hosts on the private dockerd (see tests/harness)."""
 
 import os
-import re
 from pathlib import Path
 
 import pytest
@@ -44,19 +43,11 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.xdist_group("hosts"))
 
 
-def remove_stale_hosts():
-    """Hosts of earlier sessions that died without their finalizers (pid gone)."""
-    for name, _status, _ip in hosts.list_hosts():
-        match = re.fullmatch(r"cmsalt-test-(?:relay|smoke)-(\d+)", name)
-        if match and not Path(f"/proc/{match.group(1)}").exists():
-            hosts.destroy(name)
-
-
 @pytest.fixture(scope="session")
 def harness():
     """dockerd, image, network and apt proxy; stopped again if this session started them."""
     started, _tag = ensure_infra()
-    remove_stale_hosts()
+    hosts.remove_dead_session_hosts(r"cmsalt-test-(?:relay|smoke)-(\d+)")
     yield
     if started and not KEEP and not hosts.list_hosts():
         hosts.teardown_all(stop_daemons=True)

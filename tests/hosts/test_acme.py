@@ -35,7 +35,6 @@ that made it, so reuse is not offered).
 import datetime
 import json
 import os
-import re
 import socket
 import ssl
 import tempfile
@@ -103,17 +102,9 @@ def ext_cert_pem(acme, key):
     return pem(acme.ca.issue(key.public_key(), dns_names=[EXT])) + acme.ca.chain_pem
 
 
-def remove_stale_hosts():
-    """Hosts of earlier sessions of this module whose process is gone."""
-    for name, _status, _ip in hosts.list_hosts():
-        match = re.fullmatch(r"cmsalt-acme-(\d+)", name)
-        if match and not Path(f"/proc/{match.group(1)}").exists():
-            hosts.destroy(name)
-
-
 @pytest.fixture(scope="module")
 def relay(harness, acme, ext_key):
-    remove_stale_hosts()
+    hosts.remove_dead_session_hosts(r"cmsalt-acme-(\d+)")
     pillar_dir = Path(tempfile.mkdtemp(prefix="cmsalt-acme-pillar-"))
     (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
     (pillar_dir / "chatmail.sls").write_text(pillar_text(acme))

@@ -27,7 +27,6 @@ re-converges running ones instead of booting fresh.
 
 import json
 import os
-import re
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -59,14 +58,6 @@ UNKNOWN_ISSUER = "UnknownIssuer"
 INVALID_CERT = "invalid peer certificate"
 
 
-def remove_stale_hosts():
-    """Hosts of earlier sessions of this file that died before their teardown."""
-    for name, _status, _ip in hosts.list_hosts():
-        match = re.fullmatch(r"cmsalt-dcacc-(?:relay|client)-(\d+)", name)
-        if match and not Path(f"/proc/{match.group(1)}").exists():
-            hosts.destroy(name)
-
-
 @pytest.fixture(scope="module")
 def workdir():
     if KEEP:
@@ -93,7 +84,7 @@ def push_gateway(harness):
 @pytest.fixture(scope="module")
 def relay(harness, workdir, test_ca, push_gateway):
     """The relay serving both domains, converged, its zones published."""
-    remove_stale_hosts()
+    hosts.remove_dead_session_hosts(r"cmsalt-dcacc-(?:relay|client)-(\d+)")
     extra = test_ca.pillar([CA_DOMAIN])
     extra["domains"][SELF_DOMAIN] = {}
     spec = ar.RelaySpec(

@@ -61,17 +61,9 @@ for _name in ("GETMETADATA", "SETMETADATA"):
     imaplib.Commands.setdefault(_name, ("AUTH", "SELECTED"))
 
 
-def remove_stale_hosts():
-    """Hosts of earlier sessions of this test whose process is gone."""
-    for name, _status, _ip in hosts.list_hosts():
-        match = re.fullmatch(rf"{PREFIX}(\d+)-(?:old|new)", name)
-        if match and not Path(f"/proc/{match.group(1)}").exists():
-            hosts.destroy(name)
-
-
 @pytest.fixture
 def two_hosts(harness, tmp_path):
-    remove_stale_hosts()
+    hosts.remove_dead_session_hosts(rf"{PREFIX}(\d+)-(?:old|new)")
     pillar_dir = tmp_path / "pillar"
     pillar_dir.mkdir()
     pillar_dir.chmod(0o755)
