@@ -230,9 +230,14 @@ def test_postfix_reads_the_policy(cc, defaults, tmp_path, nexthops, lookups):
     )
     table = tmp_path / "smtp_tls_policy_map"
     table.write_text(_policy(m))
+    # postmap reads main.cf of its config directory; the CI machine's /etc/postfix
+    # may have none (postfix installed with "No configuration"), so give it its own.
+    confdir = tmp_path / "postfix"
+    confdir.mkdir()
+    (confdir / "main.cf").write_text("compatibility_level = 3.6\n")
     for nexthop, want in lookups.items():
         proc = subprocess.run(
-            ["postmap", "-q", nexthop, f"regexp:{table}"],
+            ["postmap", "-c", str(confdir), "-q", nexthop, f"regexp:{table}"],
             capture_output=True, text=True, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         assert "warning" not in proc.stderr and "fatal" not in proc.stderr, proc.stderr
