@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import CACHE, GATEWAY, dns, hosts
+from tests.harness import CACHE, GATEWAY, SLOT, dns, hosts, network_address
 from tests.harness import acceptance_relays as ar
 from tests.harness.docker import docker as docker_cli
 from tests.harness.docker import env as docker_env
@@ -29,8 +29,7 @@ HERE = Path(__file__).parent
 KEEP = os.environ.get("CMSALT_KEEP_HOSTS") == "1"
 REUSE = os.environ.get("CMSALT_ACC_REUSE") == "1"
 # Under pytest-xdist run with --dist loadgroup: every acceptance test is in one
-# group (one worker), since the test domains' zones in nsd are shared.
-SUFFIX = f"-{os.environ['PYTEST_XDIST_WORKER']}" if os.environ.get("PYTEST_XDIST_WORKER") else ""
+# group (one worker, one harness slot), since the relays are shared by all of them.
 PUSH_PORT = int(os.environ.get("CMSALT_ACC_PUSH_PORT", "18477"))
 PUSH_URL = f"http://{GATEWAY}:{PUSH_PORT}/notify"
 
@@ -39,7 +38,7 @@ PUSH_URL = f"http://{GATEWAY}:{PUSH_PORT}/notify"
 PARAMS = {"max_load_1m": 1000}
 SPECS = [
     ar.RelaySpec(
-        "cmsalt-acc1" + SUFFIX,
+        "cmsalt-acc1",
         "acc1.test",
         params=PARAMS,
         limits={
@@ -49,20 +48,20 @@ SPECS = [
         },
     ),
     ar.RelaySpec(
-        "cmsalt-acc2" + SUFFIX,
+        "cmsalt-acc2",
         "acc2.test",
         params=PARAMS,
         limits={"imap_max_userip_connections": 5},
     ),
     # two domains on one host: a named one and the host's IPv4 address (IP-only relay)
-    ar.RelaySpec("cmsalt-acc3" + SUFFIX, "acc3.test", params=PARAMS, ip_domain=True),
+    ar.RelaySpec("cmsalt-acc3", "acc3.test", params=PARAMS, ip_domain=True),
 ]
 # tls mode "ca" (a private CA made for the run, trusted by both relays, peers
 # verified on port 25) once the tree has it; CMSALT_ACC_TLS=self forces the
 # self-signed certificates of *.test domains instead.
 CA_MODE = os.environ.get("CMSALT_ACC_TLS", "ca") == "ca" and ar.tree_has_tls_ca()
-CA_DIR = CACHE / "acceptance-ca"
-CLIENT = {"name": "cmsalt-acc-client" + SUFFIX, "fqdn": "client.test", "ip": "auto"}
+CA_DIR = CACHE / f"acceptance-ca-s{SLOT}"
+CLIENT = {"name": "cmsalt-acc-client", "fqdn": "client.test", "ip": "auto"}
 RPC_SERVER = "/usr/local/bin/deltachat-rpc-server"
 SINK_DOMAIN = "sink.test"
 INI = "/etc/chatmail/chatmail.ini"
@@ -83,7 +82,8 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def push_gateway():
-    gateway = ar.PushGateway(GATEWAY, PUSH_PORT)
+    # bound to the slot's gateway address, which exists once its network does
+    gateway = ar.PushGateway(network_address(), PUSH_PORT)
     yield gateway
     gateway.close()
 

@@ -12,11 +12,9 @@ import pytest
 from tests.harness import GATEWAY, ensure_infra, fleet_master, hosts
 
 HERE = Path(__file__).parent
-WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 KEEP = os.environ.get("CMSALT_KEEP_HOSTS") == "1"
-# Host names carry the session's pid, so two sessions (engineers, CI, xdist
-# workers) never remove each other's hosts; fixed names only with KEEP.
-SUFFIX = (f"-{WORKER}" if WORKER else "") if KEEP else f"-{os.getpid()}"
+# Two sessions (engineers, CI, xdist workers) never see each other's hosts: each
+# has its own harness slot (network, nsd, container names).
 MINIONS = ["fleet1.test", "fleet2.test", "fleet3.test"]
 # Short schedule so that a scheduled highstate fires within the test.
 FLEET_SETTINGS = {
@@ -63,7 +61,7 @@ def pytest_collection_modifyitems(items):
 
 
 def _name(minion_id):
-    return "cmsalt-" + minion_id.split(".")[0] + SUFFIX
+    return "cmsalt-" + minion_id.split(".")[0]
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import yaml
 from tests.harness import REPO, ensure_infra, hosts
 from tests.hosts.test_relay import SERVICES, imap_login, new_credentials
 
-from .conftest import KEEP, SUFFIX, write_pillar
+from .conftest import KEEP, write_pillar
 
 SALT_SSH = Path(sys.executable).parent / "salt-ssh"
 SSH_ID = "sshrelay.test"
@@ -56,7 +56,7 @@ def ssh_host():
         check=True,
         stdin=subprocess.DEVNULL,
     )
-    name = "cmsalt-sshrelay" + SUFFIX
+    name = "cmsalt-sshrelay"
     host = hosts.boot(name, SSH_ID, keep=KEEP)
     try:
         host.exec("rm", "-f", hosts.MINION_CONF)

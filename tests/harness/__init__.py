@@ -3,13 +3,25 @@
 Pieces (each module can be used on its own):
   docker  -- our own dockerd (socket, data root under the cache dir) and a CLI wrapper
   image   -- wheelhouse, debootstrapped base image, systemd+salt image (content-hashed tag)
-  network -- the test bridge network and the apt proxy bound to its gateway
+  network -- the test bridge networks and the apt proxy on the service address
   hosts   -- boot / exec / converge / destroy hosts
+
+Slots: every process that uses the harness owns one slot, a numbered test
+network with its own bridge, subnet, gateway address, nsd and container names,
+so test sessions (and pytest-xdist workers) running at the same time never see
+each other's hosts or zones.  Slot 0 belongs to ``./cmsalt up/down/status/shell``
+(the relay a developer keeps running); test sessions take the first free slot
+of 1..SLOTS-1, held by an flock for the life of the process.  ``CMSALT_SLOT=N``
+asks for slot N (waiting while another process holds it).  dockerd, the images
+and the apt proxy are shared by all slots; the apt proxy listens on a service
+address of the machine (SERVICE_IP) that hosts of every slot reach through their
+own gateway.
 """
 
 import fcntl
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -20,20 +32,65 @@ CACHE = Path(os.environ.get("CHATMAIL_CACHE", "/var/cache/chatmail-salt"))
 LOG_DIR = CACHE / "logs"
 
 LABEL = "chatmail-salt.harness"
-NETWORK = "cmsalt-net"
-SUBNET = "172.31.77.0/24"
-GATEWAY = "172.31.77.1"
-# docker hands out addresses only from the upper half; fixed addresses (boot(ip=...))
-# belong in 172.31.77.2-127 so they never collide with a dynamically addressed host.
-DYNAMIC_RANGE = "172.31.77.128/25"
-PROXY_PORT = 3142
-PROXY_URL = f"http://{GATEWAY}:{PROXY_PORT}"
+SLOT_LABEL = "chatmail-salt.slot"
+KEEP_LABEL = "chatmail-salt.keep"
+SLOTS = 8
+SLOT_LOCK = "/run/cmsalt-slot-{}.lock"
+LOCK_FILE = "/run/cmsalt-harness.lock"
 
 SALT_VERSION = "3008.3"
-RELAY_NAME = "cmsalt-relay"
-RELAY_IP = "172.31.77.10"
+# The apt proxy's address: on the machine's loopback device, outside every slot's
+# subnet, reached by hosts through their default route (their slot's gateway).
+SERVICE_IP = "172.31.76.1"
+PROXY_PORT = 3142
+PROXY_URL = f"http://{SERVICE_IP}:{PROXY_PORT}"
 
-LOCK_FILE = "/run/cmsalt-harness.lock"
+RELAY_NAME = "cmsalt-relay"
+
+
+def _take_slot():
+    """(slot, open lock file) for this process; see the module docstring."""
+    wanted = os.environ.get("CMSALT_SLOT")
+    if wanted is not None:
+        slot = int(wanted)
+        if not 0 <= slot < SLOTS:
+            raise ValueError(f"CMSALT_SLOT must be 0..{SLOTS - 1}, not {wanted!r}")
+        lock = open(SLOT_LOCK.format(slot), "a")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return slot, lock
+    for slot in range(1, SLOTS):
+        lock = open(SLOT_LOCK.format(slot), "a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        return slot, lock
+    raise RuntimeError(f"all {SLOTS - 1} harness slots are in use by other test sessions")
+
+
+SLOT, _SLOT_LOCK = _take_slot()
+NETWORK = "cmsalt-net" if SLOT == 0 else f"cmsalt-net-s{SLOT}"
+PREFIX = f"172.31.{77 + SLOT}"
+SUBNET = f"{PREFIX}.0/24"
+GATEWAY = f"{PREFIX}.1"
+# docker hands out addresses only from the upper half; fixed addresses (boot(ip=...))
+# belong in .2-.127 (addr(n)) so they never collide with a dynamically addressed host.
+DYNAMIC_RANGE = f"{PREFIX}.128/25"
+RELAY_IP = f"{PREFIX}.10"
+
+
+def addr(n):
+    """Address .n of this slot's subnet (fixed addresses: 2..127)."""
+    if not 2 <= n <= 127:
+        raise ValueError(f"fixed host addresses are .2-.127, not .{n}")
+    return f"{PREFIX}.{n}"
+
+
+def scoped(name):
+    """A container name made unique to this slot (slot 0 keeps the plain name)."""
+    suffix = f"-s{SLOT}" if SLOT else ""
+    return name if not suffix or name.endswith(suffix) else name + suffix
 
 
 def pid_alive(pidfile):
@@ -69,7 +126,7 @@ def stop_process(pidfile):
 
 class locked:
     """Inter-process (and inter-thread) lock around the shared setup steps:
-    starting dockerd, building images, creating the network, starting the proxy."""
+    starting dockerd, building images, creating networks, starting the proxy."""
 
     def __enter__(self):
         self._fd = open(LOCK_FILE, "a")
@@ -81,13 +138,86 @@ class locked:
         return False
 
 
+def slots_in_use():
+    """Slots other than ours whose lock some live process holds."""
+    busy = []
+    for slot in range(SLOTS):
+        if slot == SLOT:
+            continue
+        with open(SLOT_LOCK.format(slot), "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                busy.append(slot)
+    return busy
+
+
+def ensure_service_ip():
+    """SERVICE_IP on the loopback device (idempotent)."""
+    shown = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True
+    ).stdout
+    if f" {SERVICE_IP}/" not in shown:
+        subprocess.run(["ip", "addr", "add", f"{SERVICE_IP}/32", "dev", "lo"], check=True)
+
+
+def remove_service_ip():
+    subprocess.run(["ip", "addr", "del", f"{SERVICE_IP}/32", "dev", "lo"], capture_output=True)
+
+
+_ensured = False
+
+
 def ensure_infra():
-    """dockerd, systemd image, test network and apt proxy; returns (started_dockerd, tag)."""
+    """dockerd, systemd image, this slot's network and nsd, the apt proxy.
+    Returns (started_dockerd, tag).  The first call of a process removes what a
+    dead earlier owner of the slot left behind (hosts not marked keep)."""
+    global _ensured
     from . import docker, image, network
 
     with locked():
         started = docker.ensure()
-        tag = image.ensure_image()
-        network.ensure_network()
+        ensure_service_ip()
         network.ensure_proxy()
+        if not _ensured:
+            from . import dns, hosts
+
+            hosts.remove_slot_hosts(keep_kept=True)
+            dns.clear()
+            _ensured = True
+        network.ensure_network()
+        tag = image.ensure_image()
     return started, tag
+
+
+def used():
+    """True once this process set up the harness (ensure_infra ran)."""
+    return _ensured
+
+
+def network_address():
+    """This slot's gateway address once its network exists: servers of the
+    harness (push gateway, mail sink, ACME stand-in, salt master) bind to it."""
+    ensure_infra()
+    return GATEWAY
+
+
+def release(keep=False):
+    """End of a harness user: remove this slot's hosts (not kept ones when
+    `keep`), its network and nsd; stop the apt proxy and dockerd once no slot is
+    in use and no host is left in dockerd (a developer's `./cmsalt up` relay
+    keeps them running)."""
+    from . import dns, docker, hosts, network
+
+    with locked():
+        if docker.running():
+            hosts.remove_slot_hosts(keep_kept=keep)
+            if not hosts.list_hosts(slot=SLOT):
+                network.remove_network()
+        dns.stop()
+        if slots_in_use() or (docker.running() and hosts.list_hosts(slot=None)):
+            return False
+        network.stop_proxy()
+        docker.stop()
+        remove_service_ip()
+        return True

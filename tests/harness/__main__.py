@@ -1,4 +1,9 @@
-"""python -m tests.harness up|down|status|shell  (also reached through ./cmsalt)."""
+"""python -m tests.harness up|down|status|shell  (also reached through ./cmsalt).
+
+These commands work on harness slot 0 (see tests/harness/__init__.py): run them
+with CMSALT_SLOT=0, as ./cmsalt does.  Test sessions never take slot 0, so the
+relay of `up` lives beside them.
+"""
 
 import argparse
 import json
@@ -9,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 
-from . import CACHE, RELAY_IP, RELAY_NAME, dns, docker, hosts, network
+from . import CACHE, RELAY_IP, RELAY_NAME, SLOT, dns, docker, hosts, network, slots_in_use
 
 UP_PILLAR = CACHE / "up-pillar"
 
@@ -85,8 +90,13 @@ web       : https://{ip}/   (Host: {dom}; self-signed)"""
 
 
 def cmd_down(_args):
+    busy = slots_in_use()
     hosts.teardown_all(stop_daemons=True)
-    print("[harness] test hosts, network, nsd, apt proxy and dockerd stopped")
+    if busy:
+        print(f"[harness] hosts of idle slots removed; slots {busy} are in use by test"
+              " sessions, so their hosts, the apt proxy and dockerd stay")  # fmt: skip
+    else:
+        print("[harness] test hosts, networks, nsd, apt proxy and dockerd stopped")
     return 0
 
 
@@ -95,8 +105,9 @@ def cmd_status(_args):
     print(f"dockerd   : {'running on ' + docker.HOST if up else 'stopped'}")
     print(f"apt proxy : {'running' if network._acng_pid() else 'stopped'}")
     print(f"nsd       : {'serving ' + ', '.join(dns.zones()) if dns._pid() else 'stopped'}")
-    for name, status, ip in hosts.list_hosts():
-        print(f"{name:24} {ip:16} {status}")
+    print(f"slots     : in use by test sessions: {slots_in_use() or 'none'}")
+    for name, status, ip in hosts.list_hosts(slot=None):
+        print(f"{name:28} {ip:16} {status}")
     return 0
 
 
@@ -107,6 +118,9 @@ def cmd_shell(args):
 
 
 def main(argv=None):
+    if SLOT != 0:
+        sys.exit("python -m tests.harness works on slot 0: run it as ./cmsalt does,"
+                 " with CMSALT_SLOT=0")  # fmt: skip
     parser = argparse.ArgumentParser(prog="python -m tests.harness")
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="boot the relay test host and converge it")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from . import GATEWAY, dns, ensure_infra, hosts
+from . import GATEWAY, dns, ensure_infra, hosts, network_address
 
 ZONE_DIR = "/etc/chatmail/zones"
 # Per-domain settings of a relay's IP-address domain (RelaySpec.ip_domain): a small
@@ -53,9 +53,11 @@ class Relay:
 
 class PushGateway:
     """A stand-in for the push gateway: records every POST, answers 200 (410 for
-    tokens in `gone`, 503 for tokens in `failing`). Listens on the gateway address."""
+    tokens in `gone`, 503 for tokens in `failing`). Listens on the slot's gateway
+    address unless `host` says otherwise."""
 
-    def __init__(self, host=GATEWAY, port=0):
+    def __init__(self, host=None, port=0):
+        host = host or network_address()
         self.requests = []
         self.gone = set()
         self.failing = set()
@@ -192,12 +194,13 @@ class MailSink:
     """A remote MX stand-in on the gateway address: STARTTLS (self-signed) on port 25,
     stores every message it accepts. Publish it with `sink_zone(domain)`."""
 
-    def __init__(self, workdir, host=GATEWAY, port=25, cert=None, key=None):
+    def __init__(self, workdir, host=None, port=25, cert=None, key=None):
         import ssl
         import subprocess
 
         from aiosmtpd.controller import Controller
 
+        host = host or network_address()
         workdir = Path(workdir)
         if cert is None:
             cert, key = workdir / "sink.crt", workdir / "sink.key"

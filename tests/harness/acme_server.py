@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from . import GATEWAY
+from . import network_address
 
 PROBLEM = "urn:ietf:params:acme:error:"
 EC_ALGS = {
@@ -177,7 +177,8 @@ class AcmeServer:
     left).  ``issued`` lists every certificate handed out; ``validations``
     every challenge fetch (name, token, ok)."""
 
-    def __init__(self, host=GATEWAY, port=0, resolve=None, terms_of_service=None):
+    def __init__(self, host=None, port=0, resolve=None, terms_of_service=None):
+        host = host or network_address()
         self.ca = TestCA()
         self.resolve = dict(resolve or {})
         self.terms_of_service = terms_of_service

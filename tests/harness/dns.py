@@ -1,21 +1,31 @@
-"""Authoritative DNS for the test network: nsd on the gateway address, port 53.
+"""Authoritative DNS for the slot's test network: nsd on its gateway address, port 53.
 
-Tests write whole zones (set_zone / set_zones); nsd is restarted to load them.
-Relays reach it as GATEWAY:53 (e.g. unbound forward/stub zones, pillar
-chatmail:dns:forwarders or chatmail:dns:nameservers).
+Tests write whole zones (set_zone / set_zones).  The first write starts nsd;
+later ones make the running nsd pick up new and changed zones (nsd-control
+reconfig + reload over a unix socket), so it never stops answering: a resolver
+that asked during a restart would back off from it (unbound does) and time out
+later queries.  Relays reach it as GATEWAY:53 (e.g. unbound forward/stub zones,
+pillar chatmail:dns:forwarders or chatmail:dns:nameservers).
 """
 
+import glob
+import itertools
+import os
+import re
 import socket
 import subprocess
 import time
 
-from . import CACHE, GATEWAY, LOG_DIR, pid_alive, stop_process
+from . import CACHE, GATEWAY, LOG_DIR, SLOT, pid_alive, stop_process
 
-NSD_DIR = CACHE / "nsd"
+NSD_DIR = CACHE / "nsd" / f"s{SLOT}"
 ZONE_DIR = NSD_DIR / "zones"
 CONF = NSD_DIR / "nsd.conf"
-PIDFILE = "/run/cmsalt-nsd.pid"
+CONTROL = NSD_DIR / "control.sock"
+PIDFILE = f"/run/cmsalt-nsd-s{SLOT}.pid"
 PORT = 53
+# Strictly increasing SOA serials, so set_zones can tell the new zone from the old.
+_SERIALS = itertools.count(int(time.time()))
 
 
 def zone_text(origin, records, ns_ip=GATEWAY, serial=None):
@@ -25,7 +35,7 @@ def zone_text(origin, records, ns_ip=GATEWAY, serial=None):
     "mail IN MX 10 chat1.test.", or a str of several lines.
     """
     origin = origin.rstrip(".")
-    serial = serial or int(time.time())
+    serial = serial or next(_SERIALS)
     if isinstance(records, str):
         records = records.splitlines()
     head = [
@@ -59,10 +69,11 @@ def _write_conf():
         f'  xfrdfile: "{NSD_DIR}/xfrd.state"',
         f'  xfrdir: "{NSD_DIR}"',
         f'  pidfile: "{NSD_DIR}/nsd.pid"',
-        f'  logfile: "{LOG_DIR}/nsd.log"',
+        f'  logfile: "{LOG_DIR}/nsd-s{SLOT}.log"',
         "  hide-version: yes",
         "remote-control:",
-        "  control-enable: no",
+        "  control-enable: yes",
+        f'  control-interface: "{CONTROL}"',
     ]
     for name in zones():
         lines += ["zone:", f"  name: {name}", f"  zonefile: {name}.zone"]
@@ -85,18 +96,51 @@ def stop():
     return stop_process(PIDFILE)
 
 
+def stop_slots(exclude=()):
+    """Stop the nsd of every slot but those in `exclude` (and of older harnesses)."""
+    for pidfile in glob.glob("/run/cmsalt-nsd*.pid"):
+        match = re.fullmatch(r"/run/cmsalt-nsd(?:-s(\d+))?\.pid", pidfile)
+        if match and (match.group(1) is None or int(match.group(1)) not in exclude):
+            stop_process(pidfile)
+
+
+def _control(*args):
+    return subprocess.run(
+        ["nsd-control", "-c", str(CONF), *args],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30,
+    )  # fmt: skip
+
+
+def _check_conf():
+    check = subprocess.run(["nsd-checkconf", str(CONF)], capture_output=True, text=True)
+    if check.returncode != 0:
+        raise RuntimeError(f"nsd config: {check.stderr}")
+
+
+def _serves(origin, serial):
+    """True once nsd answers the SOA of `origin` with `serial` (zone loaded)."""
+    import dns.message
+    import dns.query
+    import dns.rdatatype
+
+    query = dns.message.make_query(origin, dns.rdatatype.SOA)
+    try:
+        answer = dns.query.udp(query, GATEWAY, port=PORT, timeout=0.5)
+    except (OSError, dns.exception.DNSException):
+        return False
+    return any(rdata.serial == serial for rrset in answer.answer for rdata in rrset)
+
+
 def restart(timeout=15):
     """(Re)start nsd with every zone in ZONE_DIR (the test network must exist)."""
     stop()
     ZONE_DIR.mkdir(parents=True, exist_ok=True)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     _write_conf()
+    _check_conf()
     # ./cmsalt kills a dpkg-started nsd unless this marker exists
     (CACHE / ".keep-nsd").touch()
-    check = subprocess.run(["nsd-checkconf", str(CONF)], capture_output=True, text=True)
-    if check.returncode != 0:
-        raise RuntimeError(f"nsd config: {check.stderr}")
-    with open(LOG_DIR / "nsd.out", "ab") as log:
+    with open(LOG_DIR / f"nsd-s{SLOT}.out", "ab") as log:
         proc = subprocess.Popen(
             ["nsd", "-d", "-c", str(CONF)],
             stdin=subprocess.DEVNULL,
@@ -113,30 +157,79 @@ def restart(timeout=15):
         if proc.poll() is not None:
             break
         time.sleep(0.2)
-    raise RuntimeError(f"nsd did not answer on {GATEWAY}:{PORT}; see {LOG_DIR / 'nsd.log'}")
+    raise RuntimeError(f"nsd did not answer on {GATEWAY}:{PORT}; see {LOG_DIR}/nsd-s{SLOT}.log")
 
 
-def set_zones(zone_texts, replace=False):
-    """Write {origin: zone text} (see zone_text) and reload nsd."""
+def _reload():
+    """Make the running nsd load new, changed and removed zones without a gap."""
+    _write_conf()
+    _check_conf()
+    for args in (("reconfig",), ("reload",)):
+        proc = _control(*args)
+        if proc.returncode != 0:
+            raise RuntimeError(f"nsd-control {args[0]}: {proc.stdout}{proc.stderr}")
+
+
+def _serial(text):
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 7 and fields[1:3] == ["IN", "SOA"]:
+            return int(fields[5])
+    return None
+
+
+def _touch_newer(path, before):
+    """nsd reloads a zone file whose mtime changed: make sure it did, even for
+    two writes within the file system's timestamp granularity."""
+    now = time.time_ns()
+    if before is not None and now <= before:
+        now = before + 1_000_000_000
+    os.utime(path, ns=(now, now))
+
+
+def set_zones(zone_texts, replace=False, timeout=15):
+    """Write {origin: zone text} (see zone_text) and have nsd serve them; returns
+    once nsd answers every written zone's SOA with its new serial."""
+    from . import network_address
+
+    network_address()  # nsd binds the slot's gateway: its network must exist
     ZONE_DIR.mkdir(parents=True, exist_ok=True)
     if replace:
         for old in ZONE_DIR.glob("*.zone"):
-            old.unlink()
+            if old.name[: -len(".zone")] not in {o.rstrip(".") for o in zone_texts}:
+                old.unlink()
+    serials = {}
     for origin, text in zone_texts.items():
-        path = ZONE_DIR / f"{origin.rstrip('.')}.zone"
+        origin = origin.rstrip(".")
+        path = ZONE_DIR / f"{origin}.zone"
+        before = path.stat().st_mtime_ns if path.exists() else None
         path.write_text(text)
-        check = subprocess.run(
-            ["nsd-checkzone", origin.rstrip("."), str(path)], capture_output=True, text=True
-        )
+        _touch_newer(path, before)
+        check = subprocess.run(["nsd-checkzone", origin, str(path)], capture_output=True, text=True)
         if check.returncode != 0:
             raise ValueError(f"zone {origin}: {check.stdout}{check.stderr}")
-    restart()
+        serials[origin] = _serial(text)
+    if _pid() is None:
+        restart()
+    else:
+        _reload()
+    deadline = time.monotonic() + timeout
+    pending = {o: s for o, s in serials.items() if s is not None}
+    while pending:
+        pending = {o: s for o, s in pending.items() if not _serves(o, s)}
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nsd does not serve the new zones {sorted(pending)}")
+        time.sleep(0.1)
 
 
 def set_zone(origin, text):
     set_zones({origin: text})
 
 
-def remove_zones():
+def clear():
+    """Stop this slot's nsd and forget its zones (what a dead session left)."""
+    stop()
     for old in ZONE_DIR.glob("*.zone"):
         old.unlink()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from . import GATEWAY, LOG_DIR, REPO, hosts
+from . import GATEWAY, LOG_DIR, REPO, hosts, network_address
 
 SALT_BIN = Path(sys.executable).parent
 SHIPPED_CONF = REPO / "etc" / "salt" / "master.d" / "chatmail.conf"
@@ -27,8 +27,10 @@ SHIPPED_ROOT = "/srv/chatmail-salt"
 MINION_BIN = "/usr/local/bin/salt-minion"
 
 
-def free_port(host=GATEWAY):
+def free_port(host=None):
+    """A free TCP port on `host` (default: the slot's gateway, network created)."""
     with socket.socket() as sock:
+        host = host or network_address()
         sock.bind((host, 0))
         return sock.getsockname()[1]
 

@@ -3,7 +3,6 @@
 import atexit
 import json
 import random
-import re
 import shlex
 import subprocess
 import threading
@@ -12,7 +11,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import GATEWAY, LABEL, NETWORK, REPO, dns, docker, ensure_infra, network
+from . import (
+    GATEWAY,
+    KEEP_LABEL,
+    LABEL,
+    NETWORK,
+    REPO,
+    SLOT,
+    SLOT_LABEL,
+    dns,
+    docker,
+    ensure_infra,
+    network,
+    scoped,
+    slots_in_use,
+)
 from .docker import DockerError
 from .docker import docker as docker_cli
 
@@ -99,7 +112,7 @@ class ConvergeResult:
 
 
 def _container_state(name):
-    proc = docker_cli("inspect", "--format", "{{.State.Running}}", name, check=False)
+    proc = docker_cli("inspect", "--format", "{{.State.Running}}", scoped(name), check=False)
     if proc.returncode != 0:
         return None
     return proc.stdout.strip() == "true"
@@ -107,7 +120,7 @@ def _container_state(name):
 
 def _ip(name):
     fmt = f'{{{{(index .NetworkSettings.Networks "{NETWORK}").IPAddress}}}}'
-    return docker_cli("inspect", "--format", fmt, name, check=False).stdout.strip()
+    return docker_cli("inspect", "--format", fmt, scoped(name), check=False).stdout.strip()
 
 
 def used_ips():
@@ -154,12 +167,15 @@ def wait_running(host, timeout=120):
 def boot(name, fqdn, ip=None, pillar_dir=None, extra_mounts=(), reuse=False, keep=False):
     """Start a systemd host (or reuse a running one of that name when reuse=True).
 
-    ip: a fixed address (keep those in 172.31.77.2-127), "auto" (a free one of
+    name: made unique to this process's slot (harness.scoped); Host.name is the result.
+    ip: a fixed address (harness.addr(n), n in 2-127), "auto" (a free one of
     .128-.254) or None (docker chooses).
     extra_mounts: iterable of (host_path, container_path[, "ro"|"rw"]).
-    Hosts are removed at interpreter exit unless keep=True.
+    Hosts are removed at interpreter exit unless keep=True (then they are labelled
+    keep and survive the slot's clean-up by the next session too).
     """
     _started, tag = ensure_infra()
+    name = scoped(name)
     running = _container_state(name)
     if running and reuse:
         ip = _ip(name)
@@ -169,6 +185,7 @@ def boot(name, fqdn, ip=None, pillar_dir=None, extra_mounts=(), reuse=False, kee
             docker_cli("rm", "-f", name)
         args = [
             "run", "-d", "--name", name, "--label", f"{LABEL}=1",
+            "--label", f"{SLOT_LABEL}={SLOT}", *(["--label", f"{KEEP_LABEL}=1"] if keep else []),
             "--cap-add", "SYS_ADMIN", "--security-opt", "seccomp=unconfined",
             "--tmpfs", "/run", "--tmpfs", "/run/lock",
             "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro",
@@ -243,6 +260,17 @@ def converge(host, sls=None, pillar_override=None, test=False, timeout=1800):
     return parse_state_output(proc.returncode, proc.stdout, proc.stderr)
 
 
+def flush_resolver(host_list, zones):
+    """Make the relays' local resolver (unbound) forget what it cached for `zones`
+    and its view of the upstream servers: after a zone changed in the harness nsd,
+    the next lookups see the new records instead of cached (negative) answers."""
+    script = "unbound-control flush_infra all >/dev/null && " + " && ".join(
+        f"unbound-control flush_zone {shlex.quote(zone)} >/dev/null" for zone in zones
+    )
+    for host in host_list:
+        host.sh(script, timeout=60)
+
+
 def parse_state_output(retcode, stdout, stderr):
     result = ConvergeResult(retcode, stdout=stdout, stderr=stderr)
     try:
@@ -266,47 +294,65 @@ def parse_state_output(retcode, stdout, stderr):
 
 
 def destroy(host):
-    name = host.name if isinstance(host, Host) else host
+    name = host.name if isinstance(host, Host) else scoped(host)
     docker_cli("rm", "-f", "-v", name, check=False, timeout=120)
     with _booted_lock:
         _booted.discard(name)
 
 
-def list_hosts():
-    """[(name, status, ip)] of every harness container."""
+def list_hosts(slot=SLOT):
+    """[(name, status, ip)] of the harness containers of `slot` (None: all slots)."""
+    return [(name, status, ip) for name, status, ip, _slot, _keep in _containers(slot)]
+
+
+def _containers(slot=None):
     if not docker.running():
         return []
-    proc = docker_cli(
-        "ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}}\t{{.Status}}", check=False
+    fmt = (
+        f'{{{{.Names}}}}\t{{{{.Status}}}}\t{{{{.Label "{SLOT_LABEL}"}}}}'
+        f'\t{{{{.Label "{KEEP_LABEL}"}}}}'
     )
+    proc = docker_cli("ps", "-a", "--filter", f"label={LABEL}", "--format", fmt, check=False)
     rows = []
     for line in proc.stdout.splitlines():
-        name, status = line.split("\t", 1)
-        ip = _ip(name)
-        rows.append((name, status, ip))
+        name, status, their_slot, keep = (line.split("\t") + ["", ""])[:4]
+        their_slot = int(their_slot) if their_slot.isdigit() else None
+        if slot is None or their_slot == slot:
+            fmt_ip = "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
+            ip = docker_cli("inspect", "--format", fmt_ip, name, check=False).stdout.strip()
+            rows.append((name, status, ip, their_slot, keep == "1"))
     return rows
 
 
-def remove_dead_session_hosts(pattern):
-    """Remove hosts whose name fully matches ``pattern``, a regex whose first
-    group is the pid of the test session that booted them, once that process
-    is gone (the session died before its teardown)."""
-    for name, _status, _ip in list_hosts():
-        match = re.fullmatch(pattern, name)
-        if match and not Path(f"/proc/{match.group(1)}").exists():
+def remove_slot_hosts(keep_kept=True):
+    """Remove this slot's hosts (but those booted with keep=True if keep_kept)."""
+    for name, _status, _ip, _slot, keep in _containers(SLOT):
+        if not (keep and keep_kept):
             destroy(name)
 
 
 def teardown_all(stop_daemons=True):
-    """Remove every harness container and the network; stop apt proxy and dockerd."""
-    if docker.running():
-        for name, _status, _addr in list_hosts():
-            destroy(name)
-        network.remove_network()
-    if stop_daemons:
-        dns.stop()
-        network.stop_proxy()
-        docker.stop()
+    """Remove the hosts, networks and nsd of this slot and of every slot no live
+    process holds (a dead session's); then, unless another slot is in use, stop
+    the apt proxy and dockerd."""
+    from . import locked
+
+    with locked():
+        busy = set(slots_in_use())
+        if docker.running():
+            for name, _status, _ip, slot, _keep in _containers(None):
+                if slot not in busy:
+                    destroy(name)
+            for net, slot in network.harness_networks().items():
+                if slot not in busy:
+                    network.remove_network(net)
+        dns.stop_slots(exclude=busy)
+        if stop_daemons and not busy:
+            from . import remove_service_ip
+
+            network.stop_proxy()
+            docker.stop()
+            remove_service_ip()
 
 
 @atexit.register

@@ -33,8 +33,6 @@ PATH_MAP = {
     "/tmp/kitchen/srv/salt": hosts.REPO_MOUNT,
     "/tmp/kitchen/etc/salt": "/etc/salt",
 }
-# per-process host names: concurrent runs never remove each other's hosts
-SUFFIX = f"-{os.getpid()}"
 
 
 def load(path=KITCHEN_YML):
@@ -131,7 +129,7 @@ class SuiteResult:
 
 
 def _host_name(suite):
-    return "cmsalt-kitchen-" + re.sub(r"[^a-z0-9-]", "", suite.instance) + SUFFIX
+    return "cmsalt-kitchen-" + re.sub(r"[^a-z0-9-]", "", suite.instance)
 
 
 def _fqdn(suite):

@@ -1,7 +1,9 @@
-"""The test bridge network and the apt proxy (apt-cacher-ng) on its gateway address.
+"""The slot's test bridge network and the apt proxy (apt-cacher-ng).
 
 Hosts have no route outside (dockerd runs with --iptables=false); Debian packages
 reach them only through the proxy, which fetches from the mirror this machine uses.
+The proxy listens on SERVICE_IP (on the machine's loopback device), which hosts
+of every slot reach through their own gateway.
 """
 
 import glob
@@ -19,6 +21,9 @@ from . import (
     LOG_DIR,
     NETWORK,
     PROXY_PORT,
+    SERVICE_IP,
+    SLOT,
+    SLOT_LABEL,
     SUBNET,
     pid_alive,
     stop_process,
@@ -62,13 +67,26 @@ def ensure_network():
         DYNAMIC_RANGE,
         "--label",
         f"{LABEL}=1",
+        "--label",
+        f"{SLOT_LABEL}={SLOT}",
         NETWORK,
     )
     return True
 
 
-def remove_network():
-    return docker("network", "rm", NETWORK, check=False).returncode == 0
+def remove_network(name=NETWORK):
+    return docker("network", "rm", name, check=False).returncode == 0
+
+
+def harness_networks():
+    """{network name: slot} of every harness network in dockerd."""
+    fmt = f'{{{{.Name}}}}\t{{{{.Label "{SLOT_LABEL}"}}}}'
+    out = docker("network", "ls", "--filter", f"label={LABEL}", "--format", fmt, check=False)
+    nets = {}
+    for line in out.stdout.splitlines():
+        name, _, slot = line.partition("\t")
+        nets[name] = int(slot) if slot.isdigit() else None
+    return nets
 
 
 def _port_open(host, port):
@@ -97,7 +115,7 @@ def _write_acng_conf():
                 " deb.debian.org/debian-security /debian-security"
                 " ; deb.debian.org/debian-security",
                 "ExThreshold: 4",
-                f"BindAddress: {GATEWAY}",
+                f"BindAddress: {SERVICE_IP}",
                 f"Port: {PROXY_PORT}",
                 "SocketPath: /run/cmsalt-acng.socket",
                 "ForeGround: 1",
@@ -108,9 +126,11 @@ def _write_acng_conf():
 
 
 def ensure_proxy(timeout=30):
-    """Start apt-cacher-ng on the gateway address (the network must exist)."""
-    if _acng_pid() is not None and _port_open(GATEWAY, PROXY_PORT):
-        return False
+    """Start apt-cacher-ng on SERVICE_IP (which must be on the loopback device)."""
+    if _acng_pid() is not None:
+        if _port_open(SERVICE_IP, PROXY_PORT):
+            return False
+        stop_proxy()  # an instance of an older harness, bound elsewhere
     ACNG_DIR.mkdir(parents=True, exist_ok=True)
     (LOG_DIR / "apt-cacher-ng").mkdir(parents=True, exist_ok=True)
     _write_acng_conf()
@@ -127,12 +147,12 @@ def ensure_proxy(timeout=30):
             f.write(f"{proc.pid}\n")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _port_open(GATEWAY, PROXY_PORT):
+        if _port_open(SERVICE_IP, PROXY_PORT):
             return True
         if _acng_pid() is None:
             break
         time.sleep(0.3)
-    raise RuntimeError(f"apt-cacher-ng did not listen on {GATEWAY}:{PROXY_PORT}; see {LOG_DIR}")
+    raise RuntimeError(f"apt-cacher-ng did not listen on {SERVICE_IP}:{PROXY_PORT}; see {LOG_DIR}")
 
 
 def stop_proxy():

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ensure_infra, hosts
+from tests.harness import addr, ensure_infra, hosts
 
 HERE = Path(__file__).parent
 PILLAR = HERE / "pillar"
@@ -17,23 +17,12 @@ KEEP = os.environ.get("CMSALT_KEEP_HOSTS") == "1"
 # booting fresh ones: fast iteration on states and tests.
 REUSE = os.environ.get("CMSALT_REUSE_HOSTS") == "1"
 KEEP = KEEP or REUSE
-# Kept/reused hosts have fixed names and addresses (cmsalt-test-relay 172.31.77.20,
-# cmsalt-test-smoke .21).  Otherwise every session (and xdist worker) boots its own
-# hosts, named with its pid and addressed by docker, so concurrent runs of the
-# host tests never touch each other's hosts.
-WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
-FIXED = KEEP and not WORKER
-SUFFIX = f"-{WORKER}" if KEEP and WORKER else "" if KEEP else f"-{os.getpid()}"
-RELAY = {
-    "name": f"cmsalt-test-relay{SUFFIX}",
-    "fqdn": "chat1.test",
-    "ip": "172.31.77.20" if FIXED else "auto",
-}
-SMOKE = {
-    "name": f"cmsalt-test-smoke{SUFFIX}",
-    "fqdn": "smoke.test",
-    "ip": "172.31.77.21" if FIXED else "auto",
-}
+# Every session (and xdist worker) has its own harness slot: its own network, nsd
+# and container names, so concurrent runs never touch each other's hosts.  Kept
+# and reused hosts have fixed addresses (.20 and .21 of the slot's subnet); reuse
+# them from a later session with the same CMSALT_SLOT.
+RELAY = {"name": "cmsalt-test-relay", "fqdn": "chat1.test", "ip": addr(20) if KEEP else "auto"}
+SMOKE = {"name": "cmsalt-test-smoke", "fqdn": "smoke.test", "ip": addr(21) if KEEP else "auto"}
 
 
 def pytest_collection_modifyitems(items):
@@ -45,12 +34,9 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def harness():
-    """dockerd, image, network and apt proxy; stopped again if this session started them."""
-    started, _tag = ensure_infra()
-    hosts.remove_dead_session_hosts(r"cmsalt-test-(?:relay|smoke)-(\d+)")
-    yield
-    if started and not KEEP and not hosts.list_hosts():
-        hosts.teardown_all(stop_daemons=True)
+    """dockerd, image, this slot's network and the apt proxy (released at the end
+    of the session by tests/conftest.py)."""
+    ensure_infra()
 
 
 @pytest.fixture(scope="session")

@@ -58,7 +58,7 @@ EXT_CERT = "/etc/ssl/ext-test/fullchain.pem"
 EXT_KEY = "/etc/ssl/ext-test/privkey.pem"
 TOS = "https://acme.test.invalid/terms-v1"
 KEEP = os.environ.get("CMSALT_KEEP_HOSTS") == "1"
-NAME = f"cmsalt-acme-{os.getpid()}"
+NAME = "cmsalt-acme"
 
 
 def pillar_text(acme):
@@ -104,7 +104,6 @@ def ext_cert_pem(acme, key):
 
 @pytest.fixture(scope="module")
 def relay(harness, acme, ext_key):
-    hosts.remove_dead_session_hosts(r"cmsalt-acme-(\d+)")
     pillar_dir = Path(tempfile.mkdtemp(prefix="cmsalt-acme-pillar-"))
     (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
     (pillar_dir / "chatmail.sls").write_text(pillar_text(acme))

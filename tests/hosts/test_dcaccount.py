@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from tests.acceptance.test_deltachat import chat_both_ways, dclogin_url
-from tests.harness import CACHE, GATEWAY, dns, hosts
+from tests.harness import CACHE, SLOT, dns, hosts
 from tests.harness import acceptance_relays as ar
 from tests.harness.docker import docker as docker_cli
 from tests.harness.docker import env as docker_env
@@ -43,9 +43,8 @@ pytestmark = pytest.mark.hosts
 
 REUSE = os.environ.get("CMSALT_REUSE_HOSTS") == "1"
 KEEP = os.environ.get("CMSALT_KEEP_HOSTS") == "1" or REUSE
-SUFFIX = "" if KEEP else f"-{os.getpid()}"
-RELAY_NAME = f"cmsalt-dcacc-relay{SUFFIX}"
-CLIENT_NAME = f"cmsalt-dcacc-client{SUFFIX}"
+RELAY_NAME = "cmsalt-dcacc-relay"
+CLIENT_NAME = "cmsalt-dcacc-client"
 CA_DOMAIN = "dcacc.test"  # tls mode "ca": private CA
 SELF_DOMAIN = "_dcacc.test"  # self-signed ("_" prefix)
 DOMAINS = [CA_DOMAIN, SELF_DOMAIN]
@@ -61,7 +60,7 @@ INVALID_CERT = "invalid peer certificate"
 @pytest.fixture(scope="module")
 def workdir():
     if KEEP:
-        path = CACHE / "dcacc-test"
+        path = CACHE / f"dcacc-test-s{SLOT}"
         path.mkdir(parents=True, exist_ok=True)
         yield path
     else:
@@ -76,7 +75,7 @@ def test_ca(workdir):
 
 @pytest.fixture(scope="module")
 def push_gateway(harness):
-    gateway = ar.PushGateway(GATEWAY, 0)
+    gateway = ar.PushGateway()
     yield gateway
     gateway.close()
 
@@ -84,7 +83,6 @@ def push_gateway(harness):
 @pytest.fixture(scope="module")
 def relay(harness, workdir, test_ca, push_gateway):
     """The relay serving both domains, converged, its zones published."""
-    hosts.remove_dead_session_hosts(r"cmsalt-dcacc-(?:relay|client)-(\d+)")
     extra = test_ca.pillar([CA_DOMAIN])
     extra["domains"][SELF_DOMAIN] = {}
     spec = ar.RelaySpec(

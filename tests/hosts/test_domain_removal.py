@@ -8,7 +8,6 @@ the other domain serving, and a further run must change nothing.
 """
 
 import imaplib
-import os
 import random
 import ssl
 import string
@@ -20,7 +19,7 @@ from tests.harness import hosts
 
 KEEP = "keep.test"
 GONE = "_gone.test"
-NAME = f"cmsalt-test-domrm-{os.getpid()}"
+NAME = "cmsalt-test-domrm"
 PILLAR_TOP = "base:\n  '*':\n    - chatmail\n"
 CONFIG_DIRS = ["/etc/nginx", "/etc/postfix", "/etc/dovecot", "/etc/opendkim", "/etc/chatmail"]
 

@@ -21,7 +21,6 @@ further highstate changes nothing.  Only DNS moves to the new address.
 import email
 import imaplib
 import json
-import os
 import re
 import socket
 import tempfile
@@ -43,9 +42,8 @@ from tests.hosts.test_relay import (
 pytestmark = pytest.mark.hosts
 
 DOMAIN = "move.test"
-PREFIX = "cmsalt-migrate-"
-OLD = f"{PREFIX}{os.getpid()}-old"
-NEW = f"{PREFIX}{os.getpid()}-new"
+OLD = "cmsalt-migrate-old"
+NEW = "cmsalt-migrate-new"
 ARCHIVE = "/root/move.tar.gz"
 MAILBOXES = "/home/vmail/mail"
 TOKEN_ENTRY = "/private/devicetoken"
@@ -63,7 +61,6 @@ for _name in ("GETMETADATA", "SETMETADATA"):
 
 @pytest.fixture
 def two_hosts(harness, tmp_path):
-    hosts.remove_dead_session_hosts(rf"{PREFIX}(\d+)-(?:old|new)")
     pillar_dir = tmp_path / "pillar"
     pillar_dir.mkdir()
     pillar_dir.chmod(0o755)

@@ -18,23 +18,22 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.harness import CACHE, GATEWAY, dns, hosts
+from tests.harness import CACHE, GATEWAY, SLOT, addr, dns, hosts
 from tests.hosts.test_relay import encrypted_message, imap_login, new_credentials, submit
 
 pytestmark = pytest.mark.hosts
 
-WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 # CMSALT_KEEP_HOSTS=1 keeps both hosts afterwards; CMSALT_REUSE_HOSTS=1 (implies
 # keep) re-converges running ones instead of booting fresh hosts.
 REUSE = os.environ.get("CMSALT_REUSE_HOSTS") == "1"
 KEEP = os.environ.get("CMSALT_KEEP_HOSTS") == "1" or REUSE
-# (container, domain, fixed address unless under xdist)
+# (container, domain, fixed address in the slot's subnet)
 RELAYS = [
-    ("cmsalt-tlsca1", "tlsca1.test", "172.31.77.41"),
-    ("cmsalt-tlsca2", "tlsca2.test", "172.31.77.42"),
+    ("cmsalt-tlsca1", "tlsca1.test", addr(41)),
+    ("cmsalt-tlsca2", "tlsca2.test", addr(42)),
 ]
 ZONE_DIR = "/etc/chatmail/zones"
-PILLAR_ROOT = CACHE / "tls-ca-test"
+PILLAR_ROOT = CACHE / f"tls-ca-test-s{SLOT}"
 
 
 def make_ca():
@@ -95,7 +94,7 @@ def relay_specs(harness):
     specs = []
     ca = None
     for _name, domain, _ip in RELAYS:
-        pillar = PILLAR_ROOT / (domain + (f"-{WORKER}" if WORKER else ""))
+        pillar = PILLAR_ROOT / domain
         if REUSE and (pillar / "chatmail.sls").exists():
             ca = ca or tuple(
                 json.loads((pillar / "chatmail.sls").read_text())["chatmail"]["tls_ca"][k]
@@ -103,15 +102,15 @@ def relay_specs(harness):
             )
     ca = ca or make_ca()
     for name, domain, ip in RELAYS:
-        pillar = PILLAR_ROOT / (domain + (f"-{WORKER}" if WORKER else ""))
+        pillar = PILLAR_ROOT / domain
         pillar.mkdir(parents=True, exist_ok=True)
         (pillar / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
         (pillar / "chatmail.sls").write_text(json.dumps(relay_pillar(domain, *ca), indent=1))
         specs.append(
             {
-                "name": name + (f"-{WORKER}" if WORKER else ""),
+                "name": name,
                 "fqdn": domain,
-                "ip": None if WORKER else ip,
+                "ip": ip,
                 "pillar_dir": pillar,
                 "keep": KEEP,
                 "reuse": REUSE,
