@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import GATEWAY, ensure_infra, fleet_master, hosts
+from tests.harness import GATEWAY, dns, ensure_infra, fleet_master, hosts
 
 HERE = Path(__file__).parent
 KEEP = os.environ.get("CMSALT_KEEP_HOSTS") == "1"
@@ -86,6 +86,11 @@ def fleet(master):
     """{minion id: Host}: three booted hosts, bootstrapped as minions, keys accepted."""
     specs = [{"name": _name(m), "fqdn": m, "keep": KEEP} for m in MINIONS]
     booted = hosts.boot_many(specs)
+    # The relays' resolver (unbound, forwarding to the slot's nsd) asks for their
+    # domains from the first highstate on: nsd must answer for them from the start,
+    # or unbound backs off from it and later checks time out.
+    dns.set_zones({h.fqdn: dns.zone_text(h.fqdn, [f"@ IN A {h.ip}", f"@ IN MX 10 {h.fqdn}."])
+                   for h in booted})  # fmt: skip
     try:
         with ThreadPoolExecutor(len(booted)) as pool:
             list(pool.map(lambda h: fleet_master.bootstrap_minion(h, master), booted))

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.harness import dns
+from tests.harness import dns, hosts
 from tests.hosts.test_relay import (
     SERVICES,
     encrypted_message,
@@ -104,12 +104,25 @@ def test_runner_lists_every_domains_records(master, relays):
         assert f"; {minion} -- relay {minion}" in text
 
 
-def test_runner_dns_check_against_served_zones(master, relays):
+def publish(relays, zones):
+    """Serve `zones` in the harness nsd and make the relays' resolvers see them."""
+    dns.set_zones(zones)
+    hosts.flush_resolver(relays.values(), list(zones))
+
+
+@pytest.fixture(scope="module")
+def served_zones(master, relays):
+    """Every relay's zone as the runner prints it, served by the harness nsd."""
+    _mine_update(master)
     recs = master.run("chatmail_fleet.records", "text=False")
     zones = {
         domain: dns.zone_text(domain, entry["zone"].splitlines()) for domain, entry in recs.items()
     }
-    dns.set_zones(zones)
+    publish(relays, zones)
+    return zones
+
+
+def test_runner_dns_check_against_served_zones(master, relays, served_zones):
     _mine_update(master)
     result = master.run("chatmail_fleet.dns")
     for minion in MINIONS:
@@ -117,12 +130,14 @@ def test_runner_dns_check_against_served_zones(master, relays):
         assert result[minion]["ok"], result[minion]
     # a domain without its records is reported, the others stay OK
     broken = MINIONS[0]
-    dns.set_zone(broken, dns.zone_text(broken, [f"@ IN A {relays[broken].ip}"]))
-    _mine_update(master)
-    result = master.run("chatmail_fleet.dns")
-    assert not result[broken]["ok"] and result[broken]["problems"]
-    assert all(result[m]["ok"] for m in OTHER[broken])
-    dns.set_zones({broken: zones[broken]})
+    publish(relays, {broken: dns.zone_text(broken, [f"@ IN A {relays[broken].ip}"])})
+    try:
+        _mine_update(master)
+        result = master.run("chatmail_fleet.dns")
+        assert not result[broken]["ok"] and result[broken]["problems"]
+        assert all(result[m]["ok"] for m in OTHER[broken])
+    finally:
+        publish(relays, {broken: served_zones[broken]})
 
 
 def _wait_inbox(host, addr, password, timeout=180):
@@ -144,12 +159,10 @@ def _wait_inbox(host, addr, password, timeout=180):
         imap.logout()
 
 
-def test_relays_deliver_to_each_other(relays):
+def test_relays_deliver_to_each_other(relays, served_zones):
     """Relays converged by the master find each other through the test DNS
     (MX, DKIM) and deliver over port 25 with TLS; DKIM is checked on arrival."""
     src, dst = relays[MINIONS[0]], relays[MINIONS[1]]
-    if not dns.zones() or MINIONS[1] not in dns.zones():
-        pytest.skip("needs the zones served by test_runner_dns_check_against_served_zones")
     sender, sender_pw = new_credentials(MINIONS[0])
     rcpt, rcpt_pw = new_credentials(MINIONS[1])
     imap_login(dst.ip, rcpt, rcpt_pw).logout()
