@@ -45,6 +45,8 @@ RENDER = textwrap.dedent(
         if "source" not in args:
             continue
         src = caller.cmd("cp.get_file_str", args["source"])
+        if not isinstance(src, str):
+            continue  # not in the state tree, e.g. the patched Dovecot archive
         text = caller.cmd(
             "file.apply_template_on_contents",
             src, "jinja", args.get("context", {}), {}, "base",
