@@ -14,9 +14,7 @@ the extra prefix ``vendor/vendor.dovecot/pvt/server/``.  What we serve:
 ``priv/<guid>/messagenew``
     set by Dovecot's push Lua script for each delivered message: queue one
     push request per token (see :mod:`chatmaild.notifier`) unless the value
-    is ``self`` (the account's own message), and in any case wake the
-    account's hibernated IDLE sessions a moment later (see
-    :mod:`chatmaild.idlewake`).
+    is ``self`` (the account's own message).
 ``shared/<guid>/[vendor/vendor.dovecot/pvt/server/]vendor/deltachat/<name>``
     lookup of what the relay advertises: ``maxsmtprecipients``,
     ``turn`` (``host:port:user:password``, coturn REST API credentials
@@ -39,7 +37,6 @@ import time
 from pathlib import Path
 
 from .dictproxy import DictProxy, run_dict_daemon
-from .idlewake import IdleWaker
 from .notifier import QUEUE_DIRNAME, Notifier, write_file_atomic
 
 log = logging.getLogger("chatmaild.metadata")
@@ -155,11 +152,10 @@ class TokenStore:
 
 
 class MetadataDict(DictProxy):
-    def __init__(self, config, tokens: TokenStore, notifier: Notifier, waker: IdleWaker):
+    def __init__(self, config, tokens: TokenStore, notifier: Notifier):
         self.config = config
         self.tokens = tokens
         self.notifier = notifier
-        self.waker = waker
 
     def _domain_config(self, user):
         dc = self.config.for_address(user) if user else None
@@ -214,10 +210,6 @@ class MetadataDict(DictProxy):
                 tokens = self.tokens.get(user)
                 if tokens:
                     self.notifier.notify(user, tokens)
-            try:
-                self.waker.schedule(self.config.user_dir(user))
-            except ValueError:
-                log.info("no wake-up for %r: not an account of this relay", user)
             return True
         log.info("set of %r refused", key)
         return False
@@ -243,7 +235,7 @@ def build(config) -> MetadataDict:
         remove_token=tokens.remove,
     )
     notifier.start()
-    return MetadataDict(config, tokens, notifier, IdleWaker().start())
+    return MetadataDict(config, tokens, notifier)
 
 
 def main(argv=None) -> int:
