@@ -80,6 +80,14 @@ def recipe_id(lto=False):
     return h.hexdigest()[:12]
 
 
+def recipe_number():
+    """RECIPE of build-debs.sh: the N of the package version's +chatmail<N>."""
+    for line in (RECIPE / "build-debs.sh").read_text().splitlines():
+        if line.startswith("RECIPE="):
+            return int(line.split("=", 1)[1])
+    raise ValueError("build-debs.sh has no RECIPE= line")
+
+
 def read_info(build_dir):
     info = {}
     try:
@@ -202,6 +210,25 @@ class BuildContainer:
             raise RuntimeError(f"{script.split()[0]} failed in {self.name}{where}")
         return proc
 
+    def cpu_seconds(self):
+        """CPU seconds the container used so far (cgroup v1 cpuacct of dockerd's
+        cgroupfs driver; v2 cpu.stat), or None where neither is found."""
+        cid = self.docker.docker("inspect", "-f", "{{.Id}}", self.name, check=False)
+        cid = cid.stdout.strip()
+        for path, scale in (
+            (f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage", 1e-9),
+            (f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat", 1e-6),
+            (f"/sys/fs/cgroup/docker/{cid}/cpu.stat", 1e-6),
+        ):
+            try:
+                text = Path(path).read_text()
+            except OSError:
+                continue
+            if "usage_usec" in text:
+                text = text.split("usage_usec", 1)[1].split()[0]
+            return float(text.split()[0]) * scale
+        return None
+
     def __exit__(self, *exc):
         self.docker.docker("rm", "-f", self.name, check=False, timeout=120)
         return False
@@ -248,14 +275,20 @@ def build(lto=False, check_newer=True, allow_older=False, rebuild=False):
                 if cached and not rebuild:
                     log(f"cached: {cached}")
                     return cached, False
-                log(f"building {fetchable}+chatmail1 (lto={int(lto)}); log: {logfile}")
+                _refuse_same_version(f"{fetchable}+chatmail{recipe_number()}", rid)
+                version = f"{fetchable}+chatmail{recipe_number()}"
+                log(f"building {version} (lto={int(lto)}); log: {logfile}")
                 args = f"/out --version '{fetchable}'" + (" --lto" if lto else "")
                 if fetchable != newest:
                     args += " --allow-older-source"
                 box.sh(f"/recipe/build-debs.sh {args}", log_to=logfile)
+                cpu = box.cpu_seconds()
             wall = time.monotonic() - t0
             with open(tmp / "build-info", "a") as info:
                 info.write(f"container_wall_seconds: {wall:.0f}\n")
+                if cpu is not None:
+                    # the whole container: source query, build-dep install, build
+                    info.write(f"container_cpu_seconds: {cpu:.0f}\n")
             info = read_info(tmp)
             final = CACHE_DIR / f"{info['version'].split(':', 1)[-1]}-{rid}"
             if final.exists():
@@ -270,6 +303,20 @@ def build(lto=False, check_newer=True, allow_older=False, rebuild=False):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             _set_current(lto)
+
+
+def _refuse_same_version(version, rid):
+    """Two different builds must not share a version: a relay that has one
+    would never install the other.  A build of another recipe with this
+    version means the patches changed without a RECIPE bump."""
+    if not CACHE_DIR.is_dir():
+        return
+    for d in CACHE_DIR.iterdir():
+        if d.is_dir() and not d.name.endswith("-" + rid) and read_info(d).get("version") == version:
+            raise SystemExit(
+                f"{d} is another build with version {version}: the patches or the"
+                " recipe changed without bumping RECIPE in build-debs.sh"
+            )
 
 
 def _set_current(lto):

@@ -32,16 +32,21 @@
 # CPU time; without --lto it is switched off (hardening flags unchanged).
 set -euo pipefail
 
-# The version suffix of the build, and the recipe's own version: bump RECIPE
-# when a change of this script changes what it builds.  Builds are cached by
-# source version + patches + SUFFIX + RECIPE + options (dovecot/build.py).
-SUFFIX=chatmail1
-RECIPE=1
+# The recipe's own version, part of the package version <debian>+chatmail<N>:
+# bump it with every change of the patches (tests/unit/test_dovecot_recipe.py
+# insists) or of what this script builds, so that relays see a new version and
+# install it.  Builds are cached by source version + patches + these two lines
+# + options (dovecot/build.py).
+RECIPE=2
+SUFFIX="chatmail$RECIPE"
 PACKAGES="dovecot-core dovecot-imapd dovecot-lmtpd dovecot-auth-lua"
 ORIGIN=chatmail-salt
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PATCH_DIR="${DOVECOT_PATCH_DIR:-$HERE/patches}"
 
+# Everything below is one function, read whole before it runs: editing this
+# file during a (long) build cannot change the running build.
+main() {
 out="" lto=0 allow_older=0 want_version="" query=0 publish="" stateful=0
 while (($#)); do
     case "$1" in
@@ -261,3 +266,6 @@ if [ "$stateful" = 1 ]; then
 else
     cat "$out/build-info"
 fi
+}
+
+main "$@"
