@@ -134,6 +134,9 @@ DNS_CHECK_MODES = ("off", "warn", "fail")
 # 500 ms IDLE notification delay (./cmsalt build-dovecot); debian: Debian's own.
 DOVECOT_SOURCES = ("patched", "debian")
 _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+# imap_idle_notify_interval in dovecot.conf.jinja: the "still here" keepalive
+# of an IDLE session, which also restarts its hibernation timer.
+IDLE_KEEPALIVE_SECONDS = 120
 
 _SIZE_RE = re.compile(r"^\s*\d+\s*[kKmMgGtT]?[bB]?\s*$")
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
@@ -405,6 +408,13 @@ def build(defaults, osfamily=None, pillar=None, check_files=True):
     for key, value in merged["limits"].items():
         if isinstance(value, int) and value <= 0:
             errors.add(["chatmail", "limits", key], "must be positive")
+    hib = merged["imap"]["hibernate_timeout"]
+    if isinstance(hib, int) and hib >= IDLE_KEEPALIVE_SECONDS:
+        errors.add(
+            ["chatmail", "imap", "hibernate_timeout"],
+            f"must be below {IDLE_KEEPALIVE_SECONDS} (Dovecot's IDLE keepalive restarts the"
+            f" wait every {IDLE_KEEPALIVE_SECONDS} s, so sessions would never hibernate): {hib}",
+        )
     ret = merged["journald"]["max_retention"]
     if not _SYSTEMD_TIME_RE.match(str(ret)):
         errors.add(

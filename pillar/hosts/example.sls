@@ -168,13 +168,16 @@ chatmail:
     sha256: ''
 
   # IMAP IDLE sessions are handed to Dovecot's imap-hibernate process after
-  # this many seconds, which frees their imap processes (memory) while the
-  # hibernate process keeps watching the mailbox and wakes the session on new
-  # mail.  Only with dovecot:source patched: Debian's Dovecot drops a new-mail
-  # notice that is pending in its 500 ms delay when the session is handed
-  # over.  0 keeps sessions live; params.imap_compress also prevents it.
+  # this many seconds, which frees their imap processes (about 1 MiB each,
+  # docs/dovecot.md) while the hibernate process keeps watching the mailbox
+  # and wakes the session on new mail (that costs a few ms more than a live
+  # session, so sessions of an ongoing chat stay live).  Below 120: Dovecot's
+  # IDLE keepalive every 2 minutes restarts the wait.  Only with dovecot:source
+  # patched: Debian's Dovecot drops a new-mail notice that is pending in its
+  # 500 ms delay when the session is handed over.  0 keeps sessions live;
+  # params.imap_compress also prevents it.
   imap:
-    hibernate_timeout: 1
+    hibernate_timeout: 60
 
   journald:
     max_retention: 2day  # journald MaxRetentionSec (logs are kept in memory only)

@@ -487,3 +487,12 @@ def test_dovecot_sources(cc, defaults, dovecot, kind):
 def test_bad_dovecot_pillar_names_the_key(cc, defaults, dovecot, key, problem):
     errors = errors_of(cc, defaults, {**one_domain(), "dovecot": dovecot})
     assert any(e.startswith(f"chatmail:dovecot:{key}: ") and problem in e for e in errors), errors
+
+
+def test_hibernate_timeout_below_the_idle_keepalive(cc, defaults):
+    assert build(cc, defaults, {**one_domain(), "imap": {"hibernate_timeout": 119}})
+    errors = errors_of(cc, defaults, {**one_domain(), "imap": {"hibernate_timeout": 120}})
+    assert errors == [
+        "chatmail:imap:hibernate_timeout: must be below 120 (Dovecot's IDLE keepalive restarts"
+        " the wait every 120 s, so sessions would never hibernate): 120"
+    ]
