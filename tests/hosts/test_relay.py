@@ -225,9 +225,11 @@ def test_encrypted_message_delivered_dkim_signed(relay):
 
 
 def hibernate_timeout(relay):
-    """imap_hibernate_timeout of the relay's Dovecot, in seconds."""
-    value = relay.exec("doveconf", "-h", "imap_hibernate_timeout").stdout
-    return int(re.sub(r"\D", "", value) or 0)
+    """imap_hibernate_timeout of the relay's Dovecot in seconds (doveconf
+    prints e.g. "2 secs" or "1 mins")."""
+    value = relay.exec("doveconf", "-h", "imap_hibernate_timeout").stdout.strip()
+    number, _, unit = value.partition(" ")
+    return int(number or 0) * {"mins": 60, "hours": 3600}.get(unit, 1)
 
 
 def test_idle_session_hibernates_and_wakes_on_new_mail(relay):
