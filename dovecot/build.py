@@ -275,7 +275,7 @@ def build(lto=False, check_newer=True, allow_older=False, rebuild=False):
                 if cached and not rebuild:
                     log(f"cached: {cached}")
                     return cached, False
-                _refuse_same_version(f"{fetchable}+chatmail{recipe_number()}", rid)
+                _refuse_same_version(f"{fetchable}+chatmail{recipe_number()}", rid, lto)
                 version = f"{fetchable}+chatmail{recipe_number()}"
                 log(f"building {version} (lto={int(lto)}); log: {logfile}")
                 args = f"/out --version '{fetchable}'" + (" --lto" if lto else "")
@@ -305,14 +305,18 @@ def build(lto=False, check_newer=True, allow_older=False, rebuild=False):
             _set_current(lto)
 
 
-def _refuse_same_version(version, rid):
+def _refuse_same_version(version, rid, lto=False):
     """Two different builds must not share a version: a relay that has one
-    would never install the other.  A build of another recipe with this
-    version means the patches changed without a RECIPE bump."""
+    would never install the other.  A build of another recipe (with the same
+    options) with this version means the patches changed without a RECIPE
+    bump."""
     if not CACHE_DIR.is_dir():
         return
     for d in CACHE_DIR.iterdir():
-        if d.is_dir() and not d.name.endswith("-" + rid) and read_info(d).get("version") == version:
+        if not d.is_dir() or d.name.endswith("-" + rid):
+            continue
+        info = read_info(d)
+        if info.get("version") == version and info.get("lto", "0") == str(int(bool(lto))):
             raise SystemExit(
                 f"{d} is another build with version {version}: the patches or the"
                 " recipe changed without bumping RECIPE in build-debs.sh"

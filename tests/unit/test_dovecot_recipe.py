@@ -95,3 +95,10 @@ def test_publish_is_idempotent(cache, tmp_path):
     mtime = (dest / build.ARCHIVE).stat().st_mtime_ns
     assert build.publish(d, dest) == sha
     assert (dest / build.ARCHIVE).stat().st_mtime_ns == mtime
+
+
+def test_an_lto_build_may_share_the_version(cache):
+    d = fake_build(cache, "lto-otherrecipe", "1:2.3.19.1+dfsg1-2.1+deb12u6+chatmail2")
+    with open(d / "build-info", "a") as info:
+        info.write("lto: 1\n")
+    build._refuse_same_version("1:2.3.19.1+dfsg1-2.1+deb12u6+chatmail2", build.recipe_id())
