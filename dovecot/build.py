@@ -392,10 +392,23 @@ def main(argv=None):
         help="where to put chatmail-dovecot.tar (default: salt/chatmail-dovecot of this tree)",
     )
     parser.add_argument("--no-publish", action="store_true")
+    parser.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="what the test harness does: reuse any cached build of this recipe, build"
+        " (accepting an older source) only when there is none, publish into this tree",
+    )
     args = parser.parse_args(argv)
     # SIGTERM/SIGHUP end the build like Ctrl-C: the container is removed
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    signal.signal(signal.SIGHUP, signal.default_int_handler)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup: leave it
+        signal.signal(signal.SIGHUP, signal.default_int_handler)
+    if args.if_missing:
+        try:
+            print(ensure(ROOT, lto=args.lto))
+        finally:
+            _release()
+        return 0
     try:
         build_dir, built = build(
             lto=args.lto,
