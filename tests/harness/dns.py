@@ -138,8 +138,6 @@ def restart(timeout=15):
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     _write_conf()
     _check_conf()
-    # ./cmsalt kills a dpkg-started nsd unless this marker exists
-    (CACHE / ".keep-nsd").touch()
     with open(LOG_DIR / f"nsd-s{SLOT}.out", "ab") as log:
         proc = subprocess.Popen(
             ["nsd", "-d", "-c", str(CONF)],
