@@ -34,7 +34,7 @@ LOG_DIR = CACHE / "logs"
 LABEL = "chatmail-salt.harness"
 SLOT_LABEL = "chatmail-salt.slot"
 KEEP_LABEL = "chatmail-salt.keep"
-SLOTS = 8
+SLOTS = 16
 SLOT_LOCK = "/run/cmsalt-slot-{}.lock"
 LOCK_FILE = "/run/cmsalt-harness.lock"
 

@@ -25,11 +25,19 @@ RELAY = {"name": "cmsalt-test-relay", "fqdn": "chat1.test", "ip": addr(20) if KE
 SMOKE = {"name": "cmsalt-test-smoke", "fqdn": "smoke.test", "ip": addr(21) if KEEP else "auto"}
 
 
+# Under pytest-xdist (--dist loadgroup) each group runs in one worker, with its
+# own harness slot: modules that boot their own hosts are groups of their own,
+# the modules sharing the session's relay one group (it is converged once).
+SHARED_RELAY = ("test_relay", "test_status", "test_smoke")
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if str(item.fspath).startswith(str(HERE)):
+            module = item.fspath.purebasename
+            group = "relay" if module in SHARED_RELAY else module.removeprefix("test_")
             item.add_marker(pytest.mark.hosts)
-            item.add_marker(pytest.mark.xdist_group("hosts"))
+            item.add_marker(pytest.mark.xdist_group(f"hosts-{group}"))
 
 
 @pytest.fixture(scope="session")
