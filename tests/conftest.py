@@ -8,6 +8,8 @@ proxy stop once no other session and no kept host needs them.
 import os
 import sys
 
+import pytest
+
 KEEP_VARS = ("CMSALT_KEEP_HOSTS", "CMSALT_REUSE_HOSTS", "CMSALT_ACC_REUSE")
 
 
@@ -15,3 +17,12 @@ def pytest_sessionfinish(session, exitstatus):
     harness = sys.modules.get("tests.harness")
     if harness is not None and harness.used():
         harness.release(keep=any(os.environ.get(var) == "1" for var in KEEP_VARS))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """With pytest-random-order (./cmsalt test --fresh) only modules are
+    shuffled: tests inside a module keep their written order."""
+    if config.pluginmanager.hasplugin("random_order"):
+        for item in items:
+            item.add_marker(pytest.mark.random_order(disabled=True))
