@@ -124,6 +124,35 @@ def stop_process(pidfile):
     return True
 
 
+def start_daemon(argv, log_name, ready, what, pidfile=None, timeout=30):
+    """Start `argv` detached (its own session, stdio appended to LOG_DIR/log_name),
+    write its pid to `pidfile` (unless the daemon writes its own), and wait until
+    `ready()` is true.  Raises RuntimeError naming `what` if it exits or times out."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    with open(LOG_DIR / log_name, "ab") as log:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
+    if pidfile:
+        with open(pidfile, "w") as f:
+            f.write(f"{proc.pid}\n")
+    if not wait_until(ready, timeout, alive=lambda: proc.poll() is None):
+        raise RuntimeError(f"{what} did not come up; see {LOG_DIR / log_name}")
+    return proc
+
+
+def wait_until(ready, timeout, alive=lambda: True, interval=0.2):
+    """True once `ready()` is; False after `timeout` s or once `alive()` is false."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return True
+        if not alive():
+            return False
+        time.sleep(interval)
+    return False
+
+
 class locked:
     """Inter-process (and inter-thread) lock around the shared setup steps:
     starting dockerd, building images, creating networks, starting the proxy."""
