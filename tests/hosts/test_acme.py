@@ -33,13 +33,10 @@ that made it, so reuse is not offered).
 """
 
 import datetime
-import json
 import os
 import socket
 import ssl
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -48,6 +45,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.harness import GATEWAY, dns, hosts
 from tests.harness.acme_server import AcmeServer
+from tests.hosts.conftest import require_ok
+from tests.saltopts import write_pillar_tree
 
 pytestmark = pytest.mark.hosts
 
@@ -61,20 +60,18 @@ KEEP = os.environ.get("CMSALT_KEEP_HOSTS") == "1"
 NAME = "cmsalt-acme"
 
 
-def pillar_text(acme):
-    pillar = {
-        "chatmail": {
-            "params": {"max_load_1m": 1000, "acme_email": f"admin@{DOMAIN}"},
-            "domains": {
-                DOMAIN: {"tls": {"mode": "acme"}},
-                EXT: {"tls": {"mode": "external", "cert": EXT_CERT, "key": EXT_KEY}},
-            },
-            "acme": {"directory": acme.directory_url, "terms_agreed": [TOS]},
-            "trusted_cas": [acme.ca.root_pem],
-            "dns": {"check": "warn", "forwarders": [GATEWAY], "nameservers": [GATEWAY]},
-        }
+def pillar(acme):
+    """The relay's chatmail: pillar."""
+    return {
+        "params": {"max_load_1m": 1000, "acme_email": f"admin@{DOMAIN}"},
+        "domains": {
+            DOMAIN: {"tls": {"mode": "acme"}},
+            EXT: {"tls": {"mode": "external", "cert": EXT_CERT, "key": EXT_KEY}},
+        },
+        "acme": {"directory": acme.directory_url, "terms_agreed": [TOS]},
+        "trusted_cas": [acme.ca.root_pem],
+        "dns": {"check": "warn", "forwarders": [GATEWAY], "nameservers": [GATEWAY]},
     }
-    return json.dumps(pillar, indent=1)
 
 
 def pem(cert):
@@ -103,12 +100,9 @@ def ext_cert_pem(acme, key):
 
 
 @pytest.fixture(scope="module")
-def relay(harness, acme, ext_key):
-    pillar_dir = Path(tempfile.mkdtemp(prefix="cmsalt-acme-pillar-"))
-    (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
-    (pillar_dir / "chatmail.sls").write_text(pillar_text(acme))
-    host = hosts.boot(NAME, DOMAIN, ip="auto", pillar_dir=pillar_dir, keep=KEEP)
-    try:
+def relay(harness, acme, ext_key, tmp_path_factory):
+    pillar_dir = write_pillar_tree(tmp_path_factory.mktemp("acme-pillar"), pillar(acme))
+    with hosts.booted(name=NAME, fqdn=DOMAIN, ip="auto", pillar_dir=pillar_dir, keep=KEEP) as host:
         acme.resolve.update({name: host.ip for name in NAMES})
         records = [f"{n} IN A {host.ip}" for n in ("@", "mta-sts", "www")]
         dns.set_zones(
@@ -124,18 +118,13 @@ def relay(harness, acme, ext_key):
         ).decode()
         host.write_file(EXT_KEY, key_pem, mode="0600")
         host.write_file(EXT_CERT, ext_cert_pem(acme, ext_key))
-        first = hosts.converge(host)
-        yield host, first
-    finally:
-        if not KEEP:
-            hosts.destroy(host)
+        yield host, hosts.converge(host)
 
 
 @pytest.fixture(scope="module")
 def converged(relay):
     host, first = relay
-    if not first.ok:
-        pytest.fail("highstate failed:\n" + first.summary(), pytrace=False)
+    require_ok(first)
     return host
 
 

@@ -38,6 +38,7 @@ from tests.hosts.test_relay import (
     new_credentials,
     submit,
 )
+from tests.saltopts import write_pillar_tree
 
 pytestmark = pytest.mark.hosts
 
@@ -48,11 +49,9 @@ ARCHIVE = "/root/move.tar.gz"
 MAILBOXES = "/home/vmail/mail"
 TOKEN_ENTRY = "/private/devicetoken"
 PILLAR = {
-    "chatmail": {
-        # test hosts see the load average of the shared CI machine
-        "params": {"max_load_1m": 1000},
-        "domains": {DOMAIN: {}},
-    }
+    # test hosts see the load average of the shared CI machine
+    "params": {"max_load_1m": 1000},
+    "domains": {DOMAIN: {}},
 }
 
 for _name in ("GETMETADATA", "SETMETADATA"):
@@ -61,11 +60,7 @@ for _name in ("GETMETADATA", "SETMETADATA"):
 
 @pytest.fixture
 def two_hosts(harness, tmp_path):
-    pillar_dir = tmp_path / "pillar"
-    pillar_dir.mkdir()
-    pillar_dir.chmod(0o755)
-    (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
-    (pillar_dir / "chatmail.sls").write_text(json.dumps(PILLAR, indent=2) + "\n")
+    pillar_dir = write_pillar_tree(tmp_path / "pillar", PILLAR)
     specs = [
         {"name": name, "fqdn": DOMAIN, "ip": "auto", "pillar_dir": pillar_dir}
         for name in (OLD, NEW)

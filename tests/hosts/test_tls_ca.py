@@ -20,6 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from tests.harness import CACHE, GATEWAY, SLOT, addr, dns, hosts
 from tests.hosts.test_relay import encrypted_message, imap_login, new_credentials, submit
+from tests.saltopts import write_pillar_tree
 
 pytestmark = pytest.mark.hosts
 
@@ -102,10 +103,7 @@ def relay_specs(harness):
             )
     ca = ca or make_ca()
     for name, domain, ip in RELAYS:
-        pillar = PILLAR_ROOT / domain
-        pillar.mkdir(parents=True, exist_ok=True)
-        (pillar / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
-        (pillar / "chatmail.sls").write_text(json.dumps(relay_pillar(domain, *ca), indent=1))
+        pillar = write_pillar_tree(PILLAR_ROOT / domain, relay_pillar(domain, *ca)["chatmail"])
         specs.append(
             {
                 "name": name,

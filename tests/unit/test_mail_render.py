@@ -15,7 +15,7 @@ import textwrap
 import pytest
 import yaml
 
-from tests.unit.conftest import masterless_minion
+from tests.saltopts import masterless_minion
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MAIL_SLS = ["chatmail.opendkim", "chatmail.postfix", "chatmail.dovecot"]

@@ -12,9 +12,8 @@ import xml.etree.ElementTree as ET
 
 import jinja2
 import pytest
-import yaml
 
-from tests.unit.conftest import masterless_minion
+from tests.saltopts import masterless_minion
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SALT_CALL = pathlib.Path(sys.executable).with_name("salt-call")
@@ -231,23 +230,7 @@ def test_ip_domain_pages(render, cc, defaults):
 
 @pytest.mark.parametrize("minion_id, has_pillar", [("example", True), ("other.host", False)])
 def test_pillar_top_maps_minion_id_to_host_file(tmp_path, minion_id, has_pillar):
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    (conf / "minion").write_text(
-        yaml.safe_dump(
-            {
-                "id": minion_id,
-                "file_client": "local",
-                "root_dir": str(tmp_path),
-                "cachedir": str(tmp_path / "cache"),
-                "pki_dir": str(tmp_path / "pki"),
-                "log_file": str(tmp_path / "minion.log"),
-                "extension_modules": str(tmp_path / "extmods"),
-                "file_roots": {"base": [str(REPO / "salt")]},
-                "pillar_roots": {"base": [str(REPO / "pillar")]},
-            }
-        )
-    )
+    conf = masterless_minion(tmp_path, minion_id, pillar_dir=REPO / "pillar").parent
     base = [str(SALT_CALL), "--local", f"--config-dir={conf}", "--out=json"]
     sync = subprocess.run(
         [*base, "saltutil.sync_modules"], capture_output=True, stdin=subprocess.DEVNULL, timeout=300

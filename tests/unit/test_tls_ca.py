@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.unit.conftest import masterless_minion
+from tests.saltopts import masterless_minion
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 POLICY_TEMPLATE = REPO / "salt" / "chatmail" / "postfix" / "files" / "smtp_tls_policy_map.jinja"
