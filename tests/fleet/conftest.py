@@ -57,8 +57,6 @@ def pytest_collection_modifyitems(items):
         if str(item.fspath).startswith(str(HERE)) and "unit" not in item.fspath.basename:
             item.add_marker(pytest.mark.hosts)
             item.add_marker(pytest.mark.fleet)
-            # one xdist group per module: each boots its own hosts
-            item.add_marker(pytest.mark.xdist_group(f"fleet-{item.fspath.purebasename}"))
 
 
 def _name(minion_id):
