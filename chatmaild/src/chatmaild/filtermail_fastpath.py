@@ -19,11 +19,11 @@ import re
 
 from .openpgp import is_encrypted_armor
 
-_HEADER_NAME = re.compile(rb"^[!-9;-~]+$")
+_HEADER_NAME = re.compile(rb"[!-9;-~]+")
 _ADDR = r"[^<>\s\"(),;:@\\\[\]]+@[^<>\s\"(),;:@\\]+"
-_SIMPLE_FROM = re.compile(rf"^(?:[A-Za-z0-9 ._-]*<({_ADDR})>|({_ADDR}))$")
+_SIMPLE_FROM = re.compile(rf"(?:[A-Za-z0-9 ._-]*<({_ADDR})>|({_ADDR}))")
 _PLAIN_CTE = (None, "7bit", "8bit")
-_CTYPE = re.compile(r"^[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+$")
+_CTYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
 _PARAM = re.compile(r'[ \t]*;[ \t]*([A-Za-z0-9-]+)=(?:"([^"\\\r\n]*)"|([^\s;"\\()<>@,:/\[\]?=]+))')
 
 
@@ -40,7 +40,7 @@ def split_headers(block: bytes) -> dict[str, list[str]] | None:
             values[-1] = values[-1] + " " + line.strip().decode("ascii")
             continue
         name, sep, value = line.partition(b":")
-        if not sep or not _HEADER_NAME.match(name):
+        if not sep or not _HEADER_NAME.fullmatch(name):
             return None
         last = name.decode("ascii").lower()
         headers.setdefault(last, []).append(value.strip().decode("ascii"))
@@ -78,7 +78,7 @@ def content_type(value: str) -> tuple[str, dict[str, str]] | None:
     escapes, no RFC 2231, no duplicates).  None for anything else."""
     main, _, rest = value.partition(";")
     ctype = main.strip().lower()
-    if not _CTYPE.match(ctype):
+    if not _CTYPE.fullmatch(ctype):
         return None
     params: dict[str, str] = {}
     pos = 0
@@ -146,7 +146,7 @@ def _encrypted_sender(content: bytes) -> str | None:
     if headers is None:
         return None
     from_value = _one(headers, "from")
-    match = _SIMPLE_FROM.match(from_value or "")
+    match = _SIMPLE_FROM.fullmatch(from_value or "")
     if not match:
         return None
     if _cte(headers) not in _PLAIN_CTE:

@@ -28,8 +28,9 @@ MIN_FIRST_PARTIAL = 512
 
 ARMOR_BEGIN = "-----BEGIN PGP MESSAGE-----"
 ARMOR_END = "-----END PGP MESSAGE-----"
-_CRC_LINE = re.compile(r"^=[A-Za-z0-9+/]{4}$")
-_HEADER_LINE = re.compile(r"^[A-Za-z0-9-]+: ")
+_CRC_LINE = re.compile(r"=[A-Za-z0-9+/]{4}")
+# a prefix: the value after ": " is free (and bounded by the caller)
+_HEADER_LINE = re.compile(r"[A-Za-z0-9-]+: ")
 
 
 class PacketError(ValueError):
@@ -160,7 +161,7 @@ def dearmor(text: str, allow_headers: bool = False) -> bytes | None:
                 return None
     while body and not body[0]:
         body.pop(0)
-    if body and _CRC_LINE.match(body[-1]):
+    if body and _CRC_LINE.fullmatch(body[-1]):
         # RFC 9580 6.1: the CRC-24 footer is optional and need not be checked;
         # it is syntax-checked only (decoding 30 MB of CRC in Python is slow).
         body.pop()
