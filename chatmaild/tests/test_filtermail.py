@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import smtplib
 import socket
 import subprocess
@@ -586,3 +587,114 @@ def test_config_error_exits_2(make_ini, tmp_path):
     )
     assert proc.returncode == 2
     assert "filtermail_smtp_port" in proc.stderr
+
+
+# --- recipients are checked as the account they are delivered to ---
+
+
+def send_raw(port, mail_from: bytes, rcpts: list[bytes], content: bytes) -> tuple[int, str]:
+    """One SMTP transaction with recipients sent byte for byte (smtplib
+    would re-quote them); the first refusal or the DATA reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        rfile = sock.makefile("rb")
+
+        def reply():
+            lines = []
+            while True:
+                line = rfile.readline()
+                lines.append(line)
+                if line[3:4] != b"-":
+                    return int(line[:3]), line[4:].decode("ascii", "replace").strip()
+
+        def cmd(line: bytes):
+            sock.sendall(line + b"\r\n")
+            return reply()
+
+        reply()
+        cmd(b"EHLO client.example.net")
+        code, text = cmd(b"MAIL FROM:<" + mail_from + b"> SMTPUTF8")
+        if code != 250:
+            return code, text
+        for rcpt in rcpts:
+            code, text = cmd(b"RCPT TO:<" + rcpt + b">")
+            if code != 250:
+                return code, text
+        code, text = cmd(b"DATA")
+        if code != 354:
+            return code, text
+        body = content.replace(b"\r\n.", b"\r\n..")
+        sock.sendall(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
+        return reply()
+
+
+IP_DOMAIN = "192.0.2.7"
+# Each spelling is delivered to the strict account (Postfix unquotes and
+# strips routes, Dovecot lower-cases and cuts +detail) and must meet its
+# enforceE2EEincoming marker: 523.
+MAPPED_SPELLINGS = [
+    b"strict001+x@" + DOMAIN.encode(),
+    b"strict001+@" + DOMAIN.encode(),
+    b"strict001+a+b@" + DOMAIN.encode(),
+    b"STRICT001@" + DOMAIN.encode(),
+    b"Strict001+Tag@" + DOMAIN.upper().encode(),
+    b'"strict001"@' + DOMAIN.encode(),
+    b'"strict\\001"@' + DOMAIN.encode(),
+    b'"strict001+x"@' + DOMAIN.encode(),
+    b"@relay.example.net:strict001@" + DOMAIN.encode(),
+    b"@a.example,@b.example:strict001+q@" + DOMAIN.encode(),
+    b"ipstrict1@[" + IP_DOMAIN.encode() + b"]",
+    b"ipstrict1+x@[" + IP_DOMAIN.encode() + b"]",
+    b"IPSTRICT1@[" + IP_DOMAIN.encode() + b"]",
+]
+# Spellings that could be rewritten by Postfix into an account other than
+# the one a check would look at, or name no account at all: refused (5xx)
+# before DATA.
+REFUSED_SPELLINGS = [
+    b"strict001%" + DOMAIN.encode() + b"@localhost",
+    b"strict001%" + DOMAIN.encode() + b"@" + DOMAIN.encode(),
+    DOMAIN.encode() + b"!strict001@localhost",
+    b"strict001@localhost",
+    b"strict001@[198.51.100.1]",
+    b"strict001@" + DOMAIN.encode() + b"..",
+    b"strict001@." + DOMAIN.encode(),
+    b"strict001@[" + IP_DOMAIN.encode(),
+    b"+x@" + DOMAIN.encode(),
+    b".strict001@" + DOMAIN.encode(),
+    b'"strict001 "@' + DOMAIN.encode(),
+    # aiosmtpd itself refuses a trailing dot (the mapping is tested on
+    # IncomingHandler.check below)
+    b"strict001@" + DOMAIN.encode() + b".",
+    b"STRICT001+x@" + DOMAIN.upper().encode() + b".",
+    "strіct001@".encode() + DOMAIN.encode(),  # Cyrillic i
+    b"strict001@xn--chat-9cd.example.org",
+    "strict001@chаt.example.org".encode(),  # Cyrillic a
+]
+
+
+@pytest.mark.parametrize("rcpt", MAPPED_SPELLINGS, ids=lambda r: r.decode("utf-8", "replace"))
+def test_incoming_marker_applies_to_every_spelling(filtermail, sink, tmp_path, rcpt):
+    """Cleartext to victim+x@domain was accepted (the marker path was built
+    from the raw recipient) and delivered into victim's INBOX."""
+    port = filtermail("incoming", domains=[DOMAIN, IP_DOMAIN], filtermail_dkim_check=False)
+    enforce_e2ee(tmp_path, f"strict001@{DOMAIN}")
+    enforce_e2ee(tmp_path, f"ipstrict1@[{IP_DOMAIN}]")
+    plain = load_mail("plain.eml", REMOTE, LOCAL)
+    code, text = send_raw(port, REMOTE.encode(), [rcpt], plain)
+    assert (code, text[:19]) == (523, "Encryption Needed: "), text
+    # the same spelling of a lenient account still gets cleartext
+    lenient = re.sub(rb"(?i)strict", b"lenient", rcpt)
+    assert send_raw(port, REMOTE.encode(), [lenient], plain)[0] == 250
+    encrypted = load_mail("encrypted.eml", REMOTE, LOCAL)
+    assert send_raw(port, REMOTE.encode(), [rcpt], encrypted)[0] == 250
+    assert [c for _, _, c in sink.received] == [plain, encrypted]
+
+
+@pytest.mark.parametrize("rcpt", REFUSED_SPELLINGS, ids=lambda r: r.decode("utf-8", "replace"))
+def test_incoming_refuses_rewritable_recipients(filtermail, sink, tmp_path, rcpt):
+    port = filtermail("incoming", domains=[DOMAIN, IP_DOMAIN], filtermail_dkim_check=False)
+    enforce_e2ee(tmp_path, f"strict001@{DOMAIN}")
+    for name in ("plain.eml", "encrypted.eml"):
+        code, text = send_raw(port, REMOTE.encode(), [rcpt], load_mail(name, REMOTE, LOCAL))
+        assert 500 <= code < 600 and code != 523, (code, text)
+        assert text.isprintable()
+    assert sink.received == []

@@ -44,6 +44,7 @@ from email.policy import compat32
 
 from aiosmtpd.smtp import SMTP, syntax
 
+from .address import AddressError, normalize_domain, normalize_recipient
 from .config import ConfigError, main_config_error, read_config
 from .filtermail_dkim import check_dkim, make_dnsfunc
 from .filtermail_fastpath import encrypted_sender
@@ -141,10 +142,20 @@ def is_securejoin_request(msg: Message) -> bool:
     return text.strip().lower() in (f"secure-join: {req}" for req in SECUREJOIN_REQUESTS)
 
 
+def _account_or_none(addr: str) -> str | None:
+    try:
+        return normalize_recipient(addr)
+    except AddressError:
+        return None
+
+
 def is_autocrypt_setup_message(msg: Message, mail_from: str, rcpt_tos: list[str]) -> bool:
-    """A self-addressed Autocrypt Setup Message (Autocrypt Level 1, 4.4)."""
-    sender = mail_from.lower()
-    if not rcpt_tos or any(rcpt.lower() != sender for rcpt in rcpt_tos):
+    """A self-addressed Autocrypt Setup Message (Autocrypt Level 1, 4.4):
+    every recipient is delivered to the sender's own account."""
+    sender = _account_or_none(mail_from)
+    if sender is None or not rcpt_tos:
+        return False
+    if any(_account_or_none(rcpt) != sender for rcpt in rcpt_tos):
         return False
     if str(msg.get("autocrypt-setup-message") or "").strip().lower() != "v1":
         return False
@@ -196,10 +207,22 @@ _HEADERS = HeaderRegistry()
 
 
 def matches_passthrough(addr: str, entries: list[str]) -> bool:
-    addr = addr.lower()
+    """True if ``addr`` is delivered to a passthrough entry: an address or an
+    ``@domain``.  Both sides are normalised as delivery does; an address that
+    does not normalise (percent hack, bang path, source route...) matches
+    nothing, so it cannot name one recipient here and another to Postfix."""
+    account = _account_or_none(addr)
+    if account is None:
+        return False
+    domain = account.rsplit("@", 1)[1]
     for entry in entries:
-        entry = entry.lower()
-        if addr == entry or (entry.startswith("@") and addr.endswith(entry)):
+        if entry.startswith("@"):
+            try:
+                if normalize_domain(entry[1:]) == domain:
+                    return True
+            except AddressError:
+                continue
+        elif _account_or_none(entry) == account:
             return True
     return False
 
@@ -410,7 +433,32 @@ class IncomingHandler(BaseHandler):
     def reinject_port(self) -> int:
         return self.config.postfix_reinject_port_incoming
 
+    def recipient_account(self, rcpt: str) -> str:
+        """The account ``rcpt`` is delivered to (see
+        :func:`chatmaild.address.normalize_recipient`), or :class:`Reject`:
+        mail from other servers is only ever for accounts of this relay."""
+        try:
+            account = normalize_recipient(rcpt)
+        except AddressError as exc:
+            raise Reject(f"553 5.1.3 Bad recipient address syntax: {exc}") from None
+        if self.config.for_address(account) is None:
+            raise Reject("550 5.1.2 Recipient domain is not served here")
+        return account
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        try:
+            self.recipient_account(address)
+        except Reject as exc:
+            log.info("incoming recipient %r refused: %s", address, exc.args[0])
+            return safe_reply(exc.args[0])
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
+
     def check(self, mail_from, rcpt_tos, content, client_ip=None):
+        # Every per-account decision below uses the account Postfix and
+        # Dovecot deliver to, never the recipient as spelled.
+        accounts = [self.recipient_account(rcpt) for rcpt in rcpt_tos]
         fast_from = encrypted_sender(content)
         if fast_from is not None:
             self.check_dkim(content, fast_from, client_ip)
@@ -424,11 +472,13 @@ class IncomingHandler(BaseHandler):
             return
         if is_bounce(msg):
             return
-        for rcpt in rcpt_tos:
+        for account in accounts:
             try:
-                marker = self.config.user_dir(rcpt.lower()) / E2EE_MARKER
+                marker = self.config.user_dir(account) / E2EE_MARKER
             except ValueError:
-                continue
+                # Served domain, but no name account creation would allow
+                # (an alias such as postmaster is still a valid name).
+                raise Reject(f"550 5.1.1 No such account <{account}>") from None
             if marker.exists():
                 raise Reject(ENCRYPTION_NEEDED)
 
