@@ -698,3 +698,144 @@ def test_incoming_refuses_rewritable_recipients(filtermail, sink, tmp_path, rcpt
         assert 500 <= code < 600 and code != 523, (code, text)
         assert text.isprintable()
     assert sink.received == []
+
+
+# --- nothing readable beside the ciphertext ---
+
+PROSE = b"Dear friend, this is cleartext that must never leave the relay.\r\n"
+NOTICE = b"This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)\r\n"
+BOUNDARY_LINE = b"--xYzEncBoundary42\r\n"
+CLOSE_LINE = b"--xYzEncBoundary42--\r\n"
+
+
+def encrypted_with(old: bytes, new: bytes, sender=SENDER) -> bytes:
+    content = load_mail("encrypted.eml", sender, RCPT)
+    assert old in content, old
+    return content.replace(old, new, 1)
+
+
+CLEARTEXT_BESIDE_CIPHERTEXT = {
+    "preamble 1 MB": (BOUNDARY_LINE, PROSE * 16000 + BOUNDARY_LINE),
+    "preamble one line": (BOUNDARY_LINE, PROSE + BOUNDARY_LINE),
+    "preamble after notice": (BOUNDARY_LINE, NOTICE + PROSE + BOUNDARY_LINE),
+    "epilogue 1 MB": (CLOSE_LINE, CLOSE_LINE + PROSE * 16000),
+    "epilogue one line": (CLOSE_LINE, CLOSE_LINE + b"\r\n" + PROSE),
+    "part description prose": (
+        b"Content-Description: OpenPGP encrypted message",
+        b"Content-Description: " + PROSE.strip(),
+    ),
+    "extra part header": (
+        b"Content-Type: application/pgp-encrypted\r\n",
+        b"Content-Type: application/pgp-encrypted\r\nX-Note: " + PROSE,
+    ),
+    "folded prose in part header": (
+        b'name="encrypted.asc"\r\n',
+        b'name="encrypted.asc";\r\n x-note="' + PROSE.strip().replace(b",", b"") + b'"\r\n',
+    ),
+    "prose file name": (b'filename="encrypted.asc"', b'filename="dear-friend-call-me.asc"'),
+    "control part extra line": (b"Version: 1\r\n", b"Version: 1\r\n" + PROSE),
+    "part header block with prose line": (
+        b"Content-Type: application/pgp-encrypted\r\n",
+        b"Content-Type: application/pgp-encrypted\r\n" + PROSE,
+    ),
+    "base64 transfer encoding": (
+        b"Content-Type: application/pgp-encrypted\r\n",
+        b"Content-Type: application/pgp-encrypted\r\nContent-Transfer-Encoding: base64\r\n",
+    ),
+    "outer X- header": (b"MIME-Version: 1.0\r\n", b"MIME-Version: 1.0\r\nX-Leak: " + PROSE),
+    "outer Comments": (b"MIME-Version: 1.0\r\n", b"MIME-Version: 1.0\r\nComments: " + PROSE),
+    "outer Keywords": (b"MIME-Version: 1.0\r\n", b"MIME-Version: 1.0\r\nKeywords: " + PROSE),
+    "cleartext subject": (b"Subject: [...]", b"Subject: " + PROSE.strip()),
+    "display name letter": (b"To: <", b'To: "' + PROSE.strip() * 9 + b'" <'),
+    "autocrypt ignorable attribute": (
+        b"prefer-encrypt=mutual;",
+        b"prefer-encrypt=mutual; _note=" + PROSE.strip().replace(b",", b"") + b";",
+    ),
+    "message-id prose": (b"Message-ID: <enc.", b"Message-ID: <" + b"dear-friend-" * 30),
+}
+
+
+@pytest.mark.parametrize("case", CLEARTEXT_BESIDE_CIPHERTEXT)
+def test_outgoing_refuses_cleartext_beside_ciphertext(filtermail, sink, case):
+    """A valid PGP/MIME message with ~1 MB of cleartext in the preamble or
+    epilogue passed both the fast and the full path."""
+    port = filtermail("outgoing")
+    content = encrypted_with(*CLEARTEXT_BESIDE_CIPHERTEXT[case])
+    code, text = send(port, SENDER, [RCPT], content)
+    assert code == 523 and text.startswith("Encryption Needed"), text
+    assert sink.received == []
+
+
+def delta_chat_outer(sender, rcpt) -> bytes:
+    """The outer headers of an encrypted message as Delta Chat core 2.x
+    writes them (mimefactory: bare From, hidden recipients, [...] subject,
+    Chat-Version, Chat-Is-Post-Message) after Postfix's proxy prepended
+    its Received line."""
+    content = load_mail("encrypted.eml", sender, rcpt)
+    body = content[content.index(b"\r\n\r\n") :]
+    head = (
+        "Received: from [192.0.2.44] (unknown [192.0.2.44])\r\n"
+        "\tby chat.example.org (Postfix) with ESMTPSA id 4XyZ1q2w3e\r\n"
+        f"\tfor <{rcpt}>; Sun, 22 Nov 2026 04:00:01 +0000 (UTC)\r\n"
+        f"From: <{sender}>\r\n"
+        "Date: Thu, 19 Nov 2026 17:12:45 +0000\r\n"
+        "Message-ID: <Mr.a1B2c3D4e5F.g6H7i8J9k0L@chat.example.org>\r\n"
+        "MIME-Version: 1.0\r\n"
+        "Chat-Version: 1.0\r\n"
+        "Chat-Is-Post-Message: 1\r\n"
+        "Subject: [...]\r\n"
+        'To: "hidden-recipients": ;\r\n'
+        'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted";\r\n'
+        ' boundary="xYzEncBoundary42"'
+    )
+    return head.encode() + body
+
+
+def thunderbird_style(sender, rcpt) -> bytes:
+    content = load_mail("encrypted.eml", sender, rcpt)
+    content = content.replace(
+        b"MIME-Version: 1.0\r\n",
+        b"MIME-Version: 1.0\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0)"
+        b" Gecko/20100101 Thunderbird/128.5.0\r\nContent-Language: en-US\r\n",
+    )
+    content = content.replace(b"Subject: [...]", b"Subject: ...")
+    content = content.replace(b"To: <", b"To: Bob Example <")
+    return content.replace(BOUNDARY_LINE, NOTICE + b"\r\n" + BOUNDARY_LINE, 1)
+
+
+def test_outgoing_accepts_what_clients_write(filtermail, sink):
+    port = filtermail("outgoing")
+    samples = [
+        delta_chat_outer(SENDER, RCPT),
+        thunderbird_style(SENDER, RCPT),
+        encrypted_with(CLOSE_LINE, CLOSE_LINE + b"\r\n \r\n"),  # blank epilogue
+        encrypted_with(BOUNDARY_LINE, b"\r\n\t\r\n" + BOUNDARY_LINE),  # blank preamble
+        encrypted_with(b"[...]", b"[...]").replace(
+            b"Date: ", b"In-Reply-To: <a@b.c>\r\nReferences: <x@y.z> <a@b.c>\r\nDate: "
+        ),
+    ]
+    for content in samples:
+        code, text = send(port, SENDER, [RCPT], content)
+        assert code == 250, (text, content[:600])
+    assert [c for _, _, c in sink.received] == samples
+
+
+def test_incoming_refuses_cleartext_beside_ciphertext(filtermail, sink, tmp_path):
+    port = filtermail("incoming", filtermail_dkim_check=False)
+    strict = f"strict001@{DOMAIN}"
+    enforce_e2ee(tmp_path, strict)
+    for case in ["preamble 1 MB", "epilogue one line", "part description prose"]:
+        old, new = CLEARTEXT_BESIDE_CIPHERTEXT[case]
+        content = load_mail("encrypted.eml", REMOTE, strict).replace(old, new, 1)
+        assert send(port, REMOTE, [strict], content)[0] == 523, case
+    # armour headers (allowed on incoming mail) are bounded
+    armored = load_mail("armor-version.eml", REMOTE, strict)
+    assert send(port, REMOTE, [strict], armored)[0] == 250
+    for chatty in [
+        b"Comment: " + PROSE.strip() * 3 + b"\r\n",
+        b"Version: GnuPG v2\r\n" * 2 + b"Comment: x\r\n" * 3,
+        b"X-Note: " + PROSE,
+    ]:
+        content = armored.replace(b"Version: GnuPG v2\r\n", chatty)
+        assert send(port, REMOTE, [strict], content)[0] == 523, chatty
+    assert len(sink.received) == 1

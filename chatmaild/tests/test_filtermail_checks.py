@@ -305,7 +305,6 @@ def test_fast_path_refuses_samples(name):
     "old, new",
     [
         (b"\r\n", b"\n"),  # bare LF line ends: left to the full parser
-        (b"From: <", b'From: "Quoted, Name" <'),
         (b"Subject: [...]", b"Content-Type: text/plain\r\nSubject: [...]"),
         (b'protocol="application/pgp-encrypted"', b"protocol*=utf-8''application%2Fpgp-encrypted"),
         (b"Content-Type: application/octet-stream", b"Content-Type: text/plain"),

@@ -38,7 +38,6 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from email import message_from_bytes
-from email.headerregistry import HeaderRegistry
 from email.message import Message
 from email.policy import compat32
 
@@ -50,6 +49,15 @@ from .filtermail_dkim import check_dkim, make_dnsfunc
 from .filtermail_fastpath import encrypted_sender
 from .filtermail_reinject import ReinjectClient
 from .openpgp import is_encrypted_armor
+from .pgpmime import (
+    CONTROL_TYPE,
+    DATA_TYPE,
+    epilogue_ok,
+    from_address,
+    outer_headers_problem,
+    part_headers_problem,
+    preamble_ok,
+)
 
 log = logging.getLogger("chatmaild.filtermail")
 
@@ -98,28 +106,45 @@ def _unambiguous(part: Message) -> bool:
     return all(len(part.get_all(name) or []) <= 1 for name in SINGLE_HEADERS)
 
 
-def is_encrypted(msg: Message, allow_armor_headers: bool = False) -> bool:
-    """True for RFC 3156 OpenPGP/MIME whose payload is PKESK/SKESK + SEIPD."""
+def encryption_problem(msg: Message, allow_armor_headers: bool = False) -> str | None:
+    """Why ``msg`` is not RFC 3156 OpenPGP/MIME whose payload is PKESK/SKESK
+    + SEIPD with nothing readable beside it (:mod:`chatmaild.pgpmime`);
+    None if it is."""
     if msg.get_content_type() != "multipart/encrypted" or not _unambiguous(msg):
-        return False
+        return "not multipart/encrypted"
     protocol = msg.get_param("protocol")
     if not isinstance(protocol, str) or protocol.lower() != "application/pgp-encrypted":
-        return False
+        return "protocol is not application/pgp-encrypted"
     parts = msg.get_payload()
     if not isinstance(parts, list) or len(parts) != 2:
-        return False
+        return "not exactly two parts"
+    if msg.defects or any(part.defects for part in parts):
+        # The parser repaired something: other readers may see other parts.
+        return "malformed MIME structure"
+    if not preamble_ok(msg.preamble):
+        return "text before the first part"
+    if not epilogue_ok(msg.epilogue):
+        return "text after the last part"
     control, data = parts
-    if not (_unambiguous(control) and _unambiguous(data)):
-        return False
-    if control.get_content_type() != "application/pgp-encrypted":
-        return False
+    for part, wanted in ((control, CONTROL_TYPE), (data, DATA_TYPE)):
+        if part.is_multipart():
+            return "nested multipart"
+        problem = part_headers_problem(part.items(), wanted)
+        if problem:
+            return problem
     text = _payload_text(control)
     if text is None or text.strip() != "Version: 1":
-        return False
-    if data.get_content_type() != "application/octet-stream":
-        return False
+        return "control part is not Version: 1"
     text = _payload_text(data)
-    return text is not None and is_encrypted_armor(text, allow_headers=allow_armor_headers)
+    if text is None or not is_encrypted_armor(text, allow_headers=allow_armor_headers):
+        return "data part is not an armoured PKESK/SKESK+SEIPD message"
+    return None
+
+
+def is_encrypted(msg: Message, allow_armor_headers: bool = False) -> bool:
+    """True for RFC 3156 OpenPGP/MIME with nothing readable beside the
+    ciphertext (see :func:`encryption_problem`)."""
+    return encryption_problem(msg, allow_armor_headers) is None
 
 
 def is_securejoin_request(msg: Message) -> bool:
@@ -179,31 +204,12 @@ def is_bounce(msg: Message) -> bool:
 
 
 def single_from_address(msg: Message) -> str | None:
-    """The address of the only ``From:`` header with exactly one mailbox.
-
-    Parsed with the RFC 5322 header parser of :mod:`email.headerregistry`:
-    ``email.utils.getaddresses`` in patched CPython releases (Debian 12's
-    3.11.2 among them) returns nothing for domain literals such as
-    ``user@[1.2.3.4]``, the addresses of IP-only relays.  A header the parser
-    had to repair (defects) counts as no address at all.
-    """
+    """The address of the only ``From:`` header with exactly one mailbox
+    (:func:`chatmaild.pgpmime.from_address`)."""
     values = msg.get_all("from") or []
     if len(values) != 1:
         return None
-    try:
-        header = _HEADERS("from", str(values[0]))
-        addrs = header.addresses
-    except Exception:  # the parser's errors are not part of its API
-        return None
-    if header.defects or len(addrs) != 1:
-        return None
-    addr = addrs[0].addr_spec
-    if not addr or addr.count("@") != 1 or addrs[0].username == "":
-        return None
-    return addr
-
-
-_HEADERS = HeaderRegistry()
+    return from_address(str(values[0]))
 
 
 def matches_passthrough(addr: str, entries: list[str]) -> bool:
@@ -383,14 +389,19 @@ class OutgoingHandler(BaseHandler):
         return await super().handle_MAIL(server, session, envelope, address, mail_options)
 
     def check(self, mail_from, rcpt_tos, content, client_ip=None):
-        fast_from = encrypted_sender(content)
+        fast_from = encrypted_sender(content, outgoing=True)
         if fast_from is not None and fast_from.lower() == mail_from.lower():
             return
         msg = parse_message(content)
         from_addr = single_from_address(msg)
         if from_addr is None or from_addr.lower() != mail_from.lower():
             raise Reject(f"554 5.7.1 From header {from_addr!r} does not match sender <{mail_from}>")
-        if is_encrypted(msg) or is_securejoin_request(msg):
+        if is_encrypted(msg):
+            problem = outer_headers_problem(msg.items())
+            if problem:
+                raise Reject(f"523 Encryption Needed: {problem}")
+            return
+        if is_securejoin_request(msg):
             return
         if is_autocrypt_setup_message(msg, mail_from, rcpt_tos):
             return
