@@ -57,6 +57,7 @@ from .pgpmime import (
     outer_headers_problem,
     part_headers_problem,
     preamble_ok,
+    unfold,
 )
 
 log = logging.getLogger("chatmaild.filtermail")
@@ -209,7 +210,7 @@ def single_from_address(msg: Message) -> str | None:
     values = msg.get_all("from") or []
     if len(values) != 1:
         return None
-    return from_address(str(values[0]))
+    return from_address(unfold(str(values[0])))
 
 
 def matches_passthrough(addr: str, entries: list[str]) -> bool:
