@@ -19,7 +19,7 @@ is required (``filtermail_dkim_check``; an IP-literal sender such as
 ``user@[192.0.2.7]`` must instead be the client Postfix reports with
 XFORWARD), and cleartext is refused when any recipient has the
 ``enforceE2EEincoming`` marker, except Secure-Join requests and
-multipart/report bounces from ``mailer-daemon@``.
+delivery reports shaped exactly like real ones (:mod:`chatmaild.dsn`).
 
 DKIM keys are looked up with the system resolver, or only at the DNS server
 given by ``--dns-server IP:PORT`` or the ``FILTERMAIL_DNS_SERVER`` variable.
@@ -45,6 +45,7 @@ from aiosmtpd.smtp import SMTP, syntax
 
 from .address import AddressError, normalize_domain, normalize_recipient
 from .config import ConfigError, main_config_error, read_config
+from .dsn import bounce_problem
 from .filtermail_dkim import check_dkim, make_dnsfunc
 from .filtermail_fastpath import encrypted_sender
 from .filtermail_reinject import ReinjectClient
@@ -193,15 +194,16 @@ def is_autocrypt_setup_message(msg: Message, mail_from: str, rcpt_tos: list[str]
     return any(p.get_content_type() == "application/autocrypt-setup" for p in parts)
 
 
-def is_bounce(msg: Message) -> bool:
-    """A delivery report from a mailer daemon (multipart/report, Auto-Submitted)."""
-    auto = str(msg.get("auto-submitted") or "").strip().lower()
-    if not auto or auto == "no":
-        return False
-    if msg.get_content_type() != "multipart/report":
-        return False
-    addr = single_from_address(msg)
-    return addr is not None and addr.lower().startswith("mailer-daemon@")
+def may_leave(msg: Message) -> bool:
+    """True for a message filtermail outgoing lets leave without a
+    passthrough: OpenPGP/MIME encrypted or a Secure-Join request."""
+    return encryption_problem(msg) is None or is_securejoin_request(msg)
+
+
+def is_bounce(msg: Message, mail_from: str = "", size: int = 0) -> bool:
+    """A delivery report a mail server sends about mail an account sent,
+    exactly as narrow as real ones are (:func:`chatmaild.dsn.bounce_problem`)."""
+    return bounce_problem(msg, mail_from, single_from_address(msg), size, may_leave) is None
 
 
 def single_from_address(msg: Message) -> str | None:
@@ -482,7 +484,7 @@ class IncomingHandler(BaseHandler):
         self.check_dkim(content, from_addr, client_ip)
         if is_encrypted(msg, allow_armor_headers=True) or is_securejoin_request(msg):
             return
-        if is_bounce(msg):
+        if is_bounce(msg, mail_from, len(content)):
             return
         for account in accounts:
             try:
