@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import dkim
@@ -97,6 +98,10 @@ class TxtServer:
 
     def __init__(self):
         self.records = {}
+        # name -> seconds to wait before answering (answers come from a
+        # timer thread, so a slow name never holds up the others)
+        self.delays = {}
+        self.queries = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.2)
@@ -117,6 +122,7 @@ class TxtServer:
             response = dns.message.make_response(query)
             question = query.question[0]
             name = question.name.to_text().lower()
+            self.queries.append(name)
             value = self.records.get(name)
             if value is None or question.rdtype != dns.rdatatype.TXT:
                 response.set_rcode(dns.rcode.NXDOMAIN)
@@ -124,7 +130,19 @@ class TxtServer:
                 chunks = [value[i : i + 255] for i in range(0, len(value), 255)]
                 txt = " ".join(f'"{c}"' for c in chunks)
                 response.answer.append(dns.rrset.from_text(name, 60, "IN", "TXT", txt))
-            self.sock.sendto(response.to_wire(), peer)
+            delay = self.delays.get(name)
+            if delay:
+                timer = threading.Timer(delay, self._answer, (response.to_wire(), peer))
+                timer.daemon = True
+                timer.start()
+            else:
+                self._answer(response.to_wire(), peer)
+
+    def _answer(self, wire, peer):
+        try:
+            self.sock.sendto(wire, peer)
+        except OSError:
+            pass
 
     def close(self):
         self.running = False
@@ -148,13 +166,14 @@ def publish(dns_server, rsa_key, domain, selector="dkim"):
     dns_server.records[f"{selector}._domainkey.{domain}."] = rsa_key[1]
 
 
-def dkim_sign(message: bytes, domain, rsa_key, selector="dkim") -> bytes:
+def dkim_sign(message: bytes, domain, rsa_key, selector="dkim", length=False) -> bytes:
     sig = dkim.sign(
         message,
         selector.encode(),
         domain.encode(),
         rsa_key[0],
         include_headers=[b"from", b"to", b"subject", b"date", b"message-id"],
+        length=length,
     )
     return sig.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + message
 
@@ -933,3 +952,106 @@ def test_incoming_fake_bounces_do_not_bring_cleartext(filtermail, sink, tmp_path
     # a real report with a non-null envelope sender is no report either
     assert send(port, DAEMON, [strict], postfix_dsn(strict))[0] == 523
     assert sink.received == []
+
+
+# --- DKIM: bounded work, and slow DNS holds up nobody else ---
+
+SLOW = "slow.example.net"
+
+
+def slow_mail(rsa_key, selectors) -> bytes:
+    mail = load_mail("encrypted.eml", f"zoe000001@{SLOW}", LOCAL)
+    for selector in selectors:
+        mail = dkim_sign(mail, SLOW, rsa_key, selector=selector)
+    return mail
+
+
+def test_incoming_slow_dns_does_not_delay_other_mail(filtermail, sink, dns_server, rsa_key):
+    """Every DKIM-Signature was tried with up to ~5 s of DNS wait each on a
+    pool of 4 threads: four mails with 3 signatures each delayed a normal
+    mail from 0.02 s to 15 s."""
+    publish(dns_server, rsa_key, OTHER)
+    for selector in ("s1", "s2", "s3"):
+        publish(dns_server, rsa_key, SLOW, selector=selector)
+        dns_server.delays[f"{selector}._domainkey.{SLOW}."] = 3.0
+    port = filtermail("incoming")
+    slow = slow_mail(rsa_key, ["s1", "s2", "s3"])
+    results = []
+
+    def send_slow():
+        started = time.monotonic()
+        code = send(port, f"zoe000001@{SLOW}", [LOCAL], slow)[0]
+        results.append((code, time.monotonic() - started))
+
+    threads = [threading.Thread(target=send_slow) for _ in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while dns_server.queries.count(f"s1._domainkey.{SLOW}.") < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    normal = dkim_sign(load_mail("encrypted.eml", REMOTE, LOCAL), OTHER, rsa_key)
+    started = time.monotonic()
+    assert send(port, REMOTE, [LOCAL], normal)[0] == 250
+    elapsed = time.monotonic() - started
+    for t in threads:
+        t.join(60)
+    assert elapsed < 1.0, f"a normal mail waited {elapsed:.2f}s behind slow DNS"
+    # the slow ones pass too: their three lookups ran at once, not one by one
+    assert [code for code, _ in results] == [250] * 4
+    assert max(t for _, t in results) < 6.0, results
+
+
+def test_incoming_dkim_dns_budget_per_message(filtermail, sink, dns_server, rsa_key):
+    for selector in ("s1", "s2", "s3"):
+        publish(dns_server, rsa_key, SLOW, selector=selector)
+        dns_server.delays[f"{selector}._domainkey.{SLOW}."] = 30.0
+    port = filtermail("incoming", filtermail_dkim_dns_budget=1.5)
+    started = time.monotonic()
+    code, text = send(port, f"zoe000001@{SLOW}", [LOCAL], slow_mail(rsa_key, ["s1", "s2", "s3"]))
+    elapsed = time.monotonic() - started
+    assert code == 451 and "timed out" in text, text
+    assert elapsed < 4.0, elapsed
+    assert sink.received == []
+
+
+def test_incoming_only_aligned_signatures_cost_anything(filtermail, sink, dns_server, rsa_key):
+    """~30 signatures exceeded Postfix's proxy timeout: each one was looked up."""
+    publish(dns_server, rsa_key, OTHER)
+    for i in range(30):
+        dns_server.delays[f"x{i}._domainkey.{SLOW}."] = 5.0
+    port = filtermail("incoming")
+    mail = load_mail("encrypted.eml", REMOTE, LOCAL)
+    for i in range(30):
+        mail = dkim_sign(mail, SLOW, rsa_key, selector=f"x{i}")
+    mail = dkim_sign(mail, OTHER, rsa_key)
+    started = time.monotonic()
+    assert send(port, REMOTE, [LOCAL], mail)[0] == 250
+    assert time.monotonic() - started < 2.0
+    assert not [q for q in dns_server.queries if SLOW in q]
+    # more than three aligned signatures: only the first three are tried
+    publish(dns_server, rsa_key, OTHER, selector="good")
+    many = load_mail("encrypted.eml", REMOTE, LOCAL)
+    many = dkim_sign(many, OTHER, rsa_key, selector="good")
+    for i in range(5):
+        many = dkim_sign(many, OTHER, rsa_key, selector=f"bad{i}")
+    dns_server.queries.clear()
+    code, text = send(port, REMOTE, [LOCAL], many)
+    assert code == 550 and "DKIM" in text
+    assert len([q for q in dns_server.queries if "._domainkey." in q]) == 3
+
+
+def test_incoming_dkim_body_length_limit_refused(filtermail, sink, dns_server, rsa_key):
+    """l= leaves whatever follows the signed length unsigned: cleartext
+    appended to a signed encrypted body would pass."""
+    publish(dns_server, rsa_key, OTHER)
+    port = filtermail("incoming")
+    mail = load_mail("encrypted.eml", REMOTE, LOCAL)
+    with_l = dkim_sign(mail, OTHER, rsa_key, length=True)
+    assert b" l=" in with_l or b";l=" in with_l or b"l=" in with_l.split(b"\r\n\r\n")[0]
+    code, text = send(port, REMOTE, [LOCAL], with_l)
+    assert code == 550 and "DKIM" in text, text
+    appended = with_l + b"\r\nHello, cleartext after the signed length.\r\n"
+    assert send(port, REMOTE, [LOCAL], appended)[0] == 550
+    # a second signature without l= still counts
+    assert send(port, REMOTE, [LOCAL], dkim_sign(with_l, OTHER, rsa_key))[0] == 250
+    assert len(sink.received) == 1

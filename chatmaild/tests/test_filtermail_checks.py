@@ -420,3 +420,15 @@ def test_passthrough_recipients_cannot_be_rewritten():
     with pytest.raises(Reject) as exc:
         handler.check(A, ["victim%evil.example@chat.example.org"], mail("plain.eml"))
     assert exc.value.args[0] == ENCRYPTION_NEEDED
+
+
+def test_oversized_dkim_keys_are_refused():
+    import base64
+
+    from chatmaild.filtermail_dkim import MAX_KEY_BYTES, acceptable_key
+
+    normal = b"v=DKIM1; k=rsa; p=" + base64.b64encode(b"\x30" * 550)
+    huge = b"v=DKIM1; k=rsa; p=" + base64.b64encode(b"\x30" * (MAX_KEY_BYTES + 1))
+    assert acceptable_key(normal) == normal
+    assert acceptable_key(huge) is None
+    assert acceptable_key(None) is None

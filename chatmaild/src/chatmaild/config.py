@@ -113,6 +113,8 @@ PARAMS = {
         Param("postfix_reinject_port", "10025", "port"),
         Param("postfix_reinject_port_incoming", "10026", "port"),
         Param("filtermail_dkim_check", "true", "bool"),
+        # seconds all DKIM key lookups of one incoming mail may take together
+        Param("filtermail_dkim_dns_budget", "10", "float"),
         Param("mailboxes_dir", "/home/vmail/mail", "str"),
         Param("state_dir", "/var/lib/chatmaild", "str"),
         Param("nocreate_file", "/etc/chatmail-nocreate", "str"),

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import ipaddress
 import logging
 import os
@@ -39,14 +40,22 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from email import message_from_bytes
 from email.message import Message
+from email.parser import BytesHeaderParser
 from email.policy import compat32
 
+import dkim.util
 from aiosmtpd.smtp import SMTP, syntax
 
 from .address import AddressError, normalize_domain, normalize_recipient
 from .config import ConfigError, main_config_error, read_config
 from .dsn import bounce_problem
-from .filtermail_dkim import check_dkim, make_dnsfunc
+from .filtermail_dkim import (
+    MAX_SIGNATURES,
+    check_dkim,
+    key_name,
+    make_async_resolver,
+    prefetch_keys,
+)
 from .filtermail_fastpath import encrypted_sender
 from .filtermail_reinject import ReinjectClient
 from .openpgp import is_encrypted_armor
@@ -336,6 +345,12 @@ class BaseHandler:
         envelope.mail_options.extend(mail_options)
         return "250 OK"
 
+    async def prepare(self, content: bytes) -> dict:
+        """Work done on the event loop before :meth:`check` (e.g. DNS
+        lookups, which must not occupy the worker threads); returns extra
+        keyword arguments for :meth:`check`."""
+        return {}
+
     async def handle_DATA(self, server, session, envelope):
         loop = asyncio.get_running_loop()
         mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from
@@ -343,10 +358,12 @@ class BaseHandler:
         rcpt_tos = list(envelope.rcpt_tos)
         args = (mail_from, rcpt_tos, content, forwarded_client_ip(session))
         try:
+            extra = await self.prepare(content)
+            check = functools.partial(self.check, *args, **extra)
             if len(content) <= self.inline_check_limit:
-                self.check(*args)
+                check()
             else:
-                await loop.run_in_executor(self.executor, self.check, *args)
+                await loop.run_in_executor(self.executor, check)
         except Reject as exc:
             log.info("%s from %r refused: %s", self.direction, mail_from, exc.args[0])
             return safe_reply(exc.args[0])
@@ -419,11 +436,42 @@ class OutgoingHandler(BaseHandler):
 class IncomingHandler(BaseHandler):
     direction = "incoming"
 
-    def __init__(self, config, executor=None, dnsfunc=None):
+    def __init__(self, config, executor=None, dnsfunc=None, resolver=None):
+        """``dnsfunc(name, timeout)`` answers DKIM key lookups made in
+        :meth:`check` itself (tests; blocking).  The daemon passes an asyncio
+        ``resolver`` instead: :meth:`prepare` fetches the keys on the event
+        loop within ``filtermail_dkim_dns_budget`` seconds per message."""
         super().__init__(config, executor)
         self.dnsfunc = dnsfunc
+        self.resolver = resolver
 
-    def check_dkim(self, content: bytes, from_addr: str, client_ip: str | None):
+    async def prepare(self, content: bytes) -> dict:
+        if not self.config.filtermail_dkim_check or self.resolver is None:
+            return {}
+        headers = BytesHeaderParser(policy=compat32).parsebytes(content)
+        from_addr = single_from_address(headers)
+        if from_addr is None:
+            return {}
+        domain = from_addr.rsplit("@", 1)[1].lower()
+        if domain.startswith("["):
+            return {}
+        names = []
+        for value in headers.get_all("dkim-signature") or []:
+            try:
+                tags = dkim.util.parse_tag_value(str(value).encode("ascii", "replace"))
+            except Exception:  # dkimpy raises several types for bad input
+                continue
+            d = tags.get(b"d", b"").decode("ascii", "replace").strip().lower()
+            selector = tags.get(b"s", b"").decode("ascii", "replace").strip()
+            if d == domain and selector and b"l" not in tags:
+                names.append(key_name(selector, d))
+            if len(names) >= MAX_SIGNATURES:
+                break
+        budget = self.config.filtermail_dkim_dns_budget
+        records, timed_out = await prefetch_keys(names, self.resolver, budget)
+        return {"dkim_keys": records, "dkim_timed_out": timed_out}
+
+    def check_dkim(self, content, from_addr, client_ip, dkim_keys=None, dkim_timed_out=False):
         if not self.config.filtermail_dkim_check:
             return
         domain = from_addr.rsplit("@", 1)[1]
@@ -439,7 +487,15 @@ class IncomingHandler(BaseHandler):
                     f"550 5.7.1 DKIM check failed: sender {domain} is not the client {client_ip}"
                 )
             return
-        problem = check_dkim(content, domain, self.dnsfunc)
+        dnsfunc = self.dnsfunc
+        if dkim_keys is not None:
+
+            def dnsfunc(name, timeout=5):
+                return dkim_keys.get(name)
+
+        problem = check_dkim(content, domain, dnsfunc)
+        if problem and dkim_timed_out:
+            raise Reject("451 4.4.3 DKIM key lookup timed out, try again later")
         if problem:
             raise Reject(f"550 5.7.1 DKIM check failed: {problem}")
 
@@ -469,19 +525,19 @@ class IncomingHandler(BaseHandler):
         envelope.rcpt_options.extend(rcpt_options)
         return "250 OK"
 
-    def check(self, mail_from, rcpt_tos, content, client_ip=None):
+    def check(self, mail_from, rcpt_tos, content, client_ip=None, **dkim):
         # Every per-account decision below uses the account Postfix and
         # Dovecot deliver to, never the recipient as spelled.
         accounts = [self.recipient_account(rcpt) for rcpt in rcpt_tos]
         fast_from = encrypted_sender(content)
         if fast_from is not None:
-            self.check_dkim(content, fast_from, client_ip)
+            self.check_dkim(content, fast_from, client_ip, **dkim)
             return
         msg = parse_message(content)
         from_addr = single_from_address(msg)
         if from_addr is None:
             raise Reject("550 5.7.1 Message needs exactly one From address")
-        self.check_dkim(content, from_addr, client_ip)
+        self.check_dkim(content, from_addr, client_ip, **dkim)
         if is_encrypted(msg, allow_armor_headers=True) or is_securejoin_request(msg):
             return
         if is_bounce(msg, mail_from, len(content)):
@@ -500,11 +556,11 @@ class IncomingHandler(BaseHandler):
 # --- server ---
 
 
-def make_handler(config, mode: str, executor=None, dnsfunc=None) -> BaseHandler:
+def make_handler(config, mode: str, executor=None, dnsfunc=None, resolver=None) -> BaseHandler:
     if mode == "outgoing":
         return OutgoingHandler(config, executor)
     if mode == "incoming":
-        return IncomingHandler(config, executor, dnsfunc=dnsfunc)
+        return IncomingHandler(config, executor, dnsfunc=dnsfunc, resolver=resolver)
     raise ValueError(f"mode must be outgoing or incoming, not {mode!r}")
 
 
@@ -530,9 +586,10 @@ async def start_server(config, handler: BaseHandler, host="127.0.0.1", port=None
     return await loop.create_server(factory, host=host, port=port)
 
 
-async def serve(config, mode: str, dnsfunc=None):
+async def serve(config, mode: str, dns_server=None):
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="filtermail")
-    handler = make_handler(config, mode, executor, dnsfunc)
+    resolver = make_async_resolver(dns_server) if mode == "incoming" else None
+    handler = make_handler(config, mode, executor, resolver=resolver)
     server = await start_server(config, handler)
     addr = server.sockets[0].getsockname()
     log.info("filtermail %s listening on %s:%s", mode, addr[0], addr[1])
@@ -569,8 +626,7 @@ def main(argv=None) -> int:
         config = read_config(args.config)
     except ConfigError as exc:
         return main_config_error(exc)
-    dnsfunc = make_dnsfunc(args.dns_server) if args.dns_server else None
-    asyncio.run(serve(config, args.mode, dnsfunc))
+    asyncio.run(serve(config, args.mode, args.dns_server))
     return 0
 
 
