@@ -326,21 +326,26 @@ NAME_PARTS = ["mail", "move.test", "alice0001@move.test", "cur", "dkim", "state"
               "password", "other.test", "a\\b", "x\x00y", "live", "evil"]  # fmt: skip
 
 
+VALID_MEMBERS = [
+    ("dir", "mail/move.test", b"", ""),
+    ("dir", "mail/move.test/alice0001@move.test", b"", ""),
+    ("file", "mail/move.test/alice0001@move.test/password", b"{SHA512-CRYPT}$6$x$y\n", ""),
+    ("dir", "mail/move.test/alice0001@move.test/cur", b"", ""),
+    ("file", "mail/move.test/alice0001@move.test/cur/1.M1:2,S", b"hello\n", ""),
+    ("dir", "state/pending_notifications", b"", ""),
+]
+
+
 @st.composite
 def tar_members(draw):
-    members = []
-    manifest = {"format": 1, "domains": {"move.test": {"selectors": ["opendkim"]}}}
+    good = {"format": 1, "domains": {"move.test": {"selectors": ["opendkim"]}}}
     manifest = draw(
-        st.sampled_from([manifest, manifest, {"format": 1, "domains": {"../x": {}}}, {}, []])
+        st.sampled_from([good, good, good, {"format": 1, "domains": {"../x": {}}}, {}, []])
     )
-    members.append(("file", "manifest.json", json.dumps(manifest).encode(), ""))
-    base = [
-        ("dir", "mail", b"", ""),
-        ("dir", "mail/move.test", b"", ""),
-        ("dir", "mail/move.test/alice0001@move.test", b"", ""),
-    ]
-    members += draw(st.sampled_from([base, base[:2], []]))
-    for _ in range(draw(st.integers(0, 5))):
+    members = [("file", "manifest.json", json.dumps(manifest).encode(), "")]
+    # a valid archive, cut short at some point, plus 0..4 generated members
+    members += VALID_MEMBERS[: draw(st.integers(0, len(VALID_MEMBERS)))]
+    for _ in range(draw(st.integers(0, 4))):
         kind = draw(st.sampled_from(["file", "dir", "sym", "hard", "fifo", "chr"]))
         parts = draw(st.lists(st.sampled_from(NAME_PARTS), min_size=1, max_size=5))
         name = "/".join(parts)
@@ -375,7 +380,9 @@ def _snapshot(root: Path) -> dict:
         for name in dirnames + filenames:
             path = Path(dirpath) / name
             st_ = path.lstat()
-            out[str(path)] = (st_.st_mode, st_.st_size, st_.st_mtime_ns)
+            # a directory's mtime moves when a staging dir comes and goes
+            mtime = None if os.path.isdir(path) and not path.is_symlink() else st_.st_mtime_ns
+            out[str(path)] = (st_.st_mode, st_.st_size, mtime, st_.st_uid)
     return out
 
 

@@ -448,7 +448,10 @@ class IncomingHandler(BaseHandler):
     async def prepare(self, content: bytes) -> dict:
         if not self.config.filtermail_dkim_check or self.resolver is None:
             return {}
-        headers = BytesHeaderParser(policy=compat32).parsebytes(content)
+        # the header block only: no copy of a large body on the event loop
+        ends = [i for i in (content.find(b"\r\n\r\n"), content.find(b"\n\n")) if i >= 0]
+        block = content[: min(ends) + 4] if ends else content[:65536]
+        headers = BytesHeaderParser(policy=compat32).parsebytes(block)
         from_addr = single_from_address(headers)
         if from_addr is None:
             return {}
