@@ -8,6 +8,7 @@ Hypothesis shrinks a finding to a small example, which is reported.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import importlib.util
 import io
@@ -26,6 +27,13 @@ from hypothesis import strategies as st
 from fuzz import mime, oracle
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _scratch(prefix: str) -> Path:
+    """A temporary directory removed when the process exits."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 class Finding(AssertionError):
@@ -54,7 +62,7 @@ class _Filtermail:
         from chatmaild.config import read_config
         from chatmaild.filtermail import IncomingHandler, OutgoingHandler
 
-        self.base = Path(tempfile.mkdtemp(prefix="fuzz-filtermail-"))
+        self.base = _scratch("fuzz-filtermail-")
         ini = self.base / "chatmail.ini"
         ini.write_text(
             "[params]\nmail_domain = chat.example.org 192.0.2.7\n"
@@ -165,7 +173,7 @@ class _Dict:
         from chatmaild.config import read_config
         from chatmaild.doveauth import AuthDictProxy
 
-        self.base = Path(tempfile.mkdtemp(prefix="fuzz-dict-"))
+        self.base = _scratch("fuzz-dict-")
         ini = self.base / "chatmail.ini"
         ini.write_text(
             "[params]\nmail_domain = chat.example.org 192.0.2.7\n"
@@ -272,7 +280,7 @@ class _Migrate:
 
         from tests import saltopts
 
-        self.base = Path(tempfile.mkdtemp(prefix="fuzz-migrate-"))
+        self.base = _scratch("fuzz-migrate-")
         (self.base / "minion").mkdir()
         opts = saltopts.minion_opts(self.base / "minion", "fuzz.move.test")
         self.module = Loaders(opts).modules.chatmail_migrate
