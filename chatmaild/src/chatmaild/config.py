@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .address import is_account_localpart
+
 log = logging.getLogger("chatmaild.config")
 
 
@@ -33,14 +35,14 @@ class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the key."""
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)[bB]?\s*$")
+_SIZE_RE = re.compile(r"\s*(\d+)\s*([kKmMgGtT]?)[bB]?\s*")
 _SIZE_FACTORS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-_DOMAIN_LABEL_RE = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+_DOMAIN_LABEL_RE = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 
 
 def parse_size(text: str) -> int:
     """Parse a size such as ``500M`` or ``1G`` (binary units) into bytes."""
-    m = _SIZE_RE.match(str(text))
+    m = _SIZE_RE.fullmatch(str(text))
     if not m:
         raise ValueError(f"not a size: {text!r} (expected e.g. 500M, 1G, 1024)")
     return int(m.group(1)) * _SIZE_FACTORS[m.group(2).lower()]
@@ -76,7 +78,7 @@ def validate_domain(domain: str) -> str:
     if len(domain) > 253 or "." not in domain:
         raise ValueError(f"not a fully qualified domain name: {domain!r}")
     for label in domain.split("."):
-        if not _DOMAIN_LABEL_RE.match(label):
+        if not _DOMAIN_LABEL_RE.fullmatch(label):
             raise ValueError(f"invalid label {label!r} in domain {domain!r}")
     return domain
 
@@ -111,6 +113,8 @@ PARAMS = {
         Param("postfix_reinject_port", "10025", "port"),
         Param("postfix_reinject_port_incoming", "10026", "port"),
         Param("filtermail_dkim_check", "true", "bool"),
+        # seconds all DKIM key lookups of one incoming mail may take together
+        Param("filtermail_dkim_dns_budget", "10", "float"),
         Param("mailboxes_dir", "/home/vmail/mail", "str"),
         Param("state_dir", "/var/lib/chatmaild", "str"),
         Param("nocreate_file", "/etc/chatmail-nocreate", "str"),
@@ -329,13 +333,18 @@ class Config:
         return self.for_domain(addr.rsplit("@", 1)[1])
 
     def user_dir(self, addr: str) -> Path:
-        """``<mailboxes_dir>/<domain>/<addr>``; raises ValueError for foreign or
-        path-like addresses so callers can never escape the mailbox tree."""
+        """``<mailboxes_dir>/<domain>/<addr>``; raises ValueError unless
+        ``addr`` is an account name exactly as account creation writes it
+        (localpart ``[a-z0-9._-]+`` not starting with a dot, the served
+        spelling of the domain), so callers can never escape the mailbox tree
+        nor reach one account under two names.  Map envelope recipients with
+        :func:`chatmaild.address.normalize_recipient` first."""
         dom = self.for_address(addr)
         if dom is None:
             raise ValueError(f"address not served here: {addr!r}")
-        if "/" in addr or addr.startswith(".") or "\0" in addr:
-            raise ValueError(f"unsafe address: {addr!r}")
+        localpart, _, domain = addr.rpartition("@")
+        if not is_account_localpart(localpart) or domain != dom.address_domain:
+            raise ValueError(f"not an account name: {addr!r}")
         return dom.mailboxes_path / addr
 
 

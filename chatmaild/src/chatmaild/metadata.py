@@ -7,8 +7,9 @@ private attributes ``priv/<mailbox-guid>/<name>`` and shared ones
 the extra prefix ``vendor/vendor.dovecot/pvt/server/``.  What we serve:
 
 ``priv/<guid>/devicetoken``
-    set: remember a push token of a device (several per account, each with
-    the time it was last set, in ``<user_dir>/metadata.json``); lookup: all
+    set: remember a push token of a device (up to :data:`MAX_TOKENS` per
+    account, each with the time it was last set, in
+    ``<user_dir>/metadata.json``; one more forgets the oldest); lookup: all
     valid tokens separated by spaces.  Tokens not set again within
     ``push_token_expiry_days`` are forgotten.
 ``priv/<guid>/messagenew``
@@ -16,7 +17,10 @@ the extra prefix ``vendor/vendor.dovecot/pvt/server/``.  What we serve:
     push request per token (see :mod:`chatmaild.notifier`) unless the value
     is ``self`` (the account's own message), and in any case wake the
     account's hibernated IDLE sessions a moment later (see
-    :mod:`chatmaild.idlewake`).
+    :mod:`chatmaild.idlewake`).  Only a delivery may set it: the dict
+    connection must come from a process in :data:`DELIVERY_PROCESSES`
+    (``SO_PEERCRED`` and ``/proc/<pid>/comm``); the same attribute set by an
+    IMAP client with SETMETADATA is refused.
 ``shared/<guid>/[vendor/vendor.dovecot/pvt/server/]vendor/deltachat/<name>``
     lookup of what the relay advertises: ``maxsmtprecipients``,
     ``turn`` (``host:port:user:password``, coturn REST API credentials
@@ -52,6 +56,14 @@ DEFAULT_TURN_PORT = 3478
 TURN_CREDENTIAL_SECONDS = 5 * 86400
 #: tokens stamped further in the future than this are considered invalid
 CLOCK_SKEW = 60
+#: device tokens kept per account; setting one more forgets the oldest
+MAX_TOKENS = 16
+#: longest token accepted (Delta Chat's encrypted tokens are ~850 characters)
+MAX_TOKEN_LENGTH = 2048
+#: processes whose dict connections may report a delivery (messagenew):
+#: Dovecot's LMTP service and its LDA; an IMAP session (process "imap")
+#: must not be able to trigger pushes with SETMETADATA
+DELIVERY_PROCESSES = ("lmtp", "dovecot-lda")
 
 
 def turn_credentials(secret: str, now: float | None = None, ttl=TURN_CREDENTIAL_SECONDS):
@@ -133,6 +145,9 @@ class TokenStore:
     def add(self, addr, token):
         def change(tokens, now):
             tokens[token] = now
+            while len(tokens) > MAX_TOKENS:
+                oldest = min(tokens, key=lambda t: (tokens[t], t == token, t))
+                del tokens[oldest]
 
         self._modify(addr, change)
 
@@ -160,6 +175,19 @@ class MetadataDict(DictProxy):
         self.tokens = tokens
         self.notifier = notifier
         self.waker = waker
+        self._local = threading.local()
+
+    def commit(self, txn):
+        # the transaction_* hooks need to know who is committing
+        self._local.peer = txn.peer
+        try:
+            return super().commit(txn)
+        finally:
+            self._local.peer = None
+
+    def from_delivery(self) -> bool:
+        peer = getattr(self._local, "peer", None)
+        return peer is not None and peer.process in DELIVERY_PROCESSES
 
     def _domain_config(self, user):
         dc = self.config.for_address(user) if user else None
@@ -204,12 +232,23 @@ class MetadataDict(DictProxy):
         name = self._private_name(key)
         if name == DEVICETOKEN:
             value = value.strip()
-            if not value or any(c.isspace() for c in value):
+            if not value or len(value) > MAX_TOKEN_LENGTH or not value.isprintable():
+                log.warning("refusing empty, overlong or unprintable device token from %s", user)
+                return False
+            if any(c.isspace() for c in value) or not value.isascii():
                 log.warning("refusing device token with whitespace from %s", user)
                 return False
             self.tokens.add(user, value)
             return True
         if name == MESSAGENEW:
+            if not self.from_delivery():
+                peer = getattr(self._local, "peer", None)
+                log.warning(
+                    "refusing messagenew of %r from process %r: only deliveries push",
+                    user,
+                    peer.process if peer else None,
+                )
+                return False
             if value != "self":
                 tokens = self.tokens.get(user)
                 if tokens:
