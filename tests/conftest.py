@@ -68,12 +68,22 @@ def pytest_sessionfinish(session, exitstatus):
         harness.release(keep=any(os.environ.get(var) == "1" for var in KEEP_VARS))
 
 
+def _random_order(config):
+    """True when pytest-random-order will shuffle (it is installed, but only
+    shuffles when asked to)."""
+    if not config.pluginmanager.hasplugin("random_order"):
+        return False
+    from random_order.config import Config
+
+    return Config(config).is_enabled
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """With pytest-random-order (./cmsalt test --fresh) only modules are
     shuffled: tests inside a module keep their written order.  Otherwise the
     slow suites come first (stable sort: the order inside a suite stays)."""
-    if config.pluginmanager.hasplugin("random_order"):
+    if _random_order(config):
         for item in items:
             item.add_marker(pytest.mark.random_order(disabled=True))
         return
