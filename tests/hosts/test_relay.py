@@ -303,3 +303,63 @@ def test_web_page_and_new_account(relay):
     assert account["email"].endswith("@" + DOMAIN)
     assert account["dclogin_url"].startswith(f"dclogin:{account['email']}?")
     imap_login(relay.ip, account["email"], account["password"]).logout()
+
+
+def mx_rcpt(ip, rcpt):
+    """(code, text) of RCPT TO:<rcpt> on port 25 after STARTTLS."""
+    with smtplib.SMTP(ip, 25, local_hostname="mx.example.org", timeout=30) as smtp:
+        smtp.starttls(context=tls_context())
+        smtp.ehlo("mx.example.org")
+        code, _ = smtp.mail("someone@example.org")
+        assert code == 250
+        return smtp.docmd(f"RCPT TO:<{rcpt}>")
+
+
+# Other spellings of an account's address.  Postfix and dovecot used to deliver
+# the first (sub-address) to the account itself, and postfix rewrites the next
+# three to it, while filtermail looked up the E2EE marker of the form it was
+# given: cleartext reached an account that refuses it.
+NON_CANONICAL = [
+    "{local}+x@{domain}",
+    "{local}@{domain}.",
+    '"{local}"@{domain}',
+    "@{domain}:{local}@{domain}",
+    "{local}%{domain}@{domain}",
+]
+
+
+@pytest.mark.parametrize("form", NON_CANONICAL)
+def test_port25_refuses_other_spellings_of_an_account_at_rcpt(relay, form):
+    victim, victim_pw = new_credentials()
+    imap_login(relay.ip, victim, victim_pw).logout()
+    local, domain = victim.split("@")
+    code, text = mx_rcpt(relay.ip, form.format(local=local, domain=domain))
+    assert code == 501 and b"5.1.3" in text, (code, text)
+
+
+def test_port25_refuses_unknown_recipients_at_rcpt_and_queues_nothing(relay):
+    """No bounce to a sender address that may be forged (backscatter): an
+    address that is no account is refused in the session."""
+    unknown, _ = new_credentials()
+    before = relay.exec("postqueue", "-j").stdout.count("\n")
+    code, text = mx_rcpt(relay.ip, unknown)
+    assert code == 550 and b"5.1.1" in text, (code, text)
+    # an IP literal of the host is no chatmail domain here
+    code, text = mx_rcpt(relay.ip, f"{unknown.split('@')[0]}@[{relay.ip}]")
+    assert code == 550, (code, text)
+    assert relay.exec("postqueue", "-j").stdout.count("\n") <= before
+
+
+def test_port25_accepts_an_account_in_any_case(relay):
+    """The plain form passes RCPT (case does not matter: dovecot and filtermail
+    compare in lower case, so the E2EE check and delivery agree)."""
+    victim, victim_pw = new_credentials()
+    imap_login(relay.ip, victim, victim_pw).logout()
+    for rcpt in (victim, victim.upper()):
+        code, text = mx_rcpt(relay.ip, rcpt)
+        assert code == 250, (rcpt, code, text)
+
+
+def test_no_sub_addressing_in_postfix_and_dovecot(relay):
+    assert relay.exec("postconf", "-h", "recipient_delimiter").stdout.strip() == ""
+    assert relay.exec("doveconf", "-h", "recipient_delimiter").stdout.strip() == ""
