@@ -83,7 +83,7 @@ chatmail:
     push_token_expiry_days: 90
     push_retry_max_seconds: 3600
     turn_server: ''                     # per domain
-    turn_secret: ''                     # per domain
+    turn_secret: ''                     # per domain; kept in a root-only file, given to chatmail-metadata only
     disable_ipv6: false
     acme_email: ''                      # per domain; Let's Encrypt account contact
     imap_rawlog: false
@@ -184,6 +184,7 @@ chatmail:
       acme: [acmetool]
     paths:
       config_dir: /etc/chatmail
+      secrets_dir: /etc/chatmail/secrets
       ini: /etc/chatmail/chatmail.ini
       venv: /usr/local/lib/chatmaild
       src_dir: /usr/local/src/chatmaild
@@ -198,6 +199,8 @@ chatmail:
       systemd_dir: /etc/systemd/system
     users:
       vmail: vmail
+      config_group: chatmail
+      metadata_group: chatmail-metadata
     sockets:
       doveauth: /run/doveauth/doveauth.socket
       metadata: /run/chatmail-metadata/metadata.socket

@@ -363,3 +363,118 @@ def test_port25_accepts_an_account_in_any_case(relay):
 def test_no_sub_addressing_in_postfix_and_dovecot(relay):
     assert relay.exec("postconf", "-h", "recipient_delimiter").stdout.strip() == ""
     assert relay.exec("doveconf", "-h", "recipient_delimiter").stdout.strip() == ""
+
+
+INI = "/etc/chatmail/chatmail.ini"
+
+
+def journal_since(host, cursor_file, grep):
+    return host.sh(
+        f'journalctl --no-pager -o cat --after-cursor="$(cat {cursor_file})"'
+        f" | grep -F -- '{grep}'",
+        check=False,
+    ).stdout
+
+
+def mark(host, cursor_file):
+    host.sh("journalctl -n0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p' > " + cursor_file)
+
+
+def test_chatmail_ini_is_readable_only_by_its_readers(relay):
+    """chatmail.ini is root:chatmail 0640; nginx's workers (www-data), vmail's
+    other processes and anyone else cannot read it, its readers still do:
+    the daemons (test_service_active), the daily oneshots, /new under
+    fcgiwrap (test_web_page_and_new_account) and dovecot's quota-warning
+    script."""
+    assert relay.exec("stat", "-c", "%a %U %G", INI).stdout.split() == ["640", "root", "chatmail"]
+    for user in ("www-data", "vmail", "nobody"):
+        proc = relay.exec("runuser", "-u", user, "--", "head", "-c1", INI, check=False)
+        assert proc.returncode != 0 and "Permission denied" in proc.stderr, user
+    for unit in ("chatmail-expire.service", "chatmail-fsreport.service"):
+        proc = relay.exec("systemctl", "start", unit, check=False)
+        log = relay.exec("journalctl", "--no-pager", "-n", "30", "-u", unit).stdout
+        assert proc.returncode == 0, log
+    # dovecot runs the quota-warning script as vmail with the group; poke its
+    # listener the way the quota plugin does (script protocol 4) for an
+    # address the relay does not serve: the script reads chatmail.ini and
+    # says so, instead of failing to open it
+    mark(relay, "/root/cur")
+    poke = (
+        "import socket; s = socket.socket(socket.AF_UNIX); "
+        "s.connect('/run/dovecot/quota-warning'); "
+        "s.sendall(b'VERSION\\tscript\\t4\\t0\\nnoreply\\n70\\nnobody@not-served.example\\n\\n'); "
+        "s.close()"
+    )
+    relay.exec("runuser", "-u", "vmail", "--", "python3", "-c", poke)
+    for _ in range(30):
+        if journal_since(relay, "/root/cur", "is not served here"):
+            break
+        time.sleep(0.5)
+    assert journal_since(relay, "/root/cur", "is not served here")
+    assert not journal_since(relay, "/root/cur", "PermissionError")
+
+
+def metadata_value(imap, entry):
+    imaplib.Commands.setdefault("GETMETADATA", ("AUTH", "SELECTED"))
+    typ, data = imap._simple_command("GETMETADATA", f'"" {entry}')
+    assert typ == "OK", data
+    flat = []
+    for item in imap._untagged_response(typ, data, "METADATA")[1]:
+        flat.extend(item if isinstance(item, tuple) else [item])
+    return b" ".join(x for x in flat if x).decode()
+
+
+def test_turn_secret_is_kept_from_everyone_but_chatmail_metadata(relay):
+    """The TURN secret is in no file the other daemons, nginx or fcgiwrap can
+    read (not in chatmail.ini, not in a unit, not in the highstate output);
+    chatmail-metadata, the only daemon with the secrets' group, derives the
+    credentials it advertises from it."""
+    import base64
+    import hashlib
+    import hmac
+
+    rnd = random.SystemRandom()
+    secret = "turn-" + "".join(rnd.choice(string.ascii_letters) for _ in range(24))
+    path = f"/etc/chatmail/secrets/turn_secret.{DOMAIN}"
+    override = {
+        "chatmail": {"domains": {DOMAIN: {"turn_server": "turn.chat1.test", "turn_secret": secret}}}
+    }
+    try:
+        result = hosts.converge(relay, pillar_override=override)
+        assert result.ok, result.summary()
+        assert secret not in result.stdout + result.stderr
+        assert relay.exec("stat", "-c", "%a %U %G", path).stdout.split() == [
+            "640",
+            "root",
+            "chatmail-metadata",
+        ]
+        holders = relay.sh(
+            f"grep -rlF -- '{secret}' /etc /usr/local/lib/chatmail-cgi /run 2>/dev/null",
+            check=False,
+        ).stdout.split()
+        assert holders == [path]
+        assert f"turn_secret_file = {path}" in relay.exec("cat", INI).stdout
+        for user in ("vmail", "www-data", "opendkim"):
+            assert relay.exec("runuser", "-u", user, "--", "cat", path, check=False).returncode != 0
+        gid = relay.exec("getent", "group", "chatmail-metadata").stdout.split(":")[2]
+        for unit, has in (("chatmail-metadata", True), ("doveauth", False), ("filtermail", False)):
+            status = relay.exec("cat", f"/proc/{_main_pid(relay, unit)}/status").stdout
+            groups = re.search(r"^Groups:\s*(.*)$", status, re.M).group(1).split()
+            assert (gid in groups) == has, (unit, groups)
+
+        addr, password = new_credentials()
+        imap = imap_login(relay.ip, addr, password)
+        try:
+            value = metadata_value(imap, "/shared/vendor/deltachat/turn")
+        finally:
+            imap.logout()
+        match = re.search(r"turn\.chat1\.test:(\d+):(\d+):([A-Za-z0-9+/=]+)", value)
+        assert match, value
+        user, cred = match.group(2), match.group(3)
+        digest = hmac.new(secret.encode(), user.encode(), hashlib.sha1).digest()
+        assert cred == base64.b64encode(digest).decode()
+    finally:
+        restored = hosts.converge(relay)
+    assert restored.ok, restored.summary()
+    assert relay.exec("test", "-e", path, check=False).returncode != 0
+    assert "turn_secret" not in relay.exec("cat", INI).stdout
