@@ -137,6 +137,8 @@ chatmail:
   limits:
     imap_max_userip_connections: 20      # concurrent IMAP connections per account and IP
     imap_login_rate_per_minute: 60       # new IMAP connections per client IP and minute
+    new_account_rate_per_minute: 20      # POST /new per client IP (nginx limit_req, 429)
+    new_account_burst: 10
     smtp_connection_rate_per_minute: 60  # new SMTP connections per client IP and minute
     smtp_max_connections_per_client: 100
     queue_lifetime: 5d                   # postfix maximal_queue_lifetime

@@ -33,6 +33,7 @@ that made it, so reuse is not offered).
 """
 
 import datetime
+import http.client
 import json
 import os
 import socket
@@ -209,6 +210,25 @@ def test_acmetool_state_on_the_host(converged):
     assert converged.exec("systemctl", "is-enabled", "acmetool.timer").stdout.strip() == "enabled"
     mode = converged.sh(f"stat -L -c '%a %U' /var/lib/acme/live/{DOMAIN}/privkey").stdout
     assert mode.strip() == "600 root"
+
+
+def test_hsts_only_for_publicly_trusted_certificates(converged, acme):
+    """Strict-Transport-Security on the acme and external domains (publicly
+    trusted certificates), never on self-signed/CA/IP ones (test_relay.py)."""
+    for name in (DOMAIN, EXT):
+        ctx = ssl.create_default_context(cadata=acme.ca.root_pem)
+        conn = http.client.HTTPConnection(converged.ip, 443, timeout=30)
+        sock = socket.create_connection((converged.ip, 443), timeout=30)
+        conn.sock = ctx.wrap_socket(sock, server_hostname=name)  # verified for the name
+        try:
+            conn.request("GET", "/", headers={"Host": name})
+            resp = conn.getresponse()
+            resp.read()
+        finally:
+            conn.close()
+        assert resp.status == 200, name
+        assert resp.getheader("Strict-Transport-Security") == "max-age=31536000", name
+        assert resp.getheader("Server") == "nginx", name
 
 
 def test_second_highstate_changes_nothing(converged):

@@ -478,3 +478,77 @@ def test_turn_secret_is_kept_from_everyone_but_chatmail_metadata(relay):
     assert restored.ok, restored.summary()
     assert relay.exec("test", "-e", path, check=False).returncode != 0
     assert "turn_secret" not in relay.exec("cat", INI).stdout
+
+
+# --- web: /new, server tokens, HSTS -------------------------------------------
+
+
+def post_new(ip, domain=DOMAIN):
+    """(status, headers, parsed JSON or text) of POST /new."""
+    import http.client
+    import json
+
+    conn = http.client.HTTPSConnection(ip, 443, timeout=30, context=tls_context())
+    try:
+        conn.request("POST", "/new", body=b"", headers={"Host": domain})
+        resp = conn.getresponse()
+        body = resp.read().decode()
+        try:
+            body = json.loads(body)
+        except ValueError:
+            pass
+        return resp.status, dict(resp.getheaders()), body
+    finally:
+        conn.close()
+
+
+def test_new_refuses_while_the_kill_switch_exists(relay):
+    """/new hands out no credentials that doveauth would refuse: with
+    /etc/chatmail-nocreate it answers 503 and a JSON error."""
+    relay.exec("touch", "/etc/chatmail-nocreate")
+    try:
+        status, headers, body = post_new(relay.ip)
+        assert status == 503, body
+        assert headers["Content-Type"] == "application/json"
+        assert body == {"error": "account creation is disabled on this relay"}
+    finally:
+        relay.exec("rm", "-f", "/etc/chatmail-nocreate")
+    status, _headers, body = post_new(relay.ip)
+    assert status == 200 and body["email"].endswith("@" + DOMAIN), body
+
+
+def test_new_is_rate_limited_per_client(relay):
+    """A burst of POST /new from one client: the first ones get accounts,
+    the rest 429 (limits:new_account_burst 10, 20 a minute); a little later a
+    single request works again."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    time.sleep(4)  # earlier tests' requests refill
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        statuses = [s for s, _h, _b in pool.map(lambda _: post_new(relay.ip), range(30))]
+    assert statuses.count(429) >= 10, statuses
+    assert 1 <= statuses.count(200) <= 14, statuses
+    assert set(statuses) <= {200, 429}, statuses
+    time.sleep(4)  # 20 a minute: one more every 3 s
+    status, _headers, body = post_new(relay.ip)
+    assert status == 200, body
+
+
+def test_web_server_reveals_no_version_and_no_hsts_for_self_signed(relay):
+    import http.client
+
+    for port in (80, 443):
+        if port == 443:
+            conn = http.client.HTTPSConnection(relay.ip, 443, timeout=30, context=tls_context())
+        else:
+            conn = http.client.HTTPConnection(relay.ip, 80, timeout=30)
+        try:
+            conn.request("GET", "/no-such-page", headers={"Host": DOMAIN})
+            resp = conn.getresponse()
+            body = resp.read().decode()
+        finally:
+            conn.close()
+        assert resp.getheader("Server") == "nginx", resp.getheaders()
+        assert not re.search(r"nginx/\d", body)
+        # chat1.test is self-signed: browsers must stay able to click through
+        assert resp.getheader("Strict-Transport-Security") is None
