@@ -137,6 +137,9 @@ chatmail:
   limits:
     imap_max_userip_connections: 20      # concurrent IMAP connections per account and IP
     imap_login_rate_per_minute: 60       # new IMAP connections per client IP and minute
+    login_failures_per_account_and_ip: 5  # failed IMAP/SMTP logins of one address from one IP,
+    login_failures_per_ip: 20            # or of any addresses from one IP, brake further
+    login_failure_window: 600            # logins for this many seconds (temporary error)
     new_account_rate_per_minute: 20      # POST /new per client IP (nginx limit_req, 429)
     new_account_burst: 10
     smtp_connection_rate_per_minute: 60  # new SMTP connections per client IP and minute

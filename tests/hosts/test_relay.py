@@ -552,3 +552,78 @@ def test_web_server_reveals_no_version_and_no_hsts_for_self_signed(relay):
         assert not re.search(r"nginx/\d", body)
         # chat1.test is self-signed: browsers must stay able to click through
         assert resp.getheader("Strict-Transport-Security") is None
+
+
+# --- SMTP AUTH brake ------------------------------------------------------------
+
+
+def smtp_auth(ip, addr, *passwords):
+    """SMTP reply codes of AUTH PLAIN on port 465, one per password, in one
+    session (235 ok, 535 refused); stops after a success."""
+    import base64
+
+    codes = []
+    with smtplib.SMTP_SSL(ip, 465, context=tls_context(), timeout=60) as smtp:
+        smtp.ehlo()
+        for password in passwords:
+            token = base64.b64encode(f"\0{addr}\0{password}".encode()).decode()
+            code, _text = smtp.docmd("AUTH", f"PLAIN {token}")
+            codes.append(code)
+            if code == 235:
+                break
+    return codes
+
+
+def braked(host, addr, cursor_file):
+    """dovecot's login brake refused a login of addr since the cursor."""
+    return "passdb-lua: login failure limit" in journal_since(host, cursor_file, f"lua({addr},")
+
+
+def test_smtp_auth_guessing_is_braked(relay):
+    """5 wrong passwords for one address over SMTP AUTH from one IP: further
+    logins of that address from that IP are refused without looking at the
+    password (the right one too), over IMAP as well, until the window ends;
+    another account logs in from the same IP.  (Postfix's Dovecot SASL
+    client answers every refusal 535; IMAP says it is temporary.)"""
+    victim, victim_pw = new_credentials()
+    other, other_pw = new_credentials()
+    imap_login(relay.ip, victim, victim_pw).logout()
+    imap_login(relay.ip, other, other_pw).logout()
+    try:
+        wrong = [f"wrong-guess-{n:05d}" for n in range(5)]
+        assert smtp_auth(relay.ip, victim, *wrong) == [535] * 5
+        mark(relay, "/root/brake1")
+        assert smtp_auth(relay.ip, victim, victim_pw) != [235]
+        with pytest.raises(imaplib.IMAP4.error, match="UNAVAILABLE"):
+            imap_login(relay.ip, victim, victim_pw)
+        assert braked(relay, victim, "/root/brake1")
+        assert smtp_auth(relay.ip, other, other_pw) == [235]
+        imap_login(relay.ip, other, other_pw).logout()
+        log = relay.exec("journalctl", "--no-pager", "-o", "cat", "-n", "300").stdout
+        assert f"5 failed logins of {victim}" in log
+    finally:
+        # the counters live in dovecot's auth process: later tests log in
+        # from the same IP
+        relay.exec("systemctl", "restart", "dovecot")
+    assert smtp_auth(relay.ip, victim, victim_pw) == [235]
+
+
+def test_failed_logins_of_many_addresses_brake_the_client(relay):
+    """20 failed logins from one IP, spread over addresses: that IP is braked
+    for every address until the window ends."""
+    accounts = [new_credentials() for _ in range(5)]
+    for addr, password in accounts:
+        imap_login(relay.ip, addr, password).logout()
+    try:
+        for addr, _password in accounts:
+            wrong = [f"wrong-guess-{n:05d}" for n in range(4)]
+            assert smtp_auth(relay.ip, addr, *wrong) == [535] * 4
+        mark(relay, "/root/brake2")
+        addr, password = accounts[0]
+        assert smtp_auth(relay.ip, addr, password) != [235]
+        assert braked(relay, addr, "/root/brake2")
+        fresh, fresh_pw = new_credentials()
+        assert smtp_auth(relay.ip, fresh, fresh_pw) != [235]
+        assert braked(relay, fresh, "/root/brake2")
+    finally:
+        relay.exec("systemctl", "restart", "dovecot")

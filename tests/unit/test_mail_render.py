@@ -349,11 +349,17 @@ def test_dovecot_conf(example, certs):
     # them without the imap process's 500 ms new-mail debounce
     assert "imap_hibernate_timeout = 1s" in conf
     assert re.search(r"unix_listener imap-master \{\s+user = \$default_internal_user", conf)
-    # IMAP login rate limit: a Lua passdb before doveauth's
-    lua_passdb = conf.index("args = file=/etc/dovecot/chatmail-login-limit.lua blocking=no")
-    assert lua_passdb < conf.index("args = /etc/dovecot/chatmail-auth.conf.ext")
+    # login brakes: the same Lua passdb before doveauth's (check) and after it
+    # (counts a failure), for IMAP and SMTP AUTH
+    lua = "args = file=/etc/dovecot/chatmail-login-limit.lua blocking=no"
+    dict_passdb = conf.index("args = /etc/dovecot/chatmail-auth.conf.ext")
+    assert conf.index(lua) < dict_passdb < conf.rindex(lua)
+    assert conf.count(lua) == 2
     limit = example["files"]["/etc/dovecot/chatmail-login-limit.lua"]
-    assert "local LIMIT = 60\n" in limit
+    assert "local LOGIN_LIMIT = 60\n" in limit
+    assert "local FAIL_PAIR_LIMIT = 5\n" in limit
+    assert "local FAIL_IP_LIMIT = 20\n" in limit
+    assert "local FAIL_WINDOW = 600\n" in limit
     auth = example["files"]["/etc/dovecot/chatmail-auth.conf.ext"]
     assert "uri = proxy:/run/doveauth/doveauth.socket:auth" in auth
     assert 'password_key = passdb/%Ew"%Eu' in auth
@@ -382,7 +388,7 @@ def test_ip_only_domain(mixed, certs):
     assert "quota_rule = *:storage=2048M" in conf
     assert "listen = *\n" in conf
     assert "hibernate" not in conf  # imap: hibernate_timeout: 0
-    assert "local LIMIT = 30\n" in files["/etc/dovecot/chatmail-login-limit.lua"]
+    assert "local LOGIN_LIMIT = 30\n" in files["/etc/dovecot/chatmail-login-limit.lua"]
 
 
 @pytest.mark.skipif(not shutil.which("postconf"), reason="postfix is not installed")
