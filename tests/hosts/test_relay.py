@@ -627,3 +627,44 @@ def test_failed_logins_of_many_addresses_brake_the_client(relay):
         assert braked(relay, fresh, "/root/brake2")
     finally:
         relay.exec("systemctl", "restart", "dovecot")
+
+
+# --- local trust: reinject sockets, sendmail ------------------------------------
+
+
+def test_local_processes_cannot_bypass_filtermail(relay):
+    """Only filtermail (and root) reach postfix's reinject listeners, which
+    skip the filter and DKIM-sign: no TCP port on 127.0.0.1 (any local process,
+    e.g. an nginx worker or an IMAP process, could use that), the UNIX sockets
+    are in postfix's public/ (group postdrop), and sendmail is root's only."""
+    probe = (
+        "import socket, sys\n"
+        "for port in (10025, 10026):\n"
+        "    try:\n"
+        "        socket.create_connection(('127.0.0.1', port), timeout=5).close()\n"
+        "        print('tcp', port, 'open')\n"
+        "    except OSError as exc:\n"
+        "        print('tcp', port, type(exc).__name__)\n"
+        "for name in ('reinject', 'reinject_incoming'):\n"
+        "    s = socket.socket(socket.AF_UNIX)\n"
+        "    try:\n"
+        "        s.connect('/var/spool/postfix/public/' + name)\n"
+        "        print('unix', name, 'open')\n"
+        "    except OSError as exc:\n"
+        "        print('unix', name, type(exc).__name__)\n"
+    )
+    for user in ("www-data", "vmail", "opendkim"):
+        out = relay.exec("runuser", "-u", user, "--", "python3", "-c", probe).stdout.split("\n")
+        assert "open" not in " ".join(out), (user, out)
+        assert "unix reinject PermissionError" in out, (user, out)
+        proc = relay.exec(
+            "runuser", "-u", user, "--", "/usr/sbin/sendmail", "-f", f"x@{DOMAIN}",
+            "someone@example.org", input="Subject: x\n\ncleartext\n", check=False,
+        )  # fmt: skip
+        assert proc.returncode != 0 and "not allowed to submit" in proc.stderr, (user, proc)
+    # filtermail itself gets there (test_encrypted_message_delivered_dkim_signed
+    # delivers through it); its unit has the group
+    for unit in ("filtermail", "filtermail-incoming"):
+        status = relay.exec("cat", f"/proc/{_main_pid(relay, unit)}/status").stdout
+        gid = relay.exec("getent", "group", "postdrop").stdout.split(":")[2]
+        assert gid in re.search(r"^Groups:\s*(.*)$", status, re.M).group(1).split()

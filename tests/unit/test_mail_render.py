@@ -214,11 +214,16 @@ def test_postfix_master_cf(example):
         assert "smtpd_proxy_filter=127.0.0.1:10080" in opts
         assert "smtpd_sender_restrictions=$mua_sender_restrictions" in opts
     assert "smtpd_tls_wrappermode=yes" in svc["submissions/inet"]
-    out = " ".join(svc["127.0.0.1:10025/inet"])
+    # filtermail reinjects through UNIX sockets in public/ (group postdrop),
+    # never a TCP port any local process could use
+    assert not [name for name in svc if name.endswith("/inet") and name.startswith("127.")]
+    out = " ".join(svc["reinject/unix"])
+    assert svc["reinject/unix"][2] == "n"  # public/
     assert "smtpd_milters=unix:opendkim/opendkim.sock" in out
     assert "milter_macro_daemon_name=ORIGINATING" in out
     assert "cleanup_service_name=authclean" in out
-    inc = " ".join(svc["127.0.0.1:10026/inet"])
+    inc = " ".join(svc["reinject_incoming/unix"])
+    assert svc["reinject_incoming/unix"][2] == "n"
     assert "opendkim" not in inc
     assert "header_checks=regexp:/etc/postfix/submission_header_cleanup" in svc["authclean/unix"]
 
@@ -278,7 +283,7 @@ def test_port25_checks_recipients_and_no_sub_addressing(example, certs):
     assert main["recipient_delimiter"] == ""
     assert main["mx_recipient_restrictions"] == "check_policy_service unix:private/quota-status"
     svc = master_services(files["/etc/postfix/master.cf"])
-    for name in ("smtp/inet", "127.0.0.1:10026/inet"):
+    for name in ("smtp/inet", "reinject_incoming/unix"):
         assert "smtpd_command_filter=regexp:/etc/postfix/mx_command_filter" in svc[name]
     assert "smtpd_recipient_restrictions=$mx_recipient_restrictions" in svc["smtp/inet"]
     conf = files["/etc/dovecot/dovecot.conf"]

@@ -8,6 +8,8 @@
 include:
   - .package
   - .config
+  # filtermail's units get postfix's group postdrop (its reinject sockets)
+  - {{ tplroot }}.postfix.package
 
 chatmail-chatmaild-daemon-reload-cmd-run:
   cmd.run:
@@ -40,6 +42,7 @@ chatmail-chatmaild-{{ name }}-service-running:
       - cmd: chatmail-chatmaild-daemon-reload-cmd-run
       - file: chatmail-base-mailboxes-directory
       - file: chatmail-base-state-directory
+      - pkg: chatmail-postfix-package-pkg-installed
 {%- endfor %}
 
 {%- for name in timers %}
