@@ -668,3 +668,59 @@ def test_local_processes_cannot_bypass_filtermail(relay):
         status = relay.exec("cat", f"/proc/{_main_pid(relay, unit)}/status").stdout
         gid = relay.exec("getent", "group", "postdrop").stdout.split(":")[2]
         assert gid in re.search(r"^Groups:\s*(.*)$", status, re.M).group(1).split()
+
+
+# --- systemd sandbox of the chatmaild units ---------------------------------------
+
+
+CHATMAILD_UNITS = [
+    "doveauth", "lastlogin", "chatmail-metadata", "filtermail", "filtermail-incoming",
+    "chatmail-expire", "chatmail-fsreport",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("unit", CHATMAILD_UNITS)
+def test_chatmaild_unit_sandbox(relay, unit):
+    """Every unit is sandboxed (systemd-analyze security 2.0 or better, the
+    scores are in docs/security-relay.md) and filtermail cannot write a
+    mailbox: it only reads the E2EE markers."""
+    out = relay.exec("systemd-analyze", "security", "--no-pager", unit).stdout
+    score = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out).group(1))
+    assert score <= 2.0, out[-2000:]
+    props = relay.exec(
+        "systemctl", "show", unit, "-p", "ReadWritePaths", "-p", "CapabilityBoundingSet",
+        "-p", "MemoryDenyWriteExecute", "-p", "SystemCallArchitectures",
+    ).stdout  # fmt: skip
+    assert "MemoryDenyWriteExecute=yes" in props
+    assert "CapabilityBoundingSet=\n" in props + "\n"
+    if unit.startswith("filtermail") or unit == "chatmail-fsreport":
+        assert "ReadWritePaths=\n" in props + "\n", props
+
+
+def mount_options(host, pid, path):
+    """Options of the mount that holds `path` in the namespace of process pid."""
+    best, options = "", ""
+    for line in host.exec("cat", f"/proc/{pid}/mountinfo").stdout.splitlines():
+        fields = line.split()
+        mount_point, opts = fields[4], fields[5]
+        if (path == mount_point or path.startswith(mount_point.rstrip("/") + "/")) and len(
+            mount_point
+        ) >= len(best):
+            best, options = mount_point, opts
+    return options.split(",")
+
+
+def test_filtermail_cannot_write_a_mailbox(relay):
+    """The network-facing filters only read the E2EE markers: in their mount
+    namespace the mailboxes are read-only; doveauth, which creates accounts,
+    and chatmail-metadata (push tokens, queue) may write them."""
+    mailboxes = "/home/vmail/mail"
+    for unit, writable in (
+        ("filtermail", False),
+        ("filtermail-incoming", False),
+        ("doveauth", True),
+        ("chatmail-metadata", True),
+    ):
+        options = mount_options(relay, _main_pid(relay, unit), mailboxes)
+        assert ("rw" in options) == writable, (unit, options)
+        assert ("ro" in options) != writable, (unit, options)
