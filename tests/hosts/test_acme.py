@@ -231,6 +231,29 @@ def test_hsts_only_for_publicly_trusted_certificates(converged, acme):
         assert resp.getheader("Server") == "nginx", name
 
 
+def test_migration_accepts_acmetool_s_real_state(converged):
+    """chatmail_migrate only moves the links acmetool writes: its export of
+    this host's real acmetool state passes the import's checks (inspect),
+    with live/<domain> -> ../certs/<id> and certs/<id>/privkey ->
+    ../../keys/<id>/privkey, and importing it back changes nothing."""
+    archive = "/root/acme-state.tar.gz"
+    converged.exec("rm", "-f", archive)
+    proc = hosts.salt_call(
+        converged, "chatmail_migrate.export", archive, "stop_intake=False", f"domains={DOMAIN}"
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["local"]["acme_files"] > 0
+    proc = hosts.salt_call(converged, "chatmail_migrate.inspect", archive)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    links = converged.sh(f"tar -tvzf {archive} | grep '^l'").stdout
+    assert f"acme/live/{DOMAIN} -> ../certs/" in links, links
+    assert "/privkey -> ../../keys/" in links, links
+    proc = hosts.salt_call(converged, "chatmail_migrate.import", archive)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    acme_report = json.loads(proc.stdout)["local"]["acme"]
+    assert acme_report["added"] == 0 and acme_report["replaced"] == [], acme_report
+
+
 def test_second_highstate_changes_nothing(converged):
     res = hosts.converge(converged)
     assert res.ok, res.summary()
