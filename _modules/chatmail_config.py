@@ -109,6 +109,9 @@ PER_DOMAIN = {
     "privacy_supervisor",
 }
 
+# Never written into chatmail.ini (see turn_secret_files).
+SECRET_PARAMS = {"turn_secret"}
+
 # Ports the relay's public services use; chatmaild's internal ports must not
 # collide with them nor with each other.
 SERVICE_PORTS = {
@@ -572,6 +575,10 @@ def _build_domain(dom, dpillar, merged, dpath, errors, check_files):
     domain.update(extra)
     domain["is_ip"] = is_ip
     domain["address_domain"] = f"[{dom}]" if is_ip else dom
+    # where the tree keeps the domain's TURN secret (see turn_secret_files)
+    domain["turn_secret_file"] = (
+        f"{paths['secrets_dir']}/turn_secret.{dom}" if values["turn_secret"] else ""
+    )
     domain["mailboxes_path"] = f"{merged['params']['mailboxes_dir'].rstrip('/')}/{dom}"
     return domain
 
@@ -797,7 +804,10 @@ def ini_text(chatmail):
         value = params[key]
         if key == "passthrough_recipients" and not value:
             continue  # chatmaild then defaults to echo@<domain>
+        if key in SECRET_PARAMS:
+            continue  # in a file of its own, see turn_secret_files()
         lines.append(f"{key} = {_ini_value(value)}".rstrip())
+    secrets = turn_secret_files(chatmail)
     for dom in order:
         dconf = chatmail["domains"][dom]
         # chatmaild only knows auto/acme/self/external; a private CA's
@@ -806,9 +816,35 @@ def ini_text(chatmail):
         mode = "self" if dconf["tls"]["mode"] == "ca" else dconf["tls"]["mode"]
         lines += ["", f"[domain:{dom}]", f"tls_mode = {mode}"]
         for key in sorted(PER_DOMAIN):
+            if key in SECRET_PARAMS:
+                continue
             if key in params and dconf[key] != params[key]:
                 lines.append(f"{key} = {_ini_value(dconf[key])}".rstrip())
+        if dom in secrets:
+            lines.append(f"turn_secret_file = {secrets[dom]}")
     return "\n".join(lines) + "\n"
+
+
+def turn_secret_files(chatmail):
+    """{domain: file} of the domains with a TURN secret.
+
+    The secret never goes into chatmail.ini (which several daemons and the
+    /new CGI read): the tree writes it to ``<secrets_dir>/turn_secret.<domain>``
+    (root, group ``lookup:users:metadata_group``, 0640, in a 0750 directory),
+    a group only the chatmail-metadata unit gets, and chatmail.ini names the
+    file with ``turn_secret_file``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call chatmail_config.turn_secret_files "$MAP_JSON"
+    """
+    return {
+        dom: chatmail["domains"][dom]["turn_secret_file"]
+        for dom in chatmail["domain_list"]
+        if chatmail["domains"][dom]["turn_secret_file"]
+    }
 
 
 def size_bytes(value):

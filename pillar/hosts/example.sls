@@ -83,7 +83,7 @@ chatmail:
     push_token_expiry_days: 90
     push_retry_max_seconds: 3600
     turn_server: ''                     # per domain
-    turn_secret: ''                     # per domain
+    turn_secret: ''                     # per domain; kept in a root-only file, given to chatmail-metadata only
     disable_ipv6: false
     acme_email: ''                      # per domain; Let's Encrypt account contact
     imap_rawlog: false
@@ -137,6 +137,11 @@ chatmail:
   limits:
     imap_max_userip_connections: 20      # concurrent IMAP connections per account and IP
     imap_login_rate_per_minute: 60       # new IMAP connections per client IP and minute
+    login_failures_per_account_and_ip: 5  # failed IMAP/SMTP logins of one address from one IP,
+    login_failures_per_ip: 20            # or of any addresses from one IP, brake further
+    login_failure_window: 600            # logins for this many seconds (temporary error)
+    new_account_rate_per_minute: 20      # POST /new per client IP (nginx limit_req, 429)
+    new_account_burst: 10
     smtp_connection_rate_per_minute: 60  # new SMTP connections per client IP and minute
     smtp_max_connections_per_client: 100
     queue_lifetime: 5d                   # postfix maximal_queue_lifetime
@@ -184,6 +189,7 @@ chatmail:
       acme: [acmetool]
     paths:
       config_dir: /etc/chatmail
+      secrets_dir: /etc/chatmail/secrets
       ini: /etc/chatmail/chatmail.ini
       venv: /usr/local/lib/chatmaild
       src_dir: /usr/local/src/chatmaild
@@ -198,6 +204,8 @@ chatmail:
       systemd_dir: /etc/systemd/system
     users:
       vmail: vmail
+      config_group: chatmail
+      metadata_group: chatmail-metadata
     sockets:
       doveauth: /run/doveauth/doveauth.socket
       metadata: /run/chatmail-metadata/metadata.socket

@@ -22,6 +22,7 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,10 @@ PARAMS = {
         Param("push_retry_max_seconds", "3600", "int"),
         Param("turn_server", "", "str", per_domain=True),
         Param("turn_secret", "", "str", per_domain=True),
+        # a file holding the TURN secret instead of turn_secret in this file;
+        # a relative name is a systemd credential (LoadCredential=) of the
+        # daemon that reads it, i.e. a file in $CREDENTIALS_DIRECTORY
+        Param("turn_secret_file", "", "str", per_domain=True),
         Param(
             "tls_mode",
             "auto",
@@ -207,6 +212,7 @@ class DomainConfig:
         self.is_ip = is_ip_domain(domain)
         self.__dict__.update(values)
         self.max_mailbox_size_raw = raw["max_mailbox_size"].strip()
+        self._turn_secret_cache = None
         if self.tls_mode == "auto":
             self.tls_mode = "self" if is_self_signed_domain(domain) else "acme"
 
@@ -218,6 +224,35 @@ class DomainConfig:
     @property
     def mailboxes_path(self) -> Path:
         return Path(self.mailboxes_dir) / self.mail_domain
+
+    def turn_secret_value(self) -> str:
+        """The TURN secret: ``turn_secret_file``'s content (first line, read on
+        first use, so daemons that never need it never open it), else
+        ``turn_secret``; empty when neither is set or the file cannot be read
+        (logged)."""
+        if not self.turn_secret_file:
+            return self.turn_secret
+        if self._turn_secret_cache is None:
+            path = Path(self.turn_secret_file)
+            if not path.is_absolute():
+                creds = os.environ.get("CREDENTIALS_DIRECTORY", "")
+                if not creds:
+                    log.error(
+                        "%s: turn_secret_file %r is relative but $CREDENTIALS_DIRECTORY"
+                        " is not set (LoadCredential= in the unit)",
+                        self.mail_domain,
+                        self.turn_secret_file,
+                    )
+                    return ""
+                path = Path(creds) / path
+            try:
+                text = path.read_text("utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                log.error("%s: cannot read the TURN secret: %s", self.mail_domain, exc)
+                return ""
+            lines = text.splitlines()
+            self._turn_secret_cache = lines[0].strip() if lines else ""
+        return self._turn_secret_cache
 
     def __repr__(self):
         return f"<DomainConfig {self.mail_domain}>"

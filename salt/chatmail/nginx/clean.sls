@@ -6,6 +6,7 @@
 chatmail-nginx-clean-files-absent:
   file.absent:
     - names:
+      - /etc/nginx/conf.d/chatmail.conf
 {%- for domain in chatmail.domain_list %}
       - /etc/nginx/sites-enabled/chatmail-{{ domain }}.conf
       - {{ chatmail.lookup.paths.www_root }}/{{ domain }}

@@ -12,6 +12,17 @@ chatmail-nginx-pkgs-installed:
   pkg.installed:
     - pkgs: {{ (chatmail.lookup.pkgs.nginx + chatmail.lookup.pkgs.web) | json }}
 
+chatmail-nginx-http-conf-file-managed:
+  file.managed:
+    - name: /etc/nginx/conf.d/chatmail.conf
+    - source: salt://{{ tpldir }}/files/chatmail-http.conf.jinja
+    - template: jinja
+    - mode: "0644"
+    - context:
+        chatmail: {{ chatmail | json }}
+    - require:
+      - pkg: chatmail-nginx-pkgs-installed
+
 chatmail-nginx-default-site-file-absent:
   file.absent:
     - name: /etc/nginx/sites-enabled/default

@@ -8,6 +8,7 @@ chatmail-nginx-config-test-cmd-run:
   cmd.run:
     - name: nginx -t -q
     - onchanges:
+      - file: chatmail-nginx-http-conf-file-managed
       - file: chatmail-nginx-default-site-file-absent
 {%- for domain in chatmail.domain_list %}
       - file: chatmail-nginx-{{ domain }}-vhost-file-managed
@@ -21,6 +22,7 @@ chatmail-nginx-service-running:
     - require:
       - cmd: chatmail-nginx-config-test-cmd-run
     - watch:
+      - file: chatmail-nginx-http-conf-file-managed
       - file: chatmail-nginx-default-site-file-absent
 {%- for domain in chatmail.domain_list %}
       - file: chatmail-nginx-{{ domain }}-vhost-file-managed

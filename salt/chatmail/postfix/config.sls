@@ -14,7 +14,7 @@ include:
 
 {#- Files postfix reads directly (regexp tables need no postmap). #}
 {%- for name in ['main.cf', 'master.cf', 'submission_header_cleanup', 'lmtp_header_cleanup',
-                 'login_map', 'smtp_tls_policy_map'] %}
+                 'login_map', 'smtp_tls_policy_map', 'mx_command_filter'] %}
 
 chatmail-postfix-config-{{ name | replace('.', '-') | replace('_', '-') }}-file-managed:
   file.managed:

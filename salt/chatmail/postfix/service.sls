@@ -3,7 +3,7 @@
 {%- set ns = namespace(sni=false) %}
 {%- for d in chatmail.domain_list if not chatmail.domains[d].is_ip %}{% set ns.sni = true %}{% endfor %}
 {%- set files = ['main-cf', 'master-cf', 'submission-header-cleanup', 'lmtp-header-cleanup',
-                 'login-map', 'smtp-tls-policy-map'] %}
+                 'login-map', 'smtp-tls-policy-map', 'mx-command-filter'] %}
 
 include:
   - .config
