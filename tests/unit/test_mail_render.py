@@ -281,6 +281,7 @@ def test_port25_checks_recipients_and_no_sub_addressing(example, certs):
     files = example["files"]
     main = cf(files["/etc/postfix/main.cf"])
     assert main["recipient_delimiter"] == ""
+    assert main["allow_percent_hack"] == "no" and main["swap_bangpath"] == "no"
     assert main["mx_recipient_restrictions"] == "check_policy_service unix:private/quota-status"
     svc = master_services(files["/etc/postfix/master.cf"])
     for name in ("smtp/inet", "reinject_incoming/unix"):
