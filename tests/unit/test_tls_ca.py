@@ -316,6 +316,9 @@ def test_ca_states_render(show_sls, ca):
     update = _args(states["chatmail-tls-trusted-cas-update-cmd-run"])
     assert update["name"] == "update-ca-certificates"
     assert {"file": "chatmail-tls-trusted-ca-1-file-managed"} in update["onchanges"]
+    prune = _args(states["chatmail-tls-trusted-ca-stale-files-pruned"])
+    assert prune["keep"] == ["chatmail-1.crt"]
+    assert {"chatmail_files": "chatmail-tls-trusted-ca-stale-files-pruned"} in update["onchanges"]
     clean = out["chatmail.tls.clean"]
     assert _args(clean["chatmail-tls-clean-ca-directory-absent"])["name"] == "/etc/chatmail/tls/ca"
 
@@ -326,4 +329,8 @@ def test_without_ca_no_ca_states(show_sls):
     assert isinstance(states, dict), states
     assert "chatmail-tls-chat.test-selfsigned-cmd-run" in states
     assert _args(states["chatmail-tls-ca-directory-absent"])["name"] == "/etc/chatmail/tls/ca"
-    assert not [s for s in states if "trusted" in s or "x509" in states[s]]
+    assert not [s for s in states if "file-managed" in s and "trusted" in s]
+    assert not [s for s in states if "x509" in states[s]]
+    # certificates the tree trusted before (a pillar that had some) go
+    prune = _args(states["chatmail-tls-trusted-ca-stale-files-pruned"])
+    assert prune["match"] == "chatmail-*.crt" and prune["keep"] == []
