@@ -308,8 +308,9 @@ def test_ca_states_render(show_sls, ca):
         key = _args(states[f"chatmail-tls-{dom}-ca-private-key-managed"])
         assert key["fun"] == "x509.private_key_managed" and key["mode"] == "0600"
         assert "selfsigned" not in " ".join(states)
-    reload = _args(states["chatmail-tls-ca-reload-cmd-run"])
-    assert {"x509": "chatmail-tls-10.1.2.3-ca-certificate-managed"} in reload["onchanges"]
+    for svc in ("postfix", "dovecot", "nginx"):
+        reload = _args(states[f"chatmail-tls-{svc}-reloaded"])
+        assert {"sls": "chatmail.tls.config"} in reload["onchanges"]
     trusted = _args(states["chatmail-tls-trusted-ca-1-file-managed"])
     assert trusted["name"] == "/usr/local/share/ca-certificates/chatmail-1.crt"
     assert trusted["contents"] == ca[0]
@@ -327,10 +328,10 @@ def test_without_ca_no_ca_states(show_sls):
     out, _raw = show_sls({"domains": {"chat.test": {}}}, sls=("chatmail.tls",))
     states = out["chatmail.tls"]
     assert isinstance(states, dict), states
-    assert "chatmail-tls-chat.test-selfsigned-cmd-run" in states
+    assert "chatmail-tls-chat.test-selfsigned-certificate-managed" in states
     assert _args(states["chatmail-tls-ca-directory-absent"])["name"] == "/etc/chatmail/tls/ca"
     assert not [s for s in states if "file-managed" in s and "trusted" in s]
-    assert not [s for s in states if "x509" in states[s]]
+    assert not [s for s in states if "x509" in states[s] and "selfsigned" not in s]
     # certificates the tree trusted before (a pillar that had some) go
     prune = _args(states["chatmail-tls-trusted-ca-stale-files-pruned"])
     assert prune["match"] == "chatmail-*.crt" and prune["keep"] == []

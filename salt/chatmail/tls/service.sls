@@ -4,25 +4,20 @@
 
 include:
   - .config
-{%- set ca_domains = [] %}
-{%- for domain in chatmail.domain_list if chatmail.domains[domain].tls.mode == 'ca' %}
-{%-   do ca_domains.append(domain) %}
-{%- endfor %}
-{%- if ca_domains %}
+{#- A certificate issued or renewed by this run (any change in tls.config):
+    the services that serve it reload, which keeps their connections (also
+    when only chatmail.tls is applied).  A service not running yet (the first
+    run installs it later) has nothing to reload. #}
+{%- for unit in ['postfix@-', 'dovecot', 'nginx'] %}
 
-{#- A (re)issued certificate: the TLS users reload (not yet installed on the
-    first run: nothing to reload then). #}
-chatmail-tls-ca-reload-cmd-run:
-  cmd.run:
-    - name: >-
-        for svc in postfix dovecot nginx; do
-        systemctl try-reload-or-restart "$svc" 2>/dev/null || true; done
+chatmail-tls-{{ unit.rstrip('@-') }}-reloaded:
+  module.run:
+    - service.reload:
+      - name: {{ unit }}
+    - onlyif: systemctl is-active --quiet {{ unit }}
     - onchanges:
-{%-   for domain in ca_domains %}
-      - x509: chatmail-tls-{{ domain }}-ca-certificate-managed
-      - x509: chatmail-tls-{{ domain }}-ca-private-key-managed
-{%-   endfor %}
-{%- endif %}
+      - sls: {{ tplroot }}.tls.config
+{%- endfor %}
 {%- if 'acme' in modes %}
 
 chatmail-tls-acme-timer-running:
