@@ -67,7 +67,7 @@ def test_core_states_render(salt_env, example):
     for want in [
         "chatmail-validate-pillar-test-nop",
         "chatmail-base-vmail-user-present",
-        "chatmail-tls-_test.example.org-selfsigned-certificate-managed",
+        "chatmail-tls-_test.example.org-selfsigned-cmd-run",
         "chatmail-tls-chat.example.org-acme-desired-file-managed",
         "chatmail-chatmaild-doveauth-service-running",
         "chatmail-chatmaild-filtermail-incoming-service-running",

@@ -328,10 +328,10 @@ def test_without_ca_no_ca_states(show_sls):
     out, _raw = show_sls({"domains": {"chat.test": {}}}, sls=("chatmail.tls",))
     states = out["chatmail.tls"]
     assert isinstance(states, dict), states
-    assert "chatmail-tls-chat.test-selfsigned-certificate-managed" in states
+    assert "chatmail-tls-chat.test-selfsigned-cmd-run" in states
     assert _args(states["chatmail-tls-ca-directory-absent"])["name"] == "/etc/chatmail/tls/ca"
     assert not [s for s in states if "file-managed" in s and "trusted" in s]
-    assert not [s for s in states if "x509" in states[s] and "selfsigned" not in s]
+    assert not [s for s in states if "x509" in states[s]]
     # certificates the tree trusted before (a pillar that had some) go
     prune = _args(states["chatmail-tls-trusted-ca-stale-files-pruned"])
     assert prune["match"] == "chatmail-*.crt" and prune["keep"] == []

@@ -1,4 +1,4 @@
-{#- Per domain certificate: self-signed (Salt's x509 states, valid for 100 years),
+{#- Per domain certificate: self-signed (created once, never regenerated),
     ca (issued on the host by the pillar CA chatmail:tls_ca with Salt's x509
     states; reissued when it nears expiry or the CA changes), acme (acmetool
     desired file; issued by acmetool reconcile) or external (files provided
@@ -37,36 +37,25 @@ chatmail-tls-{{ domain }}-directory:
     - require:
       - file: chatmail-tls-directory
 
-chatmail-tls-{{ domain }}-selfsigned-private-key-managed:
-  x509.private_key_managed:
-    - name: {{ d.tls.key }}
-    - algo: ec
-    - keysize: 256
-    - user: root
-    - group: root
-    - mode: "0600"
+{#- cmd.run, not x509.certificate_managed: the x509 states (python
+    cryptography) refuse DNS names with "_" labels (IDNA), and "_" domains
+    are exactly the self-signed ones Delta Chat accepts.  Made once. #}
+chatmail-tls-{{ domain }}-selfsigned-cmd-run:
+  cmd.run:
+    - name: >-
+        umask 077 &&
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1
+        -nodes -days 36500 -subj '/CN={{ domain }}'
+        -addext 'subjectAltName={{ san }}'
+        -keyout '{{ d.tls.key }}.tmp' -out '{{ d.tls.cert }}.tmp' &&
+        chmod 0644 '{{ d.tls.cert }}.tmp' &&
+        mv '{{ d.tls.key }}.tmp' '{{ d.tls.key }}' &&
+        mv '{{ d.tls.cert }}.tmp' '{{ d.tls.cert }}'
+    - creates:
+      - {{ d.tls.cert }}
+      - {{ d.tls.key }}
     - require:
       - file: chatmail-tls-{{ domain }}-directory
-
-{#- Valid for 100 years: a self-signed certificate is trusted by pinning
-    (or not at all), so it is made once and then left alone. #}
-chatmail-tls-{{ domain }}-selfsigned-certificate-managed:
-  x509.certificate_managed:
-    - name: {{ d.tls.cert }}
-    - signing_private_key: {{ d.tls.key }}
-    - subject:
-        CN: {{ domain }}
-    - subjectAltName: {{ san | yaml_encode }}
-    - basicConstraints: "critical, CA:FALSE"
-    - keyUsage: "critical, digitalSignature, keyEncipherment"
-    - extendedKeyUsage: serverAuth
-    - days_valid: 36500
-    - days_remaining: 30
-    - user: root
-    - group: root
-    - mode: "0644"
-    - require:
-      - x509: chatmail-tls-{{ domain }}-selfsigned-private-key-managed
 {%-   elif d.tls.mode == 'ca' %}
 
 chatmail-tls-{{ domain }}-directory:
