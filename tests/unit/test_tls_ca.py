@@ -310,7 +310,7 @@ def test_ca_states_render(show_sls, ca):
         assert "selfsigned" not in " ".join(states)
     for svc in ("postfix", "dovecot", "nginx"):
         reload = _args(states[f"chatmail-tls-{svc}-reloaded"])
-        assert {"sls": "chatmail.tls.config"} in reload["onchanges"]
+        assert {"x509": "chatmail-tls-10.1.2.3-ca-certificate-managed"} in reload["onchanges"]
     trusted = _args(states["chatmail-tls-trusted-ca-1-file-managed"])
     assert trusted["name"] == "/usr/local/share/ca-certificates/chatmail-1.crt"
     assert trusted["contents"] == ca[0]

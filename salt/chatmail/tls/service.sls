@@ -4,11 +4,18 @@
 
 include:
   - .config
-{#- A certificate issued or renewed by this run (any change in tls.config):
-    the services that serve it reload, which keeps their connections (also
-    when only chatmail.tls is applied).  A service not running yet (the first
-    run installs it later) has nothing to reload. #}
-{%- for unit in ['postfix@-', 'dovecot', 'nginx'] %}
+{%- set ca_domains = [] %}
+{%- for domain in chatmail.domain_list if chatmail.domains[domain].tls.mode == 'ca' %}
+{%-   do ca_domains.append(domain) %}
+{%- endfor %}
+{%- if ca_domains %}
+
+{#- A certificate (re)issued by the pillar CA: the services that serve it
+    reload, which keeps their connections (also when only chatmail.tls is
+    applied).  A service not running yet (the first run installs it later)
+    has nothing to reload.  ACME certificates reload through acmetool's hook,
+    self-signed ones are made once, before the services start. #}
+{%-   for unit in ['postfix@-', 'dovecot', 'nginx'] %}
 
 chatmail-tls-{{ unit.rstrip('@-') }}-reloaded:
   module.run:
@@ -16,8 +23,12 @@ chatmail-tls-{{ unit.rstrip('@-') }}-reloaded:
       - name: {{ unit }}
     - onlyif: systemctl is-active --quiet {{ unit }}
     - onchanges:
-      - sls: {{ tplroot }}.tls.config
-{%- endfor %}
+{%-     for domain in ca_domains %}
+      - x509: chatmail-tls-{{ domain }}-ca-certificate-managed
+      - x509: chatmail-tls-{{ domain }}-ca-private-key-managed
+{%-     endfor %}
+{%-   endfor %}
+{%- endif %}
 {%- if 'acme' in modes %}
 
 chatmail-tls-acme-timer-running:
