@@ -272,3 +272,63 @@ chatmail-dns-{DOMAIN}-zone-fragment-managed:
     assert modules.chatmail_dns.mta_sts_id(DOMAIN) in zone
     ret = modules.state.template_str(sls)
     assert all(r.result is True and not r.changes for r in ret), ret
+
+
+# ---------------------------------------------------------------------------
+# chatmail_files.pruned
+
+
+def _tree(base):
+    (base / "keep.test.zone").write_text("kept")
+    (base / "gone.test.zone").write_text("stale")
+    (base / "notes.txt").write_text("not matched")
+    (base / "gone.test").mkdir()
+    (base / "gone.test" / "fullchain.pem").write_text("x")
+    outside = base.parent / "outside"
+    outside.mkdir(exist_ok=True)
+    (outside / "precious").write_text("must stay")
+    (base / "link.test.zone").symlink_to(outside)
+    return outside
+
+
+def test_pruned_test_mode_then_real_then_idempotent(states, tmp_path):
+    base = tmp_path / "zones"
+    base.mkdir()
+    outside = _tree(base)
+    kw = {"name": str(base), "match": "*.zone", "keep": ["keep.test.zone"]}
+    ret = states.chatmail_files.pruned(**kw, test=True)
+    assert ret.result is None
+    assert ret.changes == {"removed": ["gone.test.zone", "link.test.zone"]}
+    assert (base / "gone.test.zone").exists()
+
+    ret = states.chatmail_files.pruned(**kw)
+    assert ret.result is True
+    assert ret.changes == {"removed": ["gone.test.zone", "link.test.zone"]}
+    assert sorted(p.name for p in base.iterdir()) == ["gone.test", "keep.test.zone", "notes.txt"]
+    # a symlink is removed itself, never followed
+    assert (outside / "precious").read_text() == "must stay"
+    for test in (True, False):
+        ret = states.chatmail_files.pruned(**kw, test=test)
+        assert ret.result is True and ret.changes == {}
+
+
+def test_pruned_kinds_and_marker(states, tmp_path):
+    base = tmp_path / "desired"
+    base.mkdir()
+    outside = _tree(base)
+    (base / "ours.test").write_text("# Managed by Salt (chatmail-salt)\nnames: [ours.test]\n")
+    (base / "theirs.test").write_text("names: [theirs.test]\n")
+    ret = states.chatmail_files.pruned(name=str(base), kind="dir", keep=["keep.test"])
+    assert ret.changes == {"removed": ["gone.test"]}  # neither files nor the symlinked dir
+    ret = states.chatmail_files.pruned(
+        name=str(base), kind="file", containing=r"Managed by Salt \(chatmail-salt\)"
+    )
+    assert ret.changes == {"removed": ["ours.test"]}
+    assert (base / "theirs.test").exists() and (outside / "precious").exists()
+
+
+def test_pruned_missing_directory_and_bad_kind(states, tmp_path):
+    ret = states.chatmail_files.pruned(name=str(tmp_path / "absent"))
+    assert ret.result is True and ret.changes == {}
+    ret = states.chatmail_files.pruned(name=str(tmp_path), kind="socket")
+    assert ret.result is False and "kind must be one of" in ret.comment
