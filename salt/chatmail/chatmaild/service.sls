@@ -11,9 +11,9 @@ include:
   # filtermail's units get postfix's group postdrop (its reinject sockets)
   - {{ tplroot }}.postfix.package
 
-chatmail-chatmaild-daemon-reload-cmd-run:
-  cmd.run:
-    - name: systemctl daemon-reload
+chatmail-chatmaild-daemon-reloaded:
+  module.run:
+    - service.systemctl_reload: []
     - onchanges:
 {%- for name in units.keys() | list + timers.keys() | list %}
       - file: chatmail-chatmaild-{{ name }}-unit-file-managed
@@ -32,14 +32,14 @@ chatmail-chatmaild-{{ name }}-service-running:
     - watch:
       - file: chatmail-chatmaild-config-file-managed
       - file: chatmail-chatmaild-{{ name }}-unit-file-managed
-      - cmd: chatmail-chatmaild-pip-cmd-run
+      - chatmail_venv: chatmail-chatmaild-venv-installed
 {%-   if name == 'chatmail-metadata' %}
 {%-     for domain in secrets | sort %}
       - file: chatmail-chatmaild-turn-secret-{{ domain }}-file-managed
 {%-     endfor %}
 {%-   endif %}
     - require:
-      - cmd: chatmail-chatmaild-daemon-reload-cmd-run
+      - module: chatmail-chatmaild-daemon-reloaded
       - file: chatmail-base-mailboxes-directory
       - file: chatmail-base-state-directory
       - pkg: chatmail-postfix-package-pkg-installed
@@ -54,8 +54,8 @@ chatmail-chatmaild-{{ name }}-timer-running:
     - watch:
       - file: chatmail-chatmaild-{{ name }}-timer-file-managed
     - require:
-      - cmd: chatmail-chatmaild-daemon-reload-cmd-run
-      - cmd: chatmail-chatmaild-pip-cmd-run
+      - module: chatmail-chatmaild-daemon-reloaded
+      - chatmail_venv: chatmail-chatmaild-venv-installed
 {%- endfor %}
 
 chatmail-chatmaild-fcgiwrap-socket-running:
@@ -66,11 +66,13 @@ chatmail-chatmaild-fcgiwrap-socket-running:
       - pkg: chatmail-chatmaild-pkgs-installed
 
 {#- fcgiwrap.service is started by its socket; a running one picks up the
-    group of its drop-in only when restarted. #}
-chatmail-chatmaild-fcgiwrap-restart-cmd-run:
-  cmd.run:
-    - name: systemctl try-restart fcgiwrap.service
+    group of its drop-in only when restarted (one not running: nothing to do). #}
+chatmail-chatmaild-fcgiwrap-restarted:
+  module.run:
+    - service.restart:
+      - name: fcgiwrap.service
+    - onlyif: systemctl is-active --quiet fcgiwrap.service
     - onchanges:
       - file: chatmail-chatmaild-fcgiwrap-dropin-file-managed
     - require:
-      - cmd: chatmail-chatmaild-daemon-reload-cmd-run
+      - module: chatmail-chatmaild-daemon-reloaded

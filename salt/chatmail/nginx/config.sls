@@ -100,6 +100,7 @@ chatmail-nginx-{{ domain }}-mta-sts-file-managed:
 
 {%-   if not d.is_ip %}
 
+{#- cmd.run: no Salt state draws a QR code; made once (creates). #}
 chatmail-nginx-{{ domain }}-qr-cmd-run:
   cmd.run:
     - name: >-

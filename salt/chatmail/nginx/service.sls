@@ -4,6 +4,8 @@
 include:
   - .config
 
+{#- cmd.run: no Salt state validates an nginx configuration; a failing
+    "nginx -t" keeps the running nginx from reloading into it. #}
 chatmail-nginx-config-test-cmd-run:
   cmd.run:
     - name: nginx -t -q

@@ -34,7 +34,8 @@ chatmail-postfix-config-{{ name | replace('.', '-') | replace('_', '-') }}-file-
 
 {#- SNI: domain -> key + chain.  "postmap -F" copies the files' content into
     the .db, so it is rebuilt when this list changes or when any of the
-    certificates or keys is newer than the .db (e.g. after a renewal). #}
+    certificates or keys is newer than the .db (e.g. after a renewal).
+    cmd.run: the map is built by "postmap -F", which no Salt state runs. #}
 chatmail-postfix-config-tls-server-sni-file-managed:
   file.managed:
     - name: /etc/postfix/tls_server_sni

@@ -9,7 +9,8 @@ include:
   - .config
 
 {#- A configuration postfix does not accept never gets as far as a restart:
-    "postfix check" plus any warning postconf prints about main.cf/master.cf. #}
+    "postfix check" plus any warning postconf prints about main.cf/master.cf.
+    cmd.run: Salt has no state that validates a postfix configuration. #}
 chatmail-postfix-service-config-checked:
   cmd.run:
     - name: >-

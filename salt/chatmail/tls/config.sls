@@ -287,6 +287,10 @@ chatmail-tls-acme-order-file-managed:
 {%-     do order_requires.append('cmd: chatmail-tls-trusted-cas-update-cmd-run') %}
 {%-   endif %}
 
+{#- cmd.run: acmetool has no Salt state; chatmail-acme-order wraps its
+    reconcile (see files/chatmail-acme-order.jinja).  The first state orders
+    when the configuration changed, the second whenever a certificate is
+    missing, expired or from another directory. #}
 chatmail-tls-acme-reconcile-cmd-run:
   cmd.run:
     - name: /usr/local/sbin/chatmail-acme-order

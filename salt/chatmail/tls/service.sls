@@ -40,9 +40,9 @@ chatmail-tls-acme-timer-running:
 {%- endif %}
 {%- if 'external' in modes %}
 
-chatmail-tls-external-daemon-reload-cmd-run:
-  cmd.run:
-    - name: systemctl daemon-reload
+chatmail-tls-external-daemon-reloaded:
+  module.run:
+    - service.systemctl_reload: []
     - onchanges:
       - file: chatmail-tls-external-path-unit-file-managed
       - file: chatmail-tls-external-service-unit-file-managed
@@ -54,5 +54,5 @@ chatmail-tls-external-path-service-running:
     - watch:
       - file: chatmail-tls-external-path-unit-file-managed
     - require:
-      - cmd: chatmail-tls-external-daemon-reload-cmd-run
+      - module: chatmail-tls-external-daemon-reloaded
 {%- endif %}
