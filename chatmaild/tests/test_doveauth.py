@@ -243,6 +243,23 @@ def test_malformed_requests_keep_serving(doveauth):
     assert runner.proc.poll() is None
 
 
+@pytest.mark.parametrize(
+    "localpart",
+    ["abcdefgh\n", "abcdefg\n\n", "abcdefgh\r", "abcdefgh\t", "abcdefgh\x00", "abcdefgh\x0b"],
+)
+def test_control_characters_never_create_an_account(doveauth, tmp_path, localpart):
+    """A regex anchored with ``$`` matches before a trailing newline: the
+    dict line ``abcdefgh\\n@domain`` (tab-escaped, so it arrives intact)
+    created a directory with a newline in its name."""
+    runner = doveauth.start()
+    client = runner.client()
+    addr = f"{localpart}@{DOMAIN}"
+    assert login(client, addr, "long-enough-password") == ("N", None)
+    assert client.lookup(f"shared/userdb/{addr}", user=addr) == ("N", "")
+    assert list((tmp_path / "mailboxes").rglob("*")) == []
+    assert login(client, "stillokay@" + DOMAIN, "123456789")[0] == "O"
+
+
 def run_parallel(n, target):
     errors = []
 

@@ -305,7 +305,6 @@ def test_fast_path_refuses_samples(name):
     "old, new",
     [
         (b"\r\n", b"\n"),  # bare LF line ends: left to the full parser
-        (b"From: <", b'From: "Quoted, Name" <'),
         (b"Subject: [...]", b"Content-Type: text/plain\r\nSubject: [...]"),
         (b'protocol="application/pgp-encrypted"', b"protocol*=utf-8''application%2Fpgp-encrypted"),
         (b"Content-Type: application/octet-stream", b"Content-Type: text/plain"),
@@ -389,3 +388,47 @@ def test_single_from_address(header, expected):
 
     msg = message_from_bytes(f"From: {header}\r\n\r\nbody".encode(), policy=compat32)
     assert single_from_address(msg) == expected
+
+
+def test_incoming_check_maps_recipients_before_the_marker(make_ini):
+    """The envelope spellings aiosmtpd refuses by itself (trailing dot) are
+    still mapped when the check runs on them."""
+    config = read_config(make_ini(filtermail_dkim_check=False))
+    handler = IncomingHandler(config)
+    marker = config.user_dir(A) / "enforceE2EEincoming"
+    marker.parent.mkdir(parents=True)
+    marker.touch()
+    plain = mail("plain.eml", from_addr=B, to_addr=A)
+    for rcpt in [A, A + ".", A.upper() + ".", A.replace("@", "+x@") + ".", f'"{A[:9]}"@{A[10:]}']:
+        with pytest.raises(Reject) as exc:
+            handler.check(B, [rcpt], plain)
+        assert exc.value.args[0] == ENCRYPTION_NEEDED, rcpt
+    for rcpt in [f"alice0001%{A[10:]}@localhost", "alice0001@localhost"]:
+        with pytest.raises(Reject, match="^55"):
+            handler.check(B, [rcpt], plain)
+
+
+def test_passthrough_recipients_cannot_be_rewritten():
+    entries = ["@chat.example.org", "echo@other.example.net"]
+    assert matches_passthrough("x0000001@chat.example.org.", entries)
+    assert matches_passthrough("ECHO+tag@Other.Example.Net", entries)
+    # Postfix's percent hack and bang paths would send these elsewhere
+    assert not matches_passthrough("victim%evil.example@chat.example.org", entries)
+    assert not matches_passthrough("evil.example!victim@chat.example.org", entries)
+    assert not matches_passthrough("echo@other.example.net@evil.example", entries)
+    handler = OutgoingHandler(_CONFIG)
+    with pytest.raises(Reject) as exc:
+        handler.check(A, ["victim%evil.example@chat.example.org"], mail("plain.eml"))
+    assert exc.value.args[0] == ENCRYPTION_NEEDED
+
+
+def test_oversized_dkim_keys_are_refused():
+    import base64
+
+    from chatmaild.filtermail_dkim import MAX_KEY_BYTES, acceptable_key
+
+    normal = b"v=DKIM1; k=rsa; p=" + base64.b64encode(b"\x30" * 550)
+    huge = b"v=DKIM1; k=rsa; p=" + base64.b64encode(b"\x30" * (MAX_KEY_BYTES + 1))
+    assert acceptable_key(normal) == normal
+    assert acceptable_key(huge) is None
+    assert acceptable_key(None) is None

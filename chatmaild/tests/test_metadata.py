@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -34,6 +35,43 @@ def wait_for(cond, timeout=30.0, what="condition"):
             return result
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+# A dict client in a process whose name is "lmtp", like Dovecot's LMTP
+# service that reports deliveries (metadata checks the name of the process
+# at the other end of the socket).
+DELIVERY_CLIENT = r"""
+import socket, sys
+path, user, tid, key, value = sys.argv[1:6]
+def esc(t):
+    return (t.replace("\001", "\0011").replace("\t", "\001t")
+            .replace("\r", "\001r").replace("\n", "\001n"))
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(30)
+s.connect(path)
+s.sendall((f"H3\t2\t0\t{esc(user)}\tmetadata\n"
+           f"B{tid}\t{esc(user)}\nS{tid}\t{esc(key)}\t{esc(value)}\nC{tid}\n").encode())
+print(s.makefile("rb").readline().decode().strip())
+"""
+
+
+def run_as_process(name, tmp_path, *args) -> str:
+    """Run DELIVERY_CLIENT with ``args`` in a Python whose process name
+    (``/proc/<pid>/comm``) is ``name``: the kernel takes it from the file
+    name executed, here a symlink to the interpreter."""
+    exe = tmp_path / "procs" / name
+    if not exe.exists():
+        exe.parent.mkdir(exist_ok=True)
+        exe.symlink_to(os.path.realpath(sys.executable))
+    proc = subprocess.run(
+        [str(exe), "-I", "-c", DELIVERY_CLIENT, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
 
 
 def make_account(tmp_path, addr=ADDR):
@@ -70,8 +108,9 @@ class MetadataDaemon:
         status, value = self.client.lookup(TOKEN_KEY, user=addr)
         return value.split() if status == "O" else []
 
-    def message_new(self, addr=ADDR, tid=7, value=""):
-        return self.client.transaction(tid, [("S", MESSAGENEW_KEY, value)], user=addr)
+    def message_new(self, addr=ADDR, tid=7, value="", process="lmtp"):
+        """A delivery's messagenew, sent from a process named ``process``."""
+        return run_as_process(process, self.tmp_path, self.sock, addr, tid, MESSAGENEW_KEY, value)
 
     def log(self):
         return self.proc.logpath.read_text()
@@ -236,3 +275,127 @@ def test_config_order_and_errors(metadata, tmp_path, start_daemon, dict_client):
     start_daemon(["chatmail-metadata", d.ini, sock2], socket=sock2)
     assert dict_client(sock2).lookup(vendor_key("maxsmtprecipients"), user=ADDR)[0] == "O"
     assert os.path.exists(sock2)
+
+
+def queue_files(tmp_path):
+    queue = tmp_path / "state" / "pending_notifications"
+    return [p for p in queue.iterdir() if not p.name.endswith(".tmp")] if queue.exists() else []
+
+
+def test_tokens_per_account_are_bounded(metadata, tmp_path):
+    """An IMAP user stored 300 device tokens; each delivery then queued 300
+    pushes."""
+    from chatmaild.metadata import MAX_TOKEN_LENGTH, MAX_TOKENS
+
+    acc = make_account(tmp_path)
+    d = metadata.start()
+    for i in range(300):
+        assert d.set_token(f"tok-{i:03d}", tid=i + 1) == f"O{i + 1}"
+    tokens = d.tokens()
+    assert len(tokens) == MAX_TOKENS
+    # the newest stay (tokens set within one second tie: all are recent)
+    assert "tok-299" in tokens
+    stored = json.loads((acc / "metadata.json").read_text())["devicetoken"]
+    assert len(stored) == MAX_TOKENS
+    assert d.set_token("x" * (MAX_TOKEN_LENGTH + 1), tid=400) == "F400"
+    assert d.set_token("bad\x01token", tid=401) == "F401"
+    assert len(d.tokens()) == MAX_TOKENS
+
+
+def test_messagenew_only_from_deliveries(metadata, tmp_path):
+    """Three SETMETADATA /private/messagenew without any delivery queued 900
+    push files: an IMAP client could make the relay push at will."""
+    make_account(tmp_path)
+    d = metadata.start()
+    for i in range(3):
+        assert d.set_token(f"tok-{i}", tid=i + 1) == f"O{i + 1}"
+    # the test process itself, and a process named like an IMAP session
+    assert d.client.transaction(10, [("S", MESSAGENEW_KEY, "")], user=ADDR) == "F10"
+    assert d.message_new(tid=11, process="imap") == "F11"
+    assert d.message_new(tid=12, process="lmtpx") == "F12"
+    time.sleep(0.3)
+    assert queue_files(tmp_path) == []
+    assert "refusing messagenew" in d.log()
+    assert d.message_new(tid=13, process="lmtp") == "O13"
+    wait_for(lambda: len(queue_files(tmp_path)) == 3, timeout=10, what="3 queued pushes")
+
+
+def test_push_queue_is_coalesced_and_bounded(metadata, tmp_path):
+    """Deliveries to an account whose gateway is down: a waiting request per
+    token covers later messages, and an account holds at most 32."""
+    from chatmaild.notifier import Notifier
+
+    make_account(tmp_path)
+    d = metadata.start()  # the gateway (port 9) refuses: requests wait for retries
+    for i in range(16):
+        assert d.set_token(f"tok-{i:02d}", tid=i + 1) == f"O{i + 1}"
+    for i in range(10):
+        assert d.message_new(tid=100 + i) == f"O{100 + i}"
+    time.sleep(0.5)
+    held = len(queue_files(tmp_path))
+    assert 16 <= held <= Notifier.max_per_account, held
+
+
+LMTP_EXTRA = """
+protocols = imap lmtp
+service lmtp {{
+  unix_listener lmtp {{
+    mode = 0666
+  }}
+}}
+protocol lmtp {{
+  mail_plugins = $mail_plugins mail_lua notify push_notification push_notification_lua
+}}
+plugin {{
+  push_notification_driver = lua:file={lua}
+}}
+"""
+
+
+def test_real_dovecot_imap_cannot_push_lmtp_can(mail_sandbox, dovecot, start_daemon):
+    """Dovecot itself as the client: SETMETADATA /private/messagenew from an
+    IMAP session is refused and queues nothing; a delivery over LMTP (the
+    relay's push_notification.lua) queues one push per device token."""
+    import imaplib
+    import shutil
+    import smtplib
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    lua = mail_sandbox.base / "push_notification.lua"
+    shutil.copy(repo / "salt/chatmail/dovecot/files/push_notification.lua.jinja", lua)
+    lua.chmod(0o644)
+    ini = mail_sandbox.write_ini(push_notification_url="http://127.0.0.1:9/notify")
+    auth = mail_sandbox.socket("auth.socket")
+    meta = mail_sandbox.socket("metadata.socket")
+    argv = mail_sandbox.argv
+    start_daemon([*argv("doveauth"), ini, auth], socket=auth, **mail_sandbox.popen)
+    proc = start_daemon([*argv("metadata"), ini, meta], socket=meta, **mail_sandbox.popen)
+    dc = dovecot(auth, metadata_socket=meta, extra=LMTP_EXTRA.format(lua=lua))
+    addr = "pushuser1@" + DOMAIN
+    queue = mail_sandbox.base / "state" / "pending_notifications"
+
+    def queued():
+        return [p for p in queue.iterdir() if not p.name.endswith(".tmp")] if queue.exists() else []
+
+    imaplib.Commands.setdefault("SETMETADATA", ("AUTH", "SELECTED"))
+    conn = imaplib.IMAP4("127.0.0.1", dc.port, timeout=30)
+    conn.login(addr, "123456789")
+    typ, data = conn._simple_command("SETMETADATA", "INBOX", '(/private/devicetoken "tok-one")')
+    assert typ == "OK", (data, dc.log.read_text())
+    typ, data = conn._simple_command("SETMETADATA", "INBOX", '(/private/messagenew "")')
+    assert typ != "OK", data
+    time.sleep(0.5)
+    assert queued() == []
+    conn.logout()
+    assert "refusing messagenew" in proc.logpath.read_text()
+
+    lmtp = smtplib.LMTP(str(dc.conf.parent / "run" / "lmtp"), timeout=30)
+    try:
+        message = f"From: <zoe000001@other.example.net>\r\nTo: <{addr}>\r\n\r\nhi\r\n"
+        assert lmtp.sendmail("zoe000001@other.example.net", [addr], message) == {}
+    finally:
+        lmtp.quit()
+    wait_for(lambda: len(queued()) == 1, timeout=20, what="one push queued by the delivery")
+    data = json.loads(queued()[0].read_text())
+    assert (data["addr"], data["token"]) == (addr, "tok-one")

@@ -182,3 +182,24 @@ def test_no_push_url_disables_pushes(metadata, tmp_path):
     assert d.message_new() == "O7"
     assert d.tokens() == ["tok"]
     assert not queue_files(tmp_path)
+
+
+def test_queue_bounds_in_process(tmp_path, caplog):
+    from chatmaild.notifier import Notifier
+
+    notifier = Notifier(tmp_path / "q", "http://127.0.0.1:9/notify", 3600)
+    notifier.max_total = 3
+    notifier.notify("a@x.org", ["t1"])
+    notifier.notify("a@x.org", ["t1"])  # the waiting request covers it
+    assert len(list((tmp_path / "q").iterdir())) == 1
+    assert notifier.coalesced == 1
+    for i in range(5):
+        notifier.notify(f"u{i}@x.org", ["t"])
+    assert len(list((tmp_path / "q").iterdir())) == 3
+    assert notifier.dropped == 3
+    assert "push queue full" in caplog.text
+    # a restart reads the queue back within the same bounds
+    again = Notifier(tmp_path / "q", "http://127.0.0.1:9/notify", 3600)
+    again.max_total = 2
+    assert again.load_pending() == 2
+    assert len(list((tmp_path / "q").iterdir())) == 2

@@ -20,16 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import CACHE, GATEWAY, SLOT, dns, hosts, network_address
+from tests.harness import CACHE, GATEWAY, SLOT, deltachat, dns, hosts, network_address
 from tests.harness import acceptance_relays as ar
-from tests.harness.docker import docker as docker_cli
-from tests.harness.docker import env as docker_env
 
 HERE = Path(__file__).parent
 KEEP = os.environ.get("CMSALT_KEEP_HOSTS") == "1"
 REUSE = os.environ.get("CMSALT_ACC_REUSE") == "1"
-# Under pytest-xdist run with --dist loadgroup: every acceptance test is in one
-# group (one worker, one harness slot), since the relays are shared by all of them.
+# Under pytest-xdist every acceptance test runs in one worker (tests/conftest.py
+# suite_of), since the relays are shared by all of them.
 PUSH_PORT = int(os.environ.get("CMSALT_ACC_PUSH_PORT", "18477"))
 PUSH_URL = f"http://{GATEWAY}:{PUSH_PORT}/notify"
 
@@ -62,7 +60,6 @@ SPECS = [
 CA_MODE = os.environ.get("CMSALT_ACC_TLS", "ca") == "ca" and ar.tree_has_tls_ca()
 CA_DIR = CACHE / f"acceptance-ca-s{SLOT}"
 CLIENT = {"name": "cmsalt-acc-client", "fqdn": "client.test", "ip": "auto"}
-RPC_SERVER = "/usr/local/bin/deltachat-rpc-server"
 SINK_DOMAIN = "sink.test"
 INI = "/etc/chatmail/chatmail.ini"
 VENV_BIN = "/usr/local/lib/chatmaild/bin"
@@ -77,7 +74,6 @@ def pytest_collection_modifyitems(items):
         if str(item.fspath).startswith(str(HERE)):
             item.add_marker(pytest.mark.hosts)
             item.add_marker(pytest.mark.acceptance)
-            item.add_marker(pytest.mark.xdist_group("acceptance"))
 
 
 @pytest.fixture(scope="session")
@@ -167,10 +163,7 @@ def client_host(relays):
     """A bare host on the test network with the Delta Chat core's RPC server."""
     keep = KEEP or REUSE
     host = hosts.boot(**CLIENT, reuse=REUSE, keep=keep)
-    import deltachat_rpc_server
-
-    binary = Path(deltachat_rpc_server.__file__).parent / "deltachat-rpc-server"
-    docker_cli("cp", str(binary), f"{host.name}:{RPC_SERVER}")
+    deltachat.install_rpc_server(host)
     yield host
     if not keep:
         hosts.destroy(host)
@@ -179,20 +172,10 @@ def client_host(relays):
 @pytest.fixture
 def dc(client_host, tmp_path):
     """A DeltaChat (rpc client) whose core runs in the client host, fresh accounts dir."""
-    from deltachat_rpc_client import DeltaChat, Rpc
-
-    accounts = f"/root/dc-{tmp_path.name}"
-    log = open(tmp_path / "rpc-server.log", "wb")
-    argv = ["docker", "exec", "-i", "-e", f"DC_ACCOUNTS_PATH={accounts}"]
-    argv += ["-e", "RUST_LOG=info", client_host.name, RPC_SERVER]
-    rpc = Rpc(rpc_server_path=argv, env=docker_env(), stderr=log)
-    rpc.start()
-    try:
-        yield DeltaChat(rpc)
-    finally:
-        rpc.close()
-        log.close()
-        client_host.exec("rm", "-rf", accounts, check=False)
+    with deltachat.core(
+        client_host, tmp_path / "rpc-server.log", f"/root/dc-{tmp_path.name}"
+    ) as dc:
+        yield dc
 
 
 def run_in(host, *argv, **kw):

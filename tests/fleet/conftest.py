@@ -57,7 +57,6 @@ def pytest_collection_modifyitems(items):
         if str(item.fspath).startswith(str(HERE)) and "unit" not in item.fspath.basename:
             item.add_marker(pytest.mark.hosts)
             item.add_marker(pytest.mark.fleet)
-            item.add_marker(pytest.mark.xdist_group("fleet"))
 
 
 def _name(minion_id):

@@ -34,7 +34,7 @@ LOG_DIR = CACHE / "logs"
 LABEL = "chatmail-salt.harness"
 SLOT_LABEL = "chatmail-salt.slot"
 KEEP_LABEL = "chatmail-salt.keep"
-SLOTS = 8
+SLOTS = 16
 SLOT_LOCK = "/run/cmsalt-slot-{}.lock"
 LOCK_FILE = "/run/cmsalt-harness.lock"
 
@@ -124,6 +124,35 @@ def stop_process(pidfile):
     return True
 
 
+def start_daemon(argv, log_name, ready, what, pidfile=None, timeout=30):
+    """Start `argv` detached (its own session, stdio appended to LOG_DIR/log_name),
+    write its pid to `pidfile` (unless the daemon writes its own), and wait until
+    `ready()` is true.  Raises RuntimeError naming `what` if it exits or times out."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    with open(LOG_DIR / log_name, "ab") as log:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
+    if pidfile:
+        with open(pidfile, "w") as f:
+            f.write(f"{proc.pid}\n")
+    if not wait_until(ready, timeout, alive=lambda: proc.poll() is None):
+        raise RuntimeError(f"{what} did not come up; see {LOG_DIR / log_name}")
+    return proc
+
+
+def wait_until(ready, timeout, alive=lambda: True, interval=0.2):
+    """True once `ready()` is; False after `timeout` s or once `alive()` is false."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return True
+        if not alive():
+            return False
+        time.sleep(interval)
+    return False
+
+
 class locked:
     """Inter-process (and inter-thread) lock around the shared setup steps:
     starting dockerd, building images, creating networks, starting the proxy."""
@@ -208,6 +237,17 @@ def ensure_dovecot():
         _dovecot_ready = True
 
 
+def building_dovecot():
+    """True while a Dovecot build container runs (e.g. the one ./cmsalt test
+    starts in the background): it needs dockerd and the apt proxy."""
+    from dovecot.build import CONTAINER_LABEL
+
+    from .docker import docker
+
+    ps = docker("ps", "-q", "--filter", f"label={CONTAINER_LABEL}", check=False)
+    return bool(ps.stdout.strip())
+
+
 def used():
     """True once this process set up the harness (ensure_infra ran)."""
     return _ensured
@@ -235,6 +275,8 @@ def release(keep=False):
         dns.stop()
         if slots_in_use() or (docker.running() and hosts.list_hosts(slot=None)):
             return False
+        if docker.running() and building_dovecot():
+            return False  # the build's own exit releases them (dovecot/build.py)
         network.stop_proxy()
         docker.stop()
         remove_service_ip()

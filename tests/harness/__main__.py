@@ -14,18 +14,16 @@ import time
 import urllib.error
 import urllib.request
 
+from tests.saltopts import write_pillar_tree
+
 from . import CACHE, RELAY_IP, RELAY_NAME, SLOT, dns, docker, hosts, network, slots_in_use
 
 UP_PILLAR = CACHE / "up-pillar"
 
 
 def write_up_pillar(domain):
-    UP_PILLAR.mkdir(parents=True, exist_ok=True)
-    (UP_PILLAR / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
     # max_load_1m: containers see the load average of the whole (shared) machine
-    pillar = {"chatmail": {"params": {"max_load_1m": 100}, "domains": {domain: {}}}}
-    (UP_PILLAR / "chatmail.sls").write_text(json.dumps(pillar, indent=2) + "\n")
-    return UP_PILLAR
+    return write_pillar_tree(UP_PILLAR, {"params": {"max_load_1m": 100}, "domains": {domain: {}}})
 
 
 def new_account(ip, domain, timeout=15):

@@ -8,13 +8,14 @@ published through the harness nsd so the relays find each other's MX, DKIM
 keys and MTA-STS records as on the internet.
 """
 
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from tests.saltopts import write_pillar_tree
 
 from . import GATEWAY, dns, ensure_infra, hosts, network_address
 
@@ -121,7 +122,7 @@ def pillar_for(spec, push_url, ip=None):
     }
     if spec.limits:
         chatmail["limits"] = dict(spec.limits)
-    return {"chatmail": _merge(chatmail, spec.extra)}
+    return _merge(chatmail, spec.extra)
 
 
 def _merge(base, over):
@@ -135,13 +136,8 @@ def _merge(base, over):
 
 
 def write_pillar(directory, spec, push_url, ip=None):
-    """Pillar tree for one relay (JSON is YAML, so .sls files can hold it)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
-    pillar = pillar_for(spec, push_url, ip)
-    (directory / "chatmail.sls").write_text(json.dumps(pillar, indent=2))
-    return directory
+    """Pillar tree for one relay."""
+    return write_pillar_tree(directory, pillar_for(spec, push_url, ip))
 
 
 def bootstrap_zone(domain, ip):

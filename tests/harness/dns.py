@@ -16,7 +16,7 @@ import socket
 import subprocess
 import time
 
-from . import CACHE, GATEWAY, LOG_DIR, SLOT, pid_alive, stop_process
+from . import CACHE, GATEWAY, LOG_DIR, SLOT, pid_alive, start_daemon, stop_process
 
 NSD_DIR = CACHE / "nsd" / f"s{SLOT}"
 ZONE_DIR = NSD_DIR / "zones"
@@ -138,26 +138,14 @@ def restart(timeout=15):
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     _write_conf()
     _check_conf()
-    # ./cmsalt kills a dpkg-started nsd unless this marker exists
-    (CACHE / ".keep-nsd").touch()
-    with open(LOG_DIR / f"nsd-s{SLOT}.out", "ab") as log:
-        proc = subprocess.Popen(
-            ["nsd", "-d", "-c", str(CONF)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-    with open(PIDFILE, "w") as f:
-        f.write(f"{proc.pid}\n")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _answers():
-            return
-        if proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    raise RuntimeError(f"nsd did not answer on {GATEWAY}:{PORT}; see {LOG_DIR}/nsd-s{SLOT}.log")
+    start_daemon(
+        ["nsd", "-d", "-c", str(CONF)],
+        f"nsd-s{SLOT}.out",
+        _answers,
+        f"nsd on {GATEWAY}:{PORT} (log {LOG_DIR}/nsd-s{SLOT}.log)",
+        pidfile=PIDFILE,
+        timeout=timeout,
+    )
 
 
 def _reload():

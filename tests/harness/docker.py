@@ -5,7 +5,7 @@ import signal
 import subprocess
 import time
 
-from . import CACHE, LOG_DIR, pid_alive
+from . import CACHE, LOG_DIR, pid_alive, start_daemon, wait_until
 
 SOCK = "/run/cmsalt-docker.sock"
 HOST = f"unix://{SOCK}"
@@ -58,36 +58,20 @@ def ensure(timeout=60):
         return False
     DATA_ROOT.mkdir(parents=True, exist_ok=True)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    if _pid() is None:
-        for stale in (PIDFILE, SOCK):
-            if os.path.exists(stale):
-                os.unlink(stale)
-        with open(LOG_DIR / "dockerd.log", "ab") as log:
-            subprocess.Popen(
-                [
-                    "dockerd",
-                    "--iptables=false",
-                    "--ip-masq=false",
-                    "--data-root",
-                    str(DATA_ROOT),
-                    "--exec-root",
-                    EXEC_ROOT,
-                    "--pidfile",
-                    PIDFILE,
-                    "-H",
-                    HOST,
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if running():
+    if _pid() is not None:  # started by another process, not answering yet
+        if wait_until(running, timeout):
             return True
-        time.sleep(0.5)
-    raise DockerError(f"dockerd did not come up; see {LOG_DIR / 'dockerd.log'}")
+        raise DockerError(f"dockerd did not come up; see {LOG_DIR / 'dockerd.log'}")
+    for stale in (PIDFILE, SOCK):
+        if os.path.exists(stale):
+            os.unlink(stale)
+    argv = ["dockerd", "--iptables=false", "--ip-masq=false", "--data-root", str(DATA_ROOT),
+            "--exec-root", EXEC_ROOT, "--pidfile", PIDFILE, "-H", HOST]  # fmt: skip
+    try:
+        start_daemon(argv, "dockerd.log", running, "dockerd", timeout=timeout)
+    except RuntimeError as exc:
+        raise DockerError(str(exc)) from None
+    return True
 
 
 def stop(timeout=30):

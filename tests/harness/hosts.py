@@ -1,6 +1,7 @@
 """Boot systemd hosts on the test network, run commands in them, converge them with salt."""
 
 import atexit
+import contextlib
 import json
 import random
 import shlex
@@ -222,6 +223,18 @@ def boot(name, fqdn, ip=None, pillar_dir=None, extra_mounts=(), reuse=False, kee
     return host
 
 
+@contextlib.contextmanager
+def booted(keep=False, **boot_args):
+    """boot(**boot_args) for a `with` block; the host is destroyed at its end
+    unless keep (then it is also labelled keep, see boot())."""
+    host = boot(keep=keep, **boot_args)
+    try:
+        yield host
+    finally:
+        if not keep:
+            destroy(host)
+
+
 def boot_many(specs):
     """Boot several hosts in parallel; specs are dicts of boot() keyword arguments."""
     with ThreadPoolExecutor(max_workers=max(1, len(specs))) as pool:
@@ -339,12 +352,18 @@ def teardown_all(stop_daemons=True):
 
     with locked():
         busy = set(slots_in_use())
+
+        def idle(slot):
+            # no slot label: an older harness's, or a helper container of a
+            # session (e.g. a package build): only when nothing is in use
+            return slot not in busy if slot is not None else not busy
+
         if docker.running():
             for name, _status, _ip, slot, _keep in _containers(None):
-                if slot not in busy:
+                if idle(slot):
                     destroy(name)
             for net, slot in network.harness_networks().items():
-                if slot not in busy:
+                if idle(slot):
                     network.remove_network(net)
         dns.stop_slots(exclude=busy)
         if stop_daemons and not busy:

@@ -10,8 +10,6 @@ import glob
 import os
 import re
 import socket
-import subprocess
-import time
 
 from . import (
     CACHE,
@@ -26,6 +24,7 @@ from . import (
     SLOT_LABEL,
     SUBNET,
     pid_alive,
+    start_daemon,
     stop_process,
 )
 from .docker import docker
@@ -134,25 +133,15 @@ def ensure_proxy(timeout=30):
     ACNG_DIR.mkdir(parents=True, exist_ok=True)
     (LOG_DIR / "apt-cacher-ng").mkdir(parents=True, exist_ok=True)
     _write_acng_conf()
-    if _acng_pid() is None:
-        with open(LOG_DIR / "apt-cacher-ng.out", "ab") as log:
-            proc = subprocess.Popen(
-                ["/usr/sbin/apt-cacher-ng", "-c", str(ACNG_CONF)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        with open(ACNG_PIDFILE, "w") as f:
-            f.write(f"{proc.pid}\n")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _port_open(SERVICE_IP, PROXY_PORT):
-            return True
-        if _acng_pid() is None:
-            break
-        time.sleep(0.3)
-    raise RuntimeError(f"apt-cacher-ng did not listen on {SERVICE_IP}:{PROXY_PORT}; see {LOG_DIR}")
+    start_daemon(
+        ["/usr/sbin/apt-cacher-ng", "-c", str(ACNG_CONF)],
+        "apt-cacher-ng.out",
+        lambda: _port_open(SERVICE_IP, PROXY_PORT),
+        f"apt-cacher-ng on {SERVICE_IP}:{PROXY_PORT}",
+        pidfile=ACNG_PIDFILE,
+        timeout=timeout,
+    )
+    return True
 
 
 def stop_proxy():

@@ -26,10 +26,10 @@ SMOKE = {"name": "cmsalt-test-smoke", "fqdn": "smoke.test", "ip": addr(21) if KE
 
 
 def pytest_collection_modifyitems(items):
+    # (which worker runs what under xdist: tests/conftest.py suite_of)
     for item in items:
         if str(item.fspath).startswith(str(HERE)):
             item.add_marker(pytest.mark.hosts)
-            item.add_marker(pytest.mark.xdist_group("hosts"))
 
 
 @pytest.fixture(scope="session")
@@ -39,27 +39,27 @@ def harness():
     ensure_infra()
 
 
+def require_ok(result, what="relay"):
+    """Fail the test (without a traceback) unless a ConvergeResult is ok."""
+    if not result.ok:
+        pytest.fail(f"{what} highstate failed:\n" + result.summary(), pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def smoke_host(harness):
-    host = hosts.boot(**SMOKE, keep=KEEP, reuse=REUSE)
-    yield host
-    if not KEEP:
-        hosts.destroy(host)
+    with hosts.booted(**SMOKE, keep=KEEP, reuse=REUSE) as host:
+        yield host
 
 
 @pytest.fixture(scope="session")
 def relay_boot(harness):
-    host = hosts.boot(**RELAY, pillar_dir=PILLAR, keep=KEEP, reuse=REUSE)
-    first = hosts.converge(host)
-    yield host, first
-    if not KEEP:
-        hosts.destroy(host)
+    with hosts.booted(**RELAY, pillar_dir=PILLAR, keep=KEEP, reuse=REUSE) as host:
+        yield host, hosts.converge(host)
 
 
 @pytest.fixture(scope="session")
 def relay(relay_boot):
     """The relay host after a successful highstate (tests using it fail otherwise)."""
     host, first = relay_boot
-    if not first.ok:
-        pytest.fail("relay highstate failed:\n" + first.summary(), pytrace=False)
+    require_ok(first)
     return host

@@ -33,13 +33,12 @@ that made it, so reuse is not offered).
 """
 
 import datetime
+import http.client
 import json
 import os
 import socket
 import ssl
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -48,6 +47,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.harness import GATEWAY, dns, hosts
 from tests.harness.acme_server import AcmeServer
+from tests.hosts.conftest import require_ok
+from tests.saltopts import write_pillar_tree
 
 pytestmark = pytest.mark.hosts
 
@@ -61,20 +62,18 @@ KEEP = os.environ.get("CMSALT_KEEP_HOSTS") == "1"
 NAME = "cmsalt-acme"
 
 
-def pillar_text(acme):
-    pillar = {
-        "chatmail": {
-            "params": {"max_load_1m": 1000, "acme_email": f"admin@{DOMAIN}"},
-            "domains": {
-                DOMAIN: {"tls": {"mode": "acme"}},
-                EXT: {"tls": {"mode": "external", "cert": EXT_CERT, "key": EXT_KEY}},
-            },
-            "acme": {"directory": acme.directory_url, "terms_agreed": [TOS]},
-            "trusted_cas": [acme.ca.root_pem],
-            "dns": {"check": "warn", "forwarders": [GATEWAY], "nameservers": [GATEWAY]},
-        }
+def pillar(acme):
+    """The relay's chatmail: pillar."""
+    return {
+        "params": {"max_load_1m": 1000, "acme_email": f"admin@{DOMAIN}"},
+        "domains": {
+            DOMAIN: {"tls": {"mode": "acme"}},
+            EXT: {"tls": {"mode": "external", "cert": EXT_CERT, "key": EXT_KEY}},
+        },
+        "acme": {"directory": acme.directory_url, "terms_agreed": [TOS]},
+        "trusted_cas": [acme.ca.root_pem],
+        "dns": {"check": "warn", "forwarders": [GATEWAY], "nameservers": [GATEWAY]},
     }
-    return json.dumps(pillar, indent=1)
 
 
 def pem(cert):
@@ -103,12 +102,9 @@ def ext_cert_pem(acme, key):
 
 
 @pytest.fixture(scope="module")
-def relay(harness, acme, ext_key):
-    pillar_dir = Path(tempfile.mkdtemp(prefix="cmsalt-acme-pillar-"))
-    (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
-    (pillar_dir / "chatmail.sls").write_text(pillar_text(acme))
-    host = hosts.boot(NAME, DOMAIN, ip="auto", pillar_dir=pillar_dir, keep=KEEP)
-    try:
+def relay(harness, acme, ext_key, tmp_path_factory):
+    pillar_dir = write_pillar_tree(tmp_path_factory.mktemp("acme-pillar"), pillar(acme))
+    with hosts.booted(name=NAME, fqdn=DOMAIN, ip="auto", pillar_dir=pillar_dir, keep=KEEP) as host:
         acme.resolve.update({name: host.ip for name in NAMES})
         records = [f"{n} IN A {host.ip}" for n in ("@", "mta-sts", "www")]
         dns.set_zones(
@@ -124,18 +120,13 @@ def relay(harness, acme, ext_key):
         ).decode()
         host.write_file(EXT_KEY, key_pem, mode="0600")
         host.write_file(EXT_CERT, ext_cert_pem(acme, ext_key))
-        first = hosts.converge(host)
-        yield host, first
-    finally:
-        if not KEEP:
-            hosts.destroy(host)
+        yield host, hosts.converge(host)
 
 
 @pytest.fixture(scope="module")
 def converged(relay):
     host, first = relay
-    if not first.ok:
-        pytest.fail("highstate failed:\n" + first.summary(), pytrace=False)
+    require_ok(first)
     return host
 
 
@@ -209,6 +200,48 @@ def test_acmetool_state_on_the_host(converged):
     assert converged.exec("systemctl", "is-enabled", "acmetool.timer").stdout.strip() == "enabled"
     mode = converged.sh(f"stat -L -c '%a %U' /var/lib/acme/live/{DOMAIN}/privkey").stdout
     assert mode.strip() == "600 root"
+
+
+def test_hsts_only_for_publicly_trusted_certificates(converged, acme):
+    """Strict-Transport-Security on the acme and external domains (publicly
+    trusted certificates), never on self-signed/CA/IP ones (test_relay.py)."""
+    for name in (DOMAIN, EXT):
+        ctx = ssl.create_default_context(cadata=acme.ca.root_pem)
+        conn = http.client.HTTPConnection(converged.ip, 443, timeout=30)
+        sock = socket.create_connection((converged.ip, 443), timeout=30)
+        conn.sock = ctx.wrap_socket(sock, server_hostname=name)  # verified for the name
+        try:
+            conn.request("GET", "/", headers={"Host": name})
+            resp = conn.getresponse()
+            resp.read()
+        finally:
+            conn.close()
+        assert resp.status == 200, name
+        assert resp.getheader("Strict-Transport-Security") == "max-age=31536000", name
+        assert resp.getheader("Server") == "nginx", name
+
+
+def test_migration_accepts_acmetool_s_real_state(converged):
+    """chatmail_migrate only moves the links acmetool writes: its export of
+    this host's real acmetool state passes the import's checks (inspect),
+    with live/<domain> -> ../certs/<id> and certs/<id>/privkey ->
+    ../../keys/<id>/privkey, and importing it back changes nothing."""
+    archive = "/root/acme-state.tar.gz"
+    converged.exec("rm", "-f", archive)
+    proc = hosts.salt_call(
+        converged, "chatmail_migrate.export", archive, "stop_intake=False", f"domains={DOMAIN}"
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["local"]["acme_files"] > 0
+    proc = hosts.salt_call(converged, "chatmail_migrate.inspect", archive)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    links = converged.sh(f"tar -tvzf {archive} | grep '^l'").stdout
+    assert f"acme/live/{DOMAIN} -> ../certs/" in links, links
+    assert "/privkey -> ../../keys/" in links, links
+    proc = hosts.salt_call(converged, "chatmail_migrate.import", archive)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    acme_report = json.loads(proc.stdout)["local"]["acme"]
+    assert acme_report["added"] == 0 and acme_report["replaced"] == [], acme_report
 
 
 def test_second_highstate_changes_nothing(converged):

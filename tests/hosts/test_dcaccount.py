@@ -34,10 +34,8 @@ from pathlib import Path
 import pytest
 
 from tests.acceptance.test_deltachat import chat_both_ways, dclogin_url
-from tests.harness import CACHE, SLOT, dns, hosts
+from tests.harness import CACHE, SLOT, deltachat, dns, hosts
 from tests.harness import acceptance_relays as ar
-from tests.harness.docker import docker as docker_cli
-from tests.harness.docker import env as docker_env
 
 pytestmark = pytest.mark.hosts
 
@@ -49,7 +47,6 @@ CA_DOMAIN = "dcacc.test"  # tls mode "ca": private CA
 SELF_DOMAIN = "_dcacc.test"  # self-signed ("_" prefix)
 DOMAINS = [CA_DOMAIN, SELF_DOMAIN]
 MAILBOXES = "/home/vmail/mail"
-RPC_SERVER = "/usr/local/bin/deltachat-rpc-server"
 CLIENT_CA = "/usr/local/share/ca-certificates/dcacc-test-ca.crt"
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 # what rustls reports for a chain it cannot anchor in its (webpki) roots
@@ -112,10 +109,7 @@ def client(relay, test_ca):
     """A bare host with the core's RPC server that trusts the run's CA system-wide."""
     host = hosts.boot(CLIENT_NAME, "dcacc-client.test", ip="auto", keep=KEEP, reuse=REUSE)
     try:
-        import deltachat_rpc_server
-
-        binary = Path(deltachat_rpc_server.__file__).parent / "deltachat-rpc-server"
-        docker_cli("cp", str(binary), f"{host.name}:{RPC_SERVER}")
+        deltachat.install_rpc_server(host)
         host.write_file(CLIENT_CA, test_ca.cert)
         host.exec("update-ca-certificates")
         yield host
@@ -128,20 +122,10 @@ def client(relay, test_ca):
 def dc(client, tmp_path):
     """A DeltaChat rpc client whose core runs in the client host (fresh accounts dir),
     with the system bundle (holding the CA) also named by SSL_CERT_FILE."""
-    from deltachat_rpc_client import DeltaChat, Rpc
-
-    accounts = f"/root/dc-{tmp_path.name}"
-    argv = ["docker", "exec", "-i", "-e", f"DC_ACCOUNTS_PATH={accounts}", "-e", "RUST_LOG=info"]
-    argv += ["-e", f"SSL_CERT_FILE={SYSTEM_BUNDLE}", "-e", "SSL_CERT_DIR=/etc/ssl/certs"]
-    argv += [client.name, RPC_SERVER]
-    with open(tmp_path / "rpc-server.log", "wb") as log:
-        rpc = Rpc(rpc_server_path=argv, env=docker_env(), stderr=log)
-        rpc.start()
-        try:
-            yield DeltaChat(rpc)
-        finally:
-            rpc.close()
-            client.exec("rm", "-rf", accounts, check=False)
+    bundle = {"SSL_CERT_FILE": SYSTEM_BUNDLE, "SSL_CERT_DIR": "/etc/ssl/certs"}
+    log, accounts = tmp_path / "rpc-server.log", f"/root/dc-{tmp_path.name}"
+    with deltachat.core(client, log, accounts, extra_env=bundle) as dc:
+        yield dc
 
 
 def client_post_new(client, domain, verify=True):

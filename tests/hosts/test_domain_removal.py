@@ -16,31 +16,20 @@ import urllib.request
 import pytest
 
 from tests.harness import hosts
+from tests.saltopts import write_pillar_tree
 
 KEEP = "keep.test"
 GONE = "_gone.test"
 NAME = "cmsalt-test-domrm"
-PILLAR_TOP = "base:\n  '*':\n    - chatmail\n"
 CONFIG_DIRS = ["/etc/nginx", "/etc/postfix", "/etc/dovecot", "/etc/opendkim", "/etc/chatmail"]
 
 pytestmark = pytest.mark.hosts
 
 
-def pillar_text(domains):
-    lines = [
-        "chatmail:",
-        "  params:",
-        "    # test hosts see the load average of the shared CI machine",
-        "    max_load_1m: 1000",
-        "  domains:",
-    ]
-    lines += [f"    {dom}: {{}}" for dom in domains]
-    return "\n".join(lines) + "\n"
-
-
 def write_pillar(pillar_dir, domains):
-    (pillar_dir / "top.sls").write_text(PILLAR_TOP)
-    (pillar_dir / "chatmail.sls").write_text(pillar_text(domains))
+    # max_load_1m: test hosts see the load average of the shared CI machine
+    chatmail = {"params": {"max_load_1m": 1000}, "domains": {dom: {} for dom in domains}}
+    write_pillar_tree(pillar_dir, chatmail)
 
 
 def tls_context():
@@ -68,14 +57,9 @@ def exists(host, path):
 @pytest.fixture
 def domrm_host(harness, tmp_path):
     pillar_dir = tmp_path / "pillar"
-    pillar_dir.mkdir()
-    pillar_dir.chmod(0o755)
     write_pillar(pillar_dir, [KEEP, GONE])
-    host = hosts.boot(NAME, KEEP, ip="auto", pillar_dir=pillar_dir)
-    try:
+    with hosts.booted(name=NAME, fqdn=KEEP, ip="auto", pillar_dir=pillar_dir) as host:
         yield host, pillar_dir
-    finally:
-        hosts.destroy(host)
 
 
 @pytest.mark.timeout(900)

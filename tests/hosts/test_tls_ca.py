@@ -20,6 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from tests.harness import CACHE, GATEWAY, SLOT, addr, dns, hosts
 from tests.hosts.test_relay import encrypted_message, imap_login, new_credentials, submit
+from tests.saltopts import write_pillar_tree
 
 pytestmark = pytest.mark.hosts
 
@@ -102,10 +103,7 @@ def relay_specs(harness):
             )
     ca = ca or make_ca()
     for name, domain, ip in RELAYS:
-        pillar = PILLAR_ROOT / domain
-        pillar.mkdir(parents=True, exist_ok=True)
-        (pillar / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
-        (pillar / "chatmail.sls").write_text(json.dumps(relay_pillar(domain, *ca), indent=1))
+        pillar = write_pillar_tree(PILLAR_ROOT / domain, relay_pillar(domain, *ca)["chatmail"])
         specs.append(
             {
                 "name": name,
@@ -244,7 +242,7 @@ def test_new_ca_reissues_and_reloads(pair, ca):
     res = hosts.converge(host2, sls="chatmail.tls", pillar_override=override)
     assert res.ok, res.summary()
     assert f"chatmail-tls-{domain2}-ca-certificate-managed" in res.changed
-    assert "chatmail-tls-ca-reload-cmd-run" in res.changed
+    assert "chatmail-tls-dovecot-reloaded" in res.changed
     other = x509.load_pem_x509_certificate(other_cert.encode())
     assert _served_leaf(host2.ip).issuer == other.subject
     try:

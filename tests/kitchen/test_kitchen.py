@@ -49,7 +49,6 @@ def suite_results():
 
 @pytest.mark.hosts
 @pytest.mark.fleet
-@pytest.mark.xdist_group("kitchen")
 @pytest.mark.parametrize("suite", SUITES)
 def test_suite_passes(suite_results, suite):
     result = suite_results[suite]

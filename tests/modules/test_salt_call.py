@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from tests.saltopts import masterless_minion, write_pillar_tree
+
 from .conftest import zone_text
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -21,34 +23,13 @@ def salt_call(tmp_path_factory):
     if not SALT_CALL.exists():
         pytest.skip("salt-call not found next to the test interpreter")
     root = tmp_path_factory.mktemp("salt-call")
-    (root / "pillar").mkdir()
-    (root / "pillar" / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
     keydir = root / "dkimkeys"
-    (root / "pillar" / "chatmail.sls").write_text(
-        f"chatmail:\n  lookup:\n    paths:\n      dkim_dir: {keydir}\n"
-    )
-    (root / "minion").write_text(
-        "\n".join(
-            [
-                "id: relay.test",
-                "file_client: local",
-                f"root_dir: {root}",
-                f"cachedir: {root}/cache",
-                f"pki_dir: {root}/pki",
-                f"sock_dir: {root}/sock",
-                f"log_file: {root}/minion.log",
-                "file_roots:",
-                f"  base: [{REPO / 'salt'}]",
-                "pillar_roots:",
-                f"  base: [{root / 'pillar'}]",
-                "",
-            ]
-        )
-    )
+    pillar = {"lookup": {"paths": {"dkim_dir": str(keydir)}}}
+    conf_dir = masterless_minion(root, "relay.test", pillar).parent
 
     def run(*args, retcode=0):
         proc = subprocess.run(
-            [str(SALT_CALL), "--local", "-c", str(root), "--out=json", "-l", "quiet", *args],
+            [str(SALT_CALL), "--local", "-c", str(conf_dir), "--out=json", "-l", "quiet", *args],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -63,7 +44,8 @@ def salt_call(tmp_path_factory):
     assert "states.chatmail_dkim" in synced["states"]
     assert "states.chatmail_dns" in synced["states"]
     run.keydir = keydir
-    run.pillar_file = root / "pillar" / "chatmail.sls"
+    run.set_pillar = lambda chatmail: write_pillar_tree(root / "pillar", chatmail)
+    run.pillar = pillar
     return run
 
 
@@ -98,8 +80,8 @@ def test_salt_call_records_checked_with_pillar_nameservers(salt_call, nsd_factor
     salt_call("state.single", "chatmail_dkim.key_present", "name=relay.test")
     fragment = salt_call("chatmail_dns.zone_fragment", "relay.test", "ipv4=192.0.2.7")
     server = nsd_factory({"relay.test": zone_text("relay.test", fragment)})
-    pillar = salt_call.pillar_file
-    pillar.write_text(pillar.read_text() + f"  dns:\n    nameservers: ['{server.address}']\n")
+    pillar = {**salt_call.pillar, "dns": {"nameservers": [server.address]}}
+    salt_call.set_pillar(pillar)
     ret = salt_call(
         "state.single",
         "chatmail_dns.records_checked",
@@ -123,13 +105,12 @@ def test_salt_call_records_checked_with_pillar_nameservers(salt_call, nsd_factor
     assert "A relay.test.: wrong: 192.0.2.7, expected 192.0.2.8" in state["comment"]
 
     # chatmail_dns.status: every pillar domain, arguments from pillar
-    pillar.write_text(
-        pillar.read_text()
-        + "  domains:\n"
-        + "    relay.test:\n      dns:\n        ipv4: 192.0.2.7\n"
-        + "    192.0.2.1: {}\n"
-        + "    elsewhere.test:\n      dns:\n        ipv4: 192.0.2.7\n"
-    )
+    pillar["domains"] = {
+        "relay.test": {"dns": {"ipv4": "192.0.2.7"}},
+        "192.0.2.1": {},
+        "elsewhere.test": {"dns": {"ipv4": "192.0.2.7"}},
+    }
+    salt_call.set_pillar(pillar)
     args = salt_call("chatmail_dns.domain_args", "relay.test")
     assert args == {
         "ipv4": "192.0.2.7",

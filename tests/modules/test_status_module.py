@@ -17,7 +17,7 @@ import pytest
 
 from _modules import chatmail_status as status_module
 from _states import chatmail_status as status_state
-from tests.harness import REPO
+from tests.saltopts import masterless_minion
 
 INI = """[params]
 mail_domain = a.test {second}
@@ -305,20 +305,13 @@ def test_masterless_sync_and_status_sls(tmp_path, relay_tree):
     salt_call = Path(sys.executable).with_name("salt-call")
     ini, _mbdir = relay_tree
     root = tmp_path / "salt"
-    (root / "pillar").mkdir(parents=True)
-    (root / "pillar" / "top.sls").write_text("base:\n  '*':\n    - chatmail\n")
-    (root / "pillar" / "chatmail.sls").write_text(
-        f"chatmail:\n  lookup:\n    paths:\n      ini: {ini}\n  status:\n    days_left: 5\n"
-    )
-    (root / "minion").write_text(
-        f"id: relay.test\nfile_client: local\nroot_dir: {root}\ncachedir: {root}/cache\n"
-        f"pki_dir: {root}/pki\nsock_dir: {root}/sock\nlog_file: {root}/minion.log\n"
-        f"file_roots:\n  base: [{REPO / 'salt'}]\npillar_roots:\n  base: [{root / 'pillar'}]\n"
-    )
+    root.mkdir()
+    pillar = {"lookup": {"paths": {"ini": str(ini)}}, "status": {"days_left": 5}}
+    conf_dir = masterless_minion(root, "relay.test", pillar).parent
 
     def run(*args):
         proc = subprocess.run(
-            [str(salt_call), "--local", "-c", str(root), "--out=json", "-l", "quiet", *args],
+            [str(salt_call), "--local", "-c", str(conf_dir), "--out=json", "-l", "quiet", *args],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

@@ -53,9 +53,7 @@ def fake_build(cache, name, version, archive=b"tar"):
     (d / build.ARCHIVE).write_bytes(archive)
     sha = hashlib.sha256(archive).hexdigest()
     source = version.rsplit("+chatmail", 1)[0]
-    (d / "build-info").write_text(
-        f"version: {version}\nsource: {source}\narchive_sha256: {sha}\n"
-    )
+    (d / "build-info").write_text(f"version: {version}\nsource: {source}\narchive_sha256: {sha}\n")
     return d
 
 

@@ -12,9 +12,8 @@ import xml.etree.ElementTree as ET
 
 import jinja2
 import pytest
-import yaml
 
-from tests.unit.conftest import masterless_minion
+from tests.saltopts import masterless_minion
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SALT_CALL = pathlib.Path(sys.executable).with_name("salt-call")
@@ -168,6 +167,24 @@ def test_pages_and_autoconfig(render, cmap):
     assert "privacy@example.org" in privacy
 
 
+# systemd sandboxing every chatmaild unit has (values as in the unit file;
+# SystemCallFilter: the last of its lines)
+HARDENING = {
+    "NoNewPrivileges": "true",
+    "CapabilityBoundingSet": "",
+    "AmbientCapabilities": "",
+    "ProtectKernelLogs": "true",
+    "ProtectClock": "true",
+    "ProtectHostname": "true",
+    "RestrictRealtime": "true",
+    "MemoryDenyWriteExecute": "true",
+    "SystemCallArchitectures": "native",
+    "SystemCallFilter": "~@privileged",
+    "PrivateDevices": "true",
+    "ProtectHome": "read-only",
+}
+
+
 def test_units(render, cmap):
     context = {"chatmail": cmap}
     # the units table is data in a Jinja file: evaluate it through Jinja
@@ -188,7 +205,24 @@ def test_units(render, cmap):
         service = parser["Service"]
         assert service["User"] == "vmail"
         assert service["ProtectSystem"] == "strict"
-        assert "/home/vmail/mail" in service["ReadWritePaths"]
+        # only what the daemon writes is writable: filtermail reads the E2EE
+        # markers and writes nothing, the report only reads
+        writes = service.get("ReadWritePaths", "").split()
+        if name in ("filtermail", "filtermail-incoming", "chatmail-fsreport"):
+            assert writes == [], name
+        else:
+            assert "/home/vmail/mail" in writes, name
+        assert ("/var/lib/chatmaild" in writes) == (name == "chatmail-metadata"), name
+        for key, value in HARDENING.items():
+            assert service.get(key) == value, (name, key)
+        assert service["MemoryMax"].endswith("%") and int(service["TasksMax"]) >= 64
+        if name in ("doveauth", "lastlogin", "chatmail-expire", "chatmail-fsreport"):
+            assert service["RestrictAddressFamilies"] == "AF_UNIX"
+            assert service["IPAddressDeny"] == "any"
+        assert "chatmail" in service["SupplementaryGroups"].split()
+        assert ("chatmail-metadata" in service["SupplementaryGroups"].split()) == (
+            name == "chatmail-metadata"
+        )
         assert service["ExecStart"].startswith("/usr/local/lib/chatmaild/bin/")
         # every chatmaild console script takes the config path first
         assert service["ExecStart"].split()[1] == "/etc/chatmail/chatmail.ini"
@@ -231,23 +265,7 @@ def test_ip_domain_pages(render, cc, defaults):
 
 @pytest.mark.parametrize("minion_id, has_pillar", [("example", True), ("other.host", False)])
 def test_pillar_top_maps_minion_id_to_host_file(tmp_path, minion_id, has_pillar):
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    (conf / "minion").write_text(
-        yaml.safe_dump(
-            {
-                "id": minion_id,
-                "file_client": "local",
-                "root_dir": str(tmp_path),
-                "cachedir": str(tmp_path / "cache"),
-                "pki_dir": str(tmp_path / "pki"),
-                "log_file": str(tmp_path / "minion.log"),
-                "extension_modules": str(tmp_path / "extmods"),
-                "file_roots": {"base": [str(REPO / "salt")]},
-                "pillar_roots": {"base": [str(REPO / "pillar")]},
-            }
-        )
-    )
+    conf = masterless_minion(tmp_path, minion_id, pillar_dir=REPO / "pillar").parent
     base = [str(SALT_CALL), "--local", f"--config-dir={conf}", "--out=json"]
     sync = subprocess.run(
         [*base, "saltutil.sync_modules"], capture_output=True, stdin=subprocess.DEVNULL, timeout=300

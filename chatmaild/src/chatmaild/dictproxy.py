@@ -66,8 +66,10 @@ import json
 import logging
 import os
 import signal
+import socket
 import socketserver
 import stat
+import struct
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -126,6 +128,33 @@ def split_fields(text: str) -> list[str]:
     return [tabunescape(f) for f in text.split("\t")]
 
 
+@dataclass(frozen=True)
+class Peer:
+    """The process at the other end of a unix socket (``SO_PEERCRED``) and
+    its name from ``/proc/<pid>/comm`` as it was when it connected ("" if
+    unknown).  Dovecot runs each protocol as its own executable, so the name
+    tells an LMTP delivery (``lmtp``) from an IMAP session (``imap``)."""
+
+    pid: int = 0
+    uid: int = -1
+    gid: int = -1
+    process: str = ""
+
+
+def socket_peer(sock) -> Peer:
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, gid = struct.unpack("3i", raw)
+    except (OSError, AttributeError, struct.error):
+        return Peer()
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
+            process = f.read().strip()
+    except OSError:
+        process = ""
+    return Peer(pid, uid, gid, process)
+
+
 @dataclass
 class Transaction:
     """One open transaction of a connection: ``changes`` are tuples
@@ -136,12 +165,14 @@ class Transaction:
     user: str
     changes: list = field(default_factory=list)
     failed: bool = False
+    peer: Peer = field(default_factory=Peer)
 
 
 class Connection:
     """Per-connection state: hello values and open transactions."""
 
-    def __init__(self):
+    def __init__(self, peer: Peer | None = None):
+        self.peer = peer or Peer()
         self.major = None
         self.minor = None
         self.value_type = None
@@ -280,7 +311,7 @@ class DictProxy:
         if tid in conn.transactions:
             log.warning("transaction %s begun twice; the old one is dropped", tid)
         user = fields[1] if len(fields) > 1 else conn.user
-        conn.transactions[tid] = Transaction(id=tid, user=user)
+        conn.transactions[tid] = Transaction(id=tid, user=user, peer=conn.peer)
         return None
 
     def _change(self, conn, rest, op, nfields):
@@ -357,9 +388,10 @@ class DictProxy:
 
     # ---- connection loop and server -------------------------------------
 
-    def serve_connection(self, rfile, wfile):
-        """Read request lines from ``rfile`` until EOF, writing replies."""
-        conn = Connection()
+    def serve_connection(self, rfile, wfile, peer: Peer | None = None):
+        """Read request lines from ``rfile`` until EOF, writing replies.
+        ``peer`` is the connecting process (:func:`socket_peer`)."""
+        conn = Connection(peer)
         limit = self.max_line_length
         while True:
             raw = rfile.readline(limit + 1)
@@ -407,7 +439,7 @@ class DictProxy:
         class Handler(socketserver.StreamRequestHandler):
             def handle(self):
                 try:
-                    proxy.serve_connection(self.rfile, self.wfile)
+                    proxy.serve_connection(self.rfile, self.wfile, socket_peer(self.request))
                 except (BrokenPipeError, ConnectionResetError):
                     pass
                 except Exception:

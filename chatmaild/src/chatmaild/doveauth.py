@@ -22,16 +22,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import threading
 
+from .address import is_account_localpart
 from .dictproxy import DictProxy, run_dict_daemon
 from .syslimits import resource_shortage
 from .user import User, encrypt_password
 
 log = logging.getLogger("doveauth")
 
-LOCALPART_RE = re.compile(r"^[a-z0-9._-]+$")
 MAX_PASSWORD_LENGTH = 512
 _LOCK_STRIPES = 1024
 
@@ -72,7 +71,7 @@ def check_address(config, addr: str):
     dc = config.for_address(addr)
     if dc is None or domain != dc.address_domain:
         raise Refused(f"domain {domain!r} is not served here")
-    if not LOCALPART_RE.match(localpart) or localpart.startswith("."):
+    if not is_account_localpart(localpart):
         raise Refused("localpart has characters outside [a-z0-9._-]")
     return dc
 

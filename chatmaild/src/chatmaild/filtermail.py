@@ -19,7 +19,7 @@ is required (``filtermail_dkim_check``; an IP-literal sender such as
 ``user@[192.0.2.7]`` must instead be the client Postfix reports with
 XFORWARD), and cleartext is refused when any recipient has the
 ``enforceE2EEincoming`` marker, except Secure-Join requests and
-multipart/report bounces from ``mailer-daemon@``.
+delivery reports shaped exactly like real ones (:mod:`chatmaild.dsn`).
 
 DKIM keys are looked up with the system resolver, or only at the DNS server
 given by ``--dns-server IP:PORT`` or the ``FILTERMAIL_DNS_SERVER`` variable.
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import ipaddress
 import logging
 import os
@@ -38,17 +39,36 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from email import message_from_bytes
-from email.headerregistry import HeaderRegistry
 from email.message import Message
+from email.parser import BytesHeaderParser
 from email.policy import compat32
 
+import dkim.util
 from aiosmtpd.smtp import SMTP, syntax
 
+from .address import AddressError, normalize_domain, normalize_recipient
 from .config import ConfigError, main_config_error, read_config
-from .filtermail_dkim import check_dkim, make_dnsfunc
+from .dsn import bounce_problem
+from .filtermail_dkim import (
+    MAX_SIGNATURES,
+    check_dkim,
+    key_name,
+    make_async_resolver,
+    prefetch_keys,
+)
 from .filtermail_fastpath import encrypted_sender
 from .filtermail_reinject import ReinjectClient
 from .openpgp import is_encrypted_armor
+from .pgpmime import (
+    CONTROL_TYPE,
+    DATA_TYPE,
+    epilogue_ok,
+    from_address,
+    outer_headers_problem,
+    part_headers_problem,
+    preamble_ok,
+    unfold,
+)
 
 log = logging.getLogger("chatmaild.filtermail")
 
@@ -97,28 +117,45 @@ def _unambiguous(part: Message) -> bool:
     return all(len(part.get_all(name) or []) <= 1 for name in SINGLE_HEADERS)
 
 
-def is_encrypted(msg: Message, allow_armor_headers: bool = False) -> bool:
-    """True for RFC 3156 OpenPGP/MIME whose payload is PKESK/SKESK + SEIPD."""
+def encryption_problem(msg: Message, allow_armor_headers: bool = False) -> str | None:
+    """Why ``msg`` is not RFC 3156 OpenPGP/MIME whose payload is PKESK/SKESK
+    + SEIPD with nothing readable beside it (:mod:`chatmaild.pgpmime`);
+    None if it is."""
     if msg.get_content_type() != "multipart/encrypted" or not _unambiguous(msg):
-        return False
+        return "not multipart/encrypted"
     protocol = msg.get_param("protocol")
     if not isinstance(protocol, str) or protocol.lower() != "application/pgp-encrypted":
-        return False
+        return "protocol is not application/pgp-encrypted"
     parts = msg.get_payload()
     if not isinstance(parts, list) or len(parts) != 2:
-        return False
+        return "not exactly two parts"
+    if msg.defects or any(part.defects for part in parts):
+        # The parser repaired something: other readers may see other parts.
+        return "malformed MIME structure"
+    if not preamble_ok(msg.preamble):
+        return "text before the first part"
+    if not epilogue_ok(msg.epilogue):
+        return "text after the last part"
     control, data = parts
-    if not (_unambiguous(control) and _unambiguous(data)):
-        return False
-    if control.get_content_type() != "application/pgp-encrypted":
-        return False
+    for part, wanted in ((control, CONTROL_TYPE), (data, DATA_TYPE)):
+        if part.is_multipart():
+            return "nested multipart"
+        problem = part_headers_problem(part.items(), wanted)
+        if problem:
+            return problem
     text = _payload_text(control)
     if text is None or text.strip() != "Version: 1":
-        return False
-    if data.get_content_type() != "application/octet-stream":
-        return False
+        return "control part is not Version: 1"
     text = _payload_text(data)
-    return text is not None and is_encrypted_armor(text, allow_headers=allow_armor_headers)
+    if text is None or not is_encrypted_armor(text, allow_headers=allow_armor_headers):
+        return "data part is not an armoured PKESK/SKESK+SEIPD message"
+    return None
+
+
+def is_encrypted(msg: Message, allow_armor_headers: bool = False) -> bool:
+    """True for RFC 3156 OpenPGP/MIME with nothing readable beside the
+    ciphertext (see :func:`encryption_problem`)."""
+    return encryption_problem(msg, allow_armor_headers) is None
 
 
 def is_securejoin_request(msg: Message) -> bool:
@@ -141,10 +178,20 @@ def is_securejoin_request(msg: Message) -> bool:
     return text.strip().lower() in (f"secure-join: {req}" for req in SECUREJOIN_REQUESTS)
 
 
+def _account_or_none(addr: str) -> str | None:
+    try:
+        return normalize_recipient(addr)
+    except AddressError:
+        return None
+
+
 def is_autocrypt_setup_message(msg: Message, mail_from: str, rcpt_tos: list[str]) -> bool:
-    """A self-addressed Autocrypt Setup Message (Autocrypt Level 1, 4.4)."""
-    sender = mail_from.lower()
-    if not rcpt_tos or any(rcpt.lower() != sender for rcpt in rcpt_tos):
+    """A self-addressed Autocrypt Setup Message (Autocrypt Level 1, 4.4):
+    every recipient is delivered to the sender's own account."""
+    sender = _account_or_none(mail_from)
+    if sender is None or not rcpt_tos:
+        return False
+    if any(_account_or_none(rcpt) != sender for rcpt in rcpt_tos):
         return False
     if str(msg.get("autocrypt-setup-message") or "").strip().lower() != "v1":
         return False
@@ -156,50 +203,44 @@ def is_autocrypt_setup_message(msg: Message, mail_from: str, rcpt_tos: list[str]
     return any(p.get_content_type() == "application/autocrypt-setup" for p in parts)
 
 
-def is_bounce(msg: Message) -> bool:
-    """A delivery report from a mailer daemon (multipart/report, Auto-Submitted)."""
-    auto = str(msg.get("auto-submitted") or "").strip().lower()
-    if not auto or auto == "no":
-        return False
-    if msg.get_content_type() != "multipart/report":
-        return False
-    addr = single_from_address(msg)
-    return addr is not None and addr.lower().startswith("mailer-daemon@")
+def may_leave(msg: Message) -> bool:
+    """True for a message filtermail outgoing lets leave without a
+    passthrough: OpenPGP/MIME encrypted or a Secure-Join request."""
+    return encryption_problem(msg) is None or is_securejoin_request(msg)
+
+
+def is_bounce(msg: Message, mail_from: str = "", size: int = 0) -> bool:
+    """A delivery report a mail server sends about mail an account sent,
+    exactly as narrow as real ones are (:func:`chatmaild.dsn.bounce_problem`)."""
+    return bounce_problem(msg, mail_from, single_from_address(msg), size, may_leave) is None
 
 
 def single_from_address(msg: Message) -> str | None:
-    """The address of the only ``From:`` header with exactly one mailbox.
-
-    Parsed with the RFC 5322 header parser of :mod:`email.headerregistry`:
-    ``email.utils.getaddresses`` in patched CPython releases (Debian 12's
-    3.11.2 among them) returns nothing for domain literals such as
-    ``user@[1.2.3.4]``, the addresses of IP-only relays.  A header the parser
-    had to repair (defects) counts as no address at all.
-    """
+    """The address of the only ``From:`` header with exactly one mailbox
+    (:func:`chatmaild.pgpmime.from_address`)."""
     values = msg.get_all("from") or []
     if len(values) != 1:
         return None
-    try:
-        header = _HEADERS("from", str(values[0]))
-        addrs = header.addresses
-    except Exception:  # the parser's errors are not part of its API
-        return None
-    if header.defects or len(addrs) != 1:
-        return None
-    addr = addrs[0].addr_spec
-    if not addr or addr.count("@") != 1 or addrs[0].username == "":
-        return None
-    return addr
-
-
-_HEADERS = HeaderRegistry()
+    return from_address(unfold(str(values[0])))
 
 
 def matches_passthrough(addr: str, entries: list[str]) -> bool:
-    addr = addr.lower()
+    """True if ``addr`` is delivered to a passthrough entry: an address or an
+    ``@domain``.  Both sides are normalised as delivery does; an address that
+    does not normalise (percent hack, bang path, source route...) matches
+    nothing, so it cannot name one recipient here and another to Postfix."""
+    account = _account_or_none(addr)
+    if account is None:
+        return False
+    domain = account.rsplit("@", 1)[1]
     for entry in entries:
-        entry = entry.lower()
-        if addr == entry or (entry.startswith("@") and addr.endswith(entry)):
+        if entry.startswith("@"):
+            try:
+                if normalize_domain(entry[1:]) == domain:
+                    return True
+            except AddressError:
+                continue
+        elif _account_or_none(entry) == account:
             return True
     return False
 
@@ -304,6 +345,12 @@ class BaseHandler:
         envelope.mail_options.extend(mail_options)
         return "250 OK"
 
+    async def prepare(self, content: bytes) -> dict:
+        """Work done on the event loop before :meth:`check` (e.g. DNS
+        lookups, which must not occupy the worker threads); returns extra
+        keyword arguments for :meth:`check`."""
+        return {}
+
     async def handle_DATA(self, server, session, envelope):
         loop = asyncio.get_running_loop()
         mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from
@@ -311,10 +358,12 @@ class BaseHandler:
         rcpt_tos = list(envelope.rcpt_tos)
         args = (mail_from, rcpt_tos, content, forwarded_client_ip(session))
         try:
+            extra = await self.prepare(content)
+            check = functools.partial(self.check, *args, **extra)
             if len(content) <= self.inline_check_limit:
-                self.check(*args)
+                check()
             else:
-                await loop.run_in_executor(self.executor, self.check, *args)
+                await loop.run_in_executor(self.executor, check)
         except Reject as exc:
             log.info("%s from %r refused: %s", self.direction, mail_from, exc.args[0])
             return safe_reply(exc.args[0])
@@ -360,14 +409,19 @@ class OutgoingHandler(BaseHandler):
         return await super().handle_MAIL(server, session, envelope, address, mail_options)
 
     def check(self, mail_from, rcpt_tos, content, client_ip=None):
-        fast_from = encrypted_sender(content)
+        fast_from = encrypted_sender(content, outgoing=True)
         if fast_from is not None and fast_from.lower() == mail_from.lower():
             return
         msg = parse_message(content)
         from_addr = single_from_address(msg)
         if from_addr is None or from_addr.lower() != mail_from.lower():
             raise Reject(f"554 5.7.1 From header {from_addr!r} does not match sender <{mail_from}>")
-        if is_encrypted(msg) or is_securejoin_request(msg):
+        if is_encrypted(msg):
+            problem = outer_headers_problem(msg.items())
+            if problem:
+                raise Reject(f"523 Encryption Needed: {problem}")
+            return
+        if is_securejoin_request(msg):
             return
         if is_autocrypt_setup_message(msg, mail_from, rcpt_tos):
             return
@@ -382,11 +436,45 @@ class OutgoingHandler(BaseHandler):
 class IncomingHandler(BaseHandler):
     direction = "incoming"
 
-    def __init__(self, config, executor=None, dnsfunc=None):
+    def __init__(self, config, executor=None, dnsfunc=None, resolver=None):
+        """``dnsfunc(name, timeout)`` answers DKIM key lookups made in
+        :meth:`check` itself (tests; blocking).  The daemon passes an asyncio
+        ``resolver`` instead: :meth:`prepare` fetches the keys on the event
+        loop within ``filtermail_dkim_dns_budget`` seconds per message."""
         super().__init__(config, executor)
         self.dnsfunc = dnsfunc
+        self.resolver = resolver
 
-    def check_dkim(self, content: bytes, from_addr: str, client_ip: str | None):
+    async def prepare(self, content: bytes) -> dict:
+        if not self.config.filtermail_dkim_check or self.resolver is None:
+            return {}
+        # the header block only: no copy of a large body on the event loop
+        ends = [i for i in (content.find(b"\r\n\r\n"), content.find(b"\n\n")) if i >= 0]
+        block = content[: min(ends) + 4] if ends else content[:65536]
+        headers = BytesHeaderParser(policy=compat32).parsebytes(block)
+        from_addr = single_from_address(headers)
+        if from_addr is None:
+            return {}
+        domain = from_addr.rsplit("@", 1)[1].lower()
+        if domain.startswith("["):
+            return {}
+        names = []
+        for value in headers.get_all("dkim-signature") or []:
+            try:
+                tags = dkim.util.parse_tag_value(str(value).encode("ascii", "replace"))
+            except Exception:  # dkimpy raises several types for bad input
+                continue
+            d = tags.get(b"d", b"").decode("ascii", "replace").strip().lower()
+            selector = tags.get(b"s", b"").decode("ascii", "replace").strip()
+            if d == domain and selector and b"l" not in tags:
+                names.append(key_name(selector, d))
+            if len(names) >= MAX_SIGNATURES:
+                break
+        budget = self.config.filtermail_dkim_dns_budget
+        records, timed_out = await prefetch_keys(names, self.resolver, budget)
+        return {"dkim_keys": records, "dkim_timed_out": timed_out}
+
+    def check_dkim(self, content, from_addr, client_ip, dkim_keys=None, dkim_timed_out=False):
         if not self.config.filtermail_dkim_check:
             return
         domain = from_addr.rsplit("@", 1)[1]
@@ -402,7 +490,15 @@ class IncomingHandler(BaseHandler):
                     f"550 5.7.1 DKIM check failed: sender {domain} is not the client {client_ip}"
                 )
             return
-        problem = check_dkim(content, domain, self.dnsfunc)
+        dnsfunc = self.dnsfunc
+        if dkim_keys is not None:
+
+            def dnsfunc(name, timeout=5):
+                return dkim_keys.get(name)
+
+        problem = check_dkim(content, domain, dnsfunc)
+        if problem and dkim_timed_out:
+            raise Reject("451 4.4.3 DKIM key lookup timed out, try again later")
         if problem:
             raise Reject(f"550 5.7.1 DKIM check failed: {problem}")
 
@@ -410,25 +506,52 @@ class IncomingHandler(BaseHandler):
     def reinject_port(self) -> int:
         return self.config.postfix_reinject_port_incoming
 
-    def check(self, mail_from, rcpt_tos, content, client_ip=None):
+    def recipient_account(self, rcpt: str) -> str:
+        """The account ``rcpt`` is delivered to (see
+        :func:`chatmaild.address.normalize_recipient`), or :class:`Reject`:
+        mail from other servers is only ever for accounts of this relay."""
+        try:
+            account = normalize_recipient(rcpt)
+        except AddressError as exc:
+            raise Reject(f"553 5.1.3 Bad recipient address syntax: {exc}") from None
+        if self.config.for_address(account) is None:
+            raise Reject("550 5.1.2 Recipient domain is not served here")
+        return account
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        try:
+            self.recipient_account(address)
+        except Reject as exc:
+            log.info("incoming recipient %r refused: %s", address, exc.args[0])
+            return safe_reply(exc.args[0])
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
+
+    def check(self, mail_from, rcpt_tos, content, client_ip=None, **dkim):
+        # Every per-account decision below uses the account Postfix and
+        # Dovecot deliver to, never the recipient as spelled.
+        accounts = [self.recipient_account(rcpt) for rcpt in rcpt_tos]
         fast_from = encrypted_sender(content)
         if fast_from is not None:
-            self.check_dkim(content, fast_from, client_ip)
+            self.check_dkim(content, fast_from, client_ip, **dkim)
             return
         msg = parse_message(content)
         from_addr = single_from_address(msg)
         if from_addr is None:
             raise Reject("550 5.7.1 Message needs exactly one From address")
-        self.check_dkim(content, from_addr, client_ip)
+        self.check_dkim(content, from_addr, client_ip, **dkim)
         if is_encrypted(msg, allow_armor_headers=True) or is_securejoin_request(msg):
             return
-        if is_bounce(msg):
+        if is_bounce(msg, mail_from, len(content)):
             return
-        for rcpt in rcpt_tos:
+        for account in accounts:
             try:
-                marker = self.config.user_dir(rcpt.lower()) / E2EE_MARKER
+                marker = self.config.user_dir(account) / E2EE_MARKER
             except ValueError:
-                continue
+                # Served domain, but no name account creation would allow
+                # (an alias such as postmaster is still a valid name).
+                raise Reject(f"550 5.1.1 No such account <{account}>") from None
             if marker.exists():
                 raise Reject(ENCRYPTION_NEEDED)
 
@@ -436,11 +559,11 @@ class IncomingHandler(BaseHandler):
 # --- server ---
 
 
-def make_handler(config, mode: str, executor=None, dnsfunc=None) -> BaseHandler:
+def make_handler(config, mode: str, executor=None, dnsfunc=None, resolver=None) -> BaseHandler:
     if mode == "outgoing":
         return OutgoingHandler(config, executor)
     if mode == "incoming":
-        return IncomingHandler(config, executor, dnsfunc=dnsfunc)
+        return IncomingHandler(config, executor, dnsfunc=dnsfunc, resolver=resolver)
     raise ValueError(f"mode must be outgoing or incoming, not {mode!r}")
 
 
@@ -466,9 +589,10 @@ async def start_server(config, handler: BaseHandler, host="127.0.0.1", port=None
     return await loop.create_server(factory, host=host, port=port)
 
 
-async def serve(config, mode: str, dnsfunc=None):
+async def serve(config, mode: str, dns_server=None):
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="filtermail")
-    handler = make_handler(config, mode, executor, dnsfunc)
+    resolver = make_async_resolver(dns_server) if mode == "incoming" else None
+    handler = make_handler(config, mode, executor, resolver=resolver)
     server = await start_server(config, handler)
     addr = server.sockets[0].getsockname()
     log.info("filtermail %s listening on %s:%s", mode, addr[0], addr[1])
@@ -505,8 +629,7 @@ def main(argv=None) -> int:
         config = read_config(args.config)
     except ConfigError as exc:
         return main_config_error(exc)
-    dnsfunc = make_dnsfunc(args.dns_server) if args.dns_server else None
-    asyncio.run(serve(config, args.mode, dnsfunc))
+    asyncio.run(serve(config, args.mode, args.dns_server))
     return 0
 
 

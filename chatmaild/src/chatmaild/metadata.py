@@ -7,18 +7,24 @@ private attributes ``priv/<mailbox-guid>/<name>`` and shared ones
 the extra prefix ``vendor/vendor.dovecot/pvt/server/``.  What we serve:
 
 ``priv/<guid>/devicetoken``
-    set: remember a push token of a device (several per account, each with
-    the time it was last set, in ``<user_dir>/metadata.json``); lookup: all
+    set: remember a push token of a device (up to :data:`MAX_TOKENS` per
+    account, each with the time it was last set, in
+    ``<user_dir>/metadata.json``; one more forgets the oldest); lookup: all
     valid tokens separated by spaces.  Tokens not set again within
     ``push_token_expiry_days`` are forgotten.
 ``priv/<guid>/messagenew``
     set by Dovecot's push Lua script for each delivered message: queue one
     push request per token (see :mod:`chatmaild.notifier`) unless the value
-    is ``self`` (the account's own message).
+    is ``self`` (the account's own message).  Only a delivery may set it:
+    the dict connection must come from a process in
+    :data:`DELIVERY_PROCESSES` (``SO_PEERCRED`` and ``/proc/<pid>/comm``); the
+    same attribute set by an IMAP client with SETMETADATA is refused.
 ``shared/<guid>/[vendor/vendor.dovecot/pvt/server/]vendor/deltachat/<name>``
     lookup of what the relay advertises: ``maxsmtprecipients``,
     ``turn`` (``host:port:user:password``, coturn REST API credentials
-    derived from ``turn_secret``) and ``irohrelay`` when configured.
+    derived from ``turn_secret``, or from ``turn_secret_file``: on relays a
+    systemd credential only this daemon can read) and ``irohrelay`` when
+    configured.
 
 Usage: ``chatmail-metadata <chatmail.ini> <socket>`` (the reference's order,
 socket first, is accepted too).
@@ -49,6 +55,14 @@ DEFAULT_TURN_PORT = 3478
 TURN_CREDENTIAL_SECONDS = 5 * 86400
 #: tokens stamped further in the future than this are considered invalid
 CLOCK_SKEW = 60
+#: device tokens kept per account; setting one more forgets the oldest
+MAX_TOKENS = 16
+#: longest token accepted (Delta Chat's encrypted tokens are ~850 characters)
+MAX_TOKEN_LENGTH = 2048
+#: processes whose dict connections may report a delivery (messagenew):
+#: Dovecot's LMTP service and its LDA; an IMAP session (process "imap")
+#: must not be able to trigger pushes with SETMETADATA
+DELIVERY_PROCESSES = ("lmtp", "dovecot-lda")
 
 
 def turn_credentials(secret: str, now: float | None = None, ttl=TURN_CREDENTIAL_SECONDS):
@@ -130,6 +144,9 @@ class TokenStore:
     def add(self, addr, token):
         def change(tokens, now):
             tokens[token] = now
+            while len(tokens) > MAX_TOKENS:
+                oldest = min(tokens, key=lambda t: (tokens[t], t == token, t))
+                del tokens[oldest]
 
         self._modify(addr, change)
 
@@ -156,6 +173,19 @@ class MetadataDict(DictProxy):
         self.config = config
         self.tokens = tokens
         self.notifier = notifier
+        self._local = threading.local()
+
+    def commit(self, txn):
+        # the transaction_* hooks need to know who is committing
+        self._local.peer = txn.peer
+        try:
+            return super().commit(txn)
+        finally:
+            self._local.peer = None
+
+    def from_delivery(self) -> bool:
+        peer = getattr(self._local, "peer", None)
+        return peer is not None and peer.process in DELIVERY_PROCESSES
 
     def _domain_config(self, user):
         dc = self.config.for_address(user) if user else None
@@ -165,9 +195,13 @@ class MetadataDict(DictProxy):
         dc = self._domain_config(user)
         if name == "maxsmtprecipients":
             return str(self.config.max_smtp_recipients)
-        if name == "turn" and dc.turn_server and dc.turn_secret:
+        if name == "turn" and dc.turn_server:
+            # turn_secret_file (a systemd credential of this daemon) or turn_secret
+            secret = dc.turn_secret_value()
+            if not secret:
+                return None
             host, port = split_host_port(dc.turn_server, DEFAULT_TURN_PORT)
-            tuser, password = turn_credentials(dc.turn_secret)
+            tuser, password = turn_credentials(secret)
             return f"{host}:{port}:{tuser}:{password}"
         if name == "irohrelay" and dc.iroh_relay:
             return dc.iroh_relay
@@ -200,12 +234,23 @@ class MetadataDict(DictProxy):
         name = self._private_name(key)
         if name == DEVICETOKEN:
             value = value.strip()
-            if not value or any(c.isspace() for c in value):
+            if not value or len(value) > MAX_TOKEN_LENGTH or not value.isprintable():
+                log.warning("refusing empty, overlong or unprintable device token from %s", user)
+                return False
+            if any(c.isspace() for c in value) or not value.isascii():
                 log.warning("refusing device token with whitespace from %s", user)
                 return False
             self.tokens.add(user, value)
             return True
         if name == MESSAGENEW:
+            if not self.from_delivery():
+                peer = getattr(self._local, "peer", None)
+                log.warning(
+                    "refusing messagenew of %r from process %r: only deliveries push",
+                    user,
+                    peer.process if peer else None,
+                )
+                return False
             if value != "self":
                 tokens = self.tokens.get(user)
                 if tokens:

@@ -17,6 +17,13 @@ token as the request body to ``push_notification_url``:
 On start every file left in the queue directory is loaded and retried; the
 time the message arrived is stored in the file, so the give-up bound holds
 across restarts.
+
+The queue is bounded.  A push only tells a device "fetch your mail", so a
+request for a token that is still waiting (queued, or waiting for a retry)
+covers every later message: new requests for it are coalesced into it.  On
+top of that at most :attr:`Notifier.max_per_account` requests of one
+account and :attr:`Notifier.max_total` in all are held; beyond that new ones
+are dropped, with a log line at most once a minute saying how many.
 """
 
 from __future__ import annotations
@@ -88,6 +95,12 @@ class Notifier:
     http_timeout = 10.0
     #: worker threads sending requests
     num_workers = 4
+    #: requests held (queued, waiting for a retry or in flight) per account
+    max_per_account = 32
+    #: requests held in all
+    max_total = 20000
+    #: seconds between two log lines about dropped requests
+    drop_log_interval = 60.0
 
     def __init__(self, queue_dir, url, retry_max_seconds, remove_token=None):
         """``remove_token(addr, token)`` is called when the gateway answers 410."""
@@ -101,6 +114,14 @@ class Notifier:
         self._cond = threading.Condition()
         self._stopped = False
         self._threads = []
+        # bounds: requests waiting per (addr, token), held per addr and in all
+        self._waiting: dict[tuple[str, str], PushRequest] = {}
+        self._held: dict[str, int] = {}
+        self._total = 0
+        self.coalesced = 0
+        self.dropped = 0
+        self._dropped_unlogged = 0
+        self._next_drop_log = 0.0
 
     # ---- queue ----------------------------------------------------------
 
@@ -111,10 +132,59 @@ class Notifier:
             return
         now = time.time()
         for token in tokens:
-            path = self.queue_dir / uuid.uuid4().hex
+            req = PushRequest(self.queue_dir / uuid.uuid4().hex, addr, token, now)
+            if not self._admit(req):
+                continue
             body = json.dumps({"addr": addr, "token": token, "created": now})
-            write_file_atomic(path, body.encode("utf-8"))
-            self._schedule(PushRequest(path, addr, token, now), now)
+            try:
+                write_file_atomic(req.path, body.encode("utf-8"))
+            except BaseException:
+                self._release(req)
+                raise
+            self._schedule(req, now)
+
+    def _admit(self, req: PushRequest) -> bool:
+        """Reserve room for ``req``: False if a waiting request for the same
+        token covers it (coalesced) or a bound is reached (dropped)."""
+        key = (req.addr, req.token)
+        with self._cond:
+            if key in self._waiting:
+                self.coalesced += 1
+                return False
+            if self._held.get(req.addr, 0) >= self.max_per_account or (
+                self._total >= self.max_total
+            ):
+                self.dropped += 1
+                self._dropped_unlogged += 1
+                now = time.monotonic()
+                if now >= self._next_drop_log:
+                    log.warning(
+                        "push queue full (%d held, %d for %s): dropped %d request(s)",
+                        self._total,
+                        self._held.get(req.addr, 0),
+                        req.addr,
+                        self._dropped_unlogged,
+                    )
+                    self._dropped_unlogged = 0
+                    self._next_drop_log = now + self.drop_log_interval
+                return False
+            self._waiting[key] = req
+            self._held[req.addr] = self._held.get(req.addr, 0) + 1
+            self._total += 1
+            return True
+
+    def _release(self, req: PushRequest):
+        """``req`` is done (sent, gone or dropped): free its room."""
+        with self._cond:
+            key = (req.addr, req.token)
+            if self._waiting.get(key) is req:
+                del self._waiting[key]
+            held = self._held.get(req.addr, 0) - 1
+            if held > 0:
+                self._held[req.addr] = held
+            else:
+                self._held.pop(req.addr, None)
+            self._total -= 1
 
     def load_pending(self) -> int:
         """Queue every request file left from an earlier run; returns how many."""
@@ -131,6 +201,9 @@ class Notifier:
                 )
             except (OSError, ValueError, KeyError, TypeError):
                 log.warning("removing unreadable queue file %s", path)
+                path.unlink(missing_ok=True)
+                continue
+            if not self._admit(req):
                 path.unlink(missing_ok=True)
                 continue
             self._schedule(req, now)
@@ -153,7 +226,12 @@ class Notifier:
                     due = self._heap[0][0]
                     wait = due - time.time()
                     if wait <= 0:
-                        return heapq.heappop(self._heap)[2]
+                        req = heapq.heappop(self._heap)[2]
+                        # in flight: a message arriving now needs its own push
+                        key = (req.addr, req.token)
+                        if self._waiting.get(key) is req:
+                            del self._waiting[key]
+                        return req
                     self._cond.wait(min(wait, 60))
                 else:
                     self._cond.wait(60)
@@ -204,6 +282,7 @@ class Notifier:
 
     def attempt(self, req: PushRequest):
         if not req.path.exists():
+            self._release(req)
             return  # removed meanwhile (e.g. by an operator)
         req.attempts += 1
         try:
@@ -213,6 +292,7 @@ class Notifier:
             return
         if 200 <= status < 300:
             req.remove()
+            self._release(req)
         elif status == 410:
             log.info("push gateway: token of %s is gone, removing it", req.addr)
             if self.remove_token is not None:
@@ -221,6 +301,7 @@ class Notifier:
                 except Exception:
                     log.exception("could not remove token of %s", req.addr)
             req.remove()
+            self._release(req)
         else:
             self._retry_or_drop(req, f"HTTP status {status}")
 
@@ -232,6 +313,17 @@ class Notifier:
                 "push request for %s dropped after %d attempts (%s)", req.addr, req.attempts, why
             )
             req.remove()
+            self._release(req)
+            return
+        key = (req.addr, req.token)
+        with self._cond:
+            newer = self._waiting.get(key)
+            if newer is None:
+                self._waiting[key] = req
+        if newer is not None:
+            # a newer request for this token waits already and covers this one
+            req.remove()
+            self._release(req)
             return
         log.warning("push request for %s failed (%s), retry in %.0fs", req.addr, why, delay)
         self._schedule(req, due)

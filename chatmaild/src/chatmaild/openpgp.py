@@ -28,8 +28,14 @@ MIN_FIRST_PARTIAL = 512
 
 ARMOR_BEGIN = "-----BEGIN PGP MESSAGE-----"
 ARMOR_END = "-----END PGP MESSAGE-----"
-_CRC_LINE = re.compile(r"^=[A-Za-z0-9+/]{4}$")
-_HEADER_LINE = re.compile(r"^[A-Za-z0-9-]+: ")
+_CRC_LINE = re.compile(r"=[A-Za-z0-9+/]{4}")
+# a prefix: the value after ": " is bounded by ARMOR_HEADER_MAX
+_HEADER_LINE = re.compile(r"[A-Za-z0-9-]+: ")
+# Armour headers RFC 9580 6.2 names; they are cleartext next to the
+# ciphertext, so only a few short ones pass (incoming mail only).
+ARMOR_HEADER_NAMES = ("version", "comment", "charset", "hash", "messageid")
+ARMOR_HEADER_MAX = 80
+ARMOR_HEADER_LINES = 2
 
 
 class PacketError(ValueError):
@@ -139,8 +145,10 @@ def dearmor(text: str, allow_headers: bool = False) -> bytes | None:
     """Decode an ASCII-armoured ``PGP MESSAGE``; None if it is not exactly one.
 
     Only blank lines may surround the armour.  Armour headers (``Version:``,
-    ``Comment:``...) are refused unless ``allow_headers``.  The CRC-24 line is
-    optional and only syntax-checked.
+    ``Comment:``...) are refused unless ``allow_headers``; then at most
+    :data:`ARMOR_HEADER_LINES` of the names RFC 9580 defines, each at most
+    :data:`ARMOR_HEADER_MAX` characters.  The CRC-24 line is optional and
+    only syntax-checked.
     """
     lines = [line.rstrip(" \t\r") for line in text.split("\n")]
     while lines and not lines[0]:
@@ -152,15 +160,23 @@ def dearmor(text: str, allow_headers: bool = False) -> bytes | None:
     body = lines[1:-1]
     if allow_headers:
         if body and _HEADER_LINE.match(body[0]):
+            count = 0
             while body and body[0]:
-                if not _HEADER_LINE.match(body[0]):
+                line = body.pop(0)
+                count += 1
+                name = line.split(":", 1)[0].lower()
+                if (
+                    not _HEADER_LINE.match(line)
+                    or name not in ARMOR_HEADER_NAMES
+                    or len(line) > ARMOR_HEADER_MAX
+                    or count > ARMOR_HEADER_LINES
+                ):
                     return None
-                body.pop(0)
             if not body:
                 return None
     while body and not body[0]:
         body.pop(0)
-    if body and _CRC_LINE.match(body[-1]):
+    if body and _CRC_LINE.fullmatch(body[-1]):
         # RFC 9580 6.1: the CRC-24 footer is optional and need not be checked;
         # it is syntax-checked only (decoding 30 MB of CRC in Python is slow).
         body.pop()
