@@ -89,6 +89,13 @@ ACME_DIRECTORIES = {
 # No quotes, backslashes or spaces: the URLs go into acmetool's YAML files.
 _HTTPS_URL_RE = re.compile(r"^https://[A-Za-z0-9._~%:\[\]-]+(/[A-Za-z0-9._~%!$&()*+,;=:@/?-]*)?$")
 DNS_CHECK_MODES = ("off", "warn", "fail")
+# chatmail:dovecot:source -- patched: Debian's dovecot rebuilt without the
+# 500 ms IDLE notification delay (./cmsalt build-dovecot); debian: Debian's own.
+DOVECOT_SOURCES = ("patched", "debian")
+_SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+# imap_idle_notify_interval in dovecot.conf.jinja: the "still here" keepalive
+# of an IDLE session, which also restarts its hibernation timer.
+IDLE_KEEPALIVE_SECONDS = 120
 
 _SIZE_RE = re.compile(r"^\s*\d+\s*[kKmMgGtT]?[bB]?\s*$")
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
@@ -382,6 +389,13 @@ def _build(defaults, osfamily, pillar, check_files, schema):
     for key, value in merged["limits"].items():
         if isinstance(value, int) and value <= 0:
             errors.add(["chatmail", "limits", key], "must be positive")
+    hib = merged["imap"]["hibernate_timeout"]
+    if isinstance(hib, int) and hib >= IDLE_KEEPALIVE_SECONDS:
+        errors.add(
+            ["chatmail", "imap", "hibernate_timeout"],
+            f"must be below {IDLE_KEEPALIVE_SECONDS} (Dovecot's IDLE keepalive restarts the"
+            f" wait every {IDLE_KEEPALIVE_SECONDS} s, so sessions would never hibernate): {hib}",
+        )
     ret = merged["journald"]["max_retention"]
     if not _SYSTEMD_TIME_RE.match(str(ret)):
         errors.add(
@@ -392,6 +406,7 @@ def _build(defaults, osfamily, pillar, check_files, schema):
             errors.add(["chatmail", "lookup", "paths", key], f"must be an absolute path: {value!r}")
     _check_tls_trust(merged, errors)
     _check_acme(merged, errors)
+    _check_dovecot(merged, errors)
 
     # Domains.
     domains = {}
@@ -710,6 +725,61 @@ def _check_acme(merged, errors):
     for i, url in enumerate(acme["terms_agreed"]):
         if not isinstance(url, str) or not _HTTPS_URL_RE.match(url):
             errors.add(path + ["terms_agreed", i], f"must be an https:// URL, not {url!r}")
+
+
+def dovecot_archive_kind(archive):
+    """How the dovecot state fetches a patched build's archive: ``salt`` (a
+    salt:// file server), ``path`` (an absolute path on the host), ``url``
+    (http or https); None for anything else.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call chatmail_config.dovecot_archive_kind salt://chatmail-dovecot/chatmail-dovecot.tar
+    """
+    archive = str(archive)
+    if archive.startswith("salt://") and len(archive) > len("salt://"):
+        return "salt"
+    if archive.startswith("/") and len(archive) > 1 and not archive.endswith("/"):
+        return "path"
+    if re.match(r"^https?://[^/\s]+/\S+$", archive):
+        return "url"
+    return None
+
+
+def _check_dovecot(merged, errors):
+    """chatmail:dovecot: source patched needs an archive the state can fetch
+    and verify (a URL only with its sha256); the derived ``archive_kind``
+    tells the state how."""
+    dovecot = merged["dovecot"]
+    path = ["chatmail", "dovecot"]
+    source = dovecot["source"]
+    if source not in DOVECOT_SOURCES:
+        errors.add(
+            path + ["source"],
+            f"must be one of {', '.join(DOVECOT_SOURCES)}, not {source!r}",
+        )
+    sha = dovecot["sha256"].strip().lower()
+    if sha and not _SHA256_RE.match(sha):
+        errors.add(path + ["sha256"], f"not a sha256 (64 hex digits): {dovecot['sha256']!r}")
+    dovecot["sha256"] = sha
+    kind = dovecot_archive_kind(dovecot["archive"])
+    dovecot["archive_kind"] = kind or ""
+    if source != "patched":
+        return
+    if kind is None:
+        errors.add(
+            path + ["archive"],
+            "must be salt://<path>, an absolute file path on the host or an http(s):// URL,"
+            f" not {dovecot['archive']!r}",
+        )
+    elif kind == "url" and not sha:
+        errors.add(
+            path + ["sha256"],
+            f"required for an archive fetched from a URL ({dovecot['archive']}): the"
+            " sha256 that ./cmsalt build-dovecot printed",
+        )
 
 
 def acme_directory_id(url):

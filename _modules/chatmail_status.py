@@ -13,12 +13,16 @@ Health of a chatmail relay, per domain.
 - queue: Postfix queue entries whose sender or a recipient is an address of
   the domain, and the host total per queue;
 - accounts: address directories under ``<mailboxes_dir>/<domain>``;
-- disk: bytes below ``<mailboxes_dir>/<domain>``, and the mailbox filesystem.
+- disk: bytes below ``<mailboxes_dir>/<domain>``, and the mailbox filesystem;
+- dovecot (host-wide): the installed Dovecot, whether it is the patched build
+  (version ``...+chatmail<N>``, docs/dovecot.md) and whether Debian has a newer
+  ``dovecot-core`` than the one it was built from (``outdated``: a security
+  update the pinned build keeps out; ``warnings`` says so).
 
 Only the standard library and tools of a relay (systemctl, openssl, doveconf,
-postqueue, du) are used, each bounded by a timeout.  A missing tool, a stopped
-service or an unreadable file shows up as an ``error`` entry, never as an
-exception.
+postqueue, du, dpkg-query, apt-cache, dpkg) are used, each bounded by a
+timeout.  A missing tool, a stopped service or an unreadable file shows up
+as an ``error`` entry, never as an exception.
 """
 
 import configparser
@@ -310,6 +314,64 @@ def _filesystem(path):
     }
 
 
+PATCHED_MARK = "+chatmail"
+
+
+def _version_gt(a, b):
+    """dpkg's order: is version a newer than b? (None when dpkg cannot tell)"""
+    out, err = _run(["dpkg", "--compare-versions", a, "gt", b])
+    if out is None:
+        return None
+    return err is None
+
+
+def dovecot(package="dovecot-core"):
+    """
+    The installed Dovecot and whether a patched build fell behind Debian::
+
+        {"installed": "1:2.3.19.1+dfsg1-2.1+deb12u6+chatmail1",
+         "patched": True,             # a build of chatmail:dovecot:source patched
+         "built_from": "1:2.3.19.1+dfsg1-2.1+deb12u6",
+         "debian": "1:2.3.19.1+dfsg1-2.1+deb12u7",   # newest Debian version apt knows
+         "outdated": True}            # Debian's is newer than the build's source
+
+    ``debian`` comes from apt's lists as of the last ``apt-get update`` (every
+    highstate refreshes them); a build is outdated when Debian has a newer
+    ``dovecot-core`` than the source it was built from -- typically a security
+    update that the pin keeps out: rebuild (``./cmsalt build-dovecot``) and
+    re-apply.  ``{"error": ...}`` when dpkg knows no such package.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call chatmail_status.dovecot
+    """
+    out, err = _run(["dpkg-query", "-W", "-f=${Version}\t${db:Status-Abbrev}", package])
+    fields = out.decode(errors="replace").split("\t") if out else []
+    if err or len(fields) != 2 or not fields[1].startswith("ii"):
+        return {"error": f"{package} is not installed" + (f" ({err})" if err else "")}
+    installed = fields[0].strip()
+    info = {"installed": installed, "patched": PATCHED_MARK in installed}
+    info["built_from"] = installed.split(PATCHED_MARK, 1)[0] if info["patched"] else installed
+    out, err = _run(["apt-cache", "madison", package])
+    debian = None
+    for line in (out or b"").decode(errors="replace").splitlines():
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) < 3 or parts[0] != package or PATCHED_MARK in parts[1]:
+            continue
+        if debian is None or _version_gt(parts[1], debian):
+            debian = parts[1]
+    info["debian"] = debian
+    if debian is None:
+        info["outdated"] = False
+        if err:
+            info["error"] = f"apt-cache: {err}"
+        return info
+    info["outdated"] = bool(info["patched"] and _version_gt(debian, info["built_from"]))
+    return info
+
+
 # ---------------------------------------------------------------------------
 # the report
 
@@ -325,7 +387,9 @@ def report(ini=DEFAULT_INI, host="127.0.0.1", port=993, timeout=TIMEOUT):
           "services": {unit: state},                 # every unit in UNITS
           "queue": {"total": n, "deferred": n, ...} | {"error": ...},
           "disk": {"path", "total", "used", "free", "used_percent"},
+          "dovecot": {"installed", "patched", "built_from", "debian", "outdated"},
           "errors": [...],                           # unreadable config etc.
+          "warnings": [...],                         # e.g. an outdated Dovecot build
           "domains": {
             <domain>: {
               "services": {"up": n, "total": n, "down": [unit, ...]},
@@ -393,6 +457,15 @@ def report(ini=DEFAULT_INI, host="127.0.0.1", port=993, timeout=TIMEOUT):
             "disk": _du(os.path.join(mailboxes_dir, domain), timeout=timeout * 6),
         }
 
+    warnings = []
+    dove = dovecot()
+    if dove.get("outdated"):
+        warnings.append(
+            f"dovecot: the patched build {dove['installed']} is older than Debian's"
+            f" dovecot-core {dove['debian']} (a security update?): rebuild it"
+            " (./cmsalt build-dovecot) and apply chatmail.dovecot"
+        )
+
     return {
         "time": int(time.time()),
         "ini": ini,
@@ -400,6 +473,8 @@ def report(ini=DEFAULT_INI, host="127.0.0.1", port=993, timeout=TIMEOUT):
         "services": units,
         "queue": queue,
         "disk": _filesystem(mailboxes_dir),
+        "dovecot": dove,
         "errors": errors,
+        "warnings": warnings,
         "domains": out_domains,
     }

@@ -1,39 +1,52 @@
-"""Benchmark: end to end on two relays converged from salt/ (real systemd hosts).
+"""Benchmark: end to end on relays converged from salt/ (real systemd hosts).
 
-    python bench/bench_e2e.py [--n 100] [--duration 60] [--gap 1.5] [--keep]
-                              [--parts dc,throughput,logins,idle,bypass]
-                              [--probe-gap 0.7 [--probe-n 20]]
+    python bench/bench_e2e.py [--n 200] [--builds patched,debian] [--lost-n 1000]
+                              [--gap 1.5] [--duration 60] [--keep]
+                              [--parts idle,lost,dc,hibernated,memory,throughput,logins,bypass]
+                              [--memory-clients 500] [--dc-pairs same,cross]
 
-Boots two relays (e2eb1.test, e2eb2.test) and a client host on the harness
-test network, with the same setup as the acceptance suite (nsd zones from the
-relays' own zone fragments, rate limits lifted so the CI machine counts as many
-clients), and measures:
+Boots a pair of relays per Dovecot build (chatmail:dovecot:source): e2eb1.test
+and e2eb2.test with the patched build (the default), e2eb3.test and e2eb4.test
+with Debian's own Dovecot, plus a client host on the harness test network, with
+the same setup as the acceptance suite (nsd zones from the relays' own zone
+fragments, rate limits lifted so the CI machine counts as many clients), and
+measures:
 
-* highstate: fresh converge of both hosts in parallel, then a no-op re-run;
-* latency, N messages one after the other per row, on one relay and across
-  relays, each row twice: "idle ≥ gap" (the receiver has been in IMAP IDLE for
-  at least --gap seconds before each send, like a phone waiting for mail: its
-  session is hibernated by then, chatmail:imap:hibernate_timeout) and
-  "back-to-back" (the next message is sent as soon as the previous one was
-  seen, so it arrives within the first second of the new IDLE, before
-  hibernation, and meets the live imap process's 500 ms new-mail debounce);
+* highstate: fresh converge of all relays in parallel, then a no-op re-run;
+* latency rows, N messages one after the other per row, for each build, on one
+  relay and across relays, in three patterns:
+  - "idle ≥ gap": the receiver has been in IMAP IDLE for --gap seconds before
+    each send (a phone waiting for mail);
+  - "back-to-back": the next message is sent as soon as the previous one was
+    seen (it lands in the first milliseconds of the new IDLE);
+  - "random 0–3 s": the receiver idles a random 0–3 s (uniform, seeded) before
+    each send;
+  for
   - smtplib submission of the encrypted sample to a receiver waiting in IMAP
     IDLE, until the untagged `EXISTS`;
-  - the real Delta Chat core (rpc server in the client host): A sends a
-    text, B's `IncomingMsg` event; for the spaced rows the next send waits
-    --gap seconds after B received the previous message (the core re-enters
-    IDLE after fetching);
+  - the real Delta Chat core (rpc server in the client host): A sends a text,
+    B's `IncomingMsg` event; its patterns are back-to-back, "1.1 s pace" (one
+    message every 1.1 s, or at once when the previous one took longer) and
+    random 0–3 s after B received the previous one;
+* lost announcements (--parts lost): --lost-n messages SMTP → IDLE on one
+  relay at random 0–3 s gaps, per build; every message must be announced
+  (column "> 2 s": announced, but later than 2 s; "stuck": not within 10 s);
+* hibernated (--parts hibernated): the spaced SMTP → IDLE row on the patched
+  relay1 with imap:hibernate_timeout 1 s, so every message wakes a hibernated
+  session (the cost of hibernation for a client that waited longer than the
+  timeout);
+* memory (--parts memory): RSS and PSS of all Dovecot processes of the
+  patched relay with --memory-clients idle IMAP clients (one account each,
+  INBOX selected, in IDLE), hibernation on (the pillar default) and off
+  (chatmail:imap:hibernate_timeout 0, one highstate);
 * throughput: 10 and 50 concurrent senders (one account and one SMTP
   connection each) for --duration seconds, then every accepted message is
   counted in the recipients' Maildirs (loss must be zero);
 * 100 parallel first logins over IMAPS: TLS handshake only, first login
   (account creation by doveauth) and second login of the same accounts;
-* filtermail bypassed: at the end relay1's pillar gets the benchmark-only
-  switch chatmail:testing:filtermail_bypass, one highstate applies it (its
-  time is a row of the highstate table), and the same-relay SMTP → IDLE rows
-  run again without filtermail on the submission path.  Those rows are
-  printed next to the same-relay rows with filtermail, measured minutes
-  before on the same relay.
+* filtermail bypassed: relay1's pillar gets the benchmark-only switch
+  chatmail:testing:filtermail_bypass, one highstate applies it, and the
+  same-relay SMTP → IDLE rows run again without filtermail.
 
 Prints markdown tables (p50/p95/p99 in milliseconds) with the 1-minute load
 average of the machine at the end of each row; progress goes to stderr.  Not
@@ -46,6 +59,8 @@ import argparse
 import imaplib
 import json
 import os
+import random
+import re
 import smtplib
 import socket
 import sys
@@ -68,6 +83,7 @@ from tests.harness.docker import docker as docker_cli  # noqa: E402
 from tests.harness.docker import env as docker_env  # noqa: E402
 from tests.hosts.test_relay import (  # noqa: E402
     encrypted_message,
+    hibernate_timeout,
     imap_login,
     new_credentials,
     tls_context,
@@ -84,16 +100,39 @@ PARAMS = {
     "max_user_send_per_minute": 1000000,
     "max_user_send_burst_size": 1000000,
 }
-SPECS = [
-    ar.RelaySpec("cmsalt-e2ebench-1", "e2eb1.test", "auto", PARAMS, UNLIMITED),
-    ar.RelaySpec("cmsalt-e2ebench-2", "e2eb2.test", "auto", PARAMS, UNLIMITED),
-]
+BUILDS = {
+    # build name: (label in the tables, extra pillar, relay specs)
+    "patched": (
+        "patched",
+        {},
+        [
+            ar.RelaySpec("cmsalt-e2ebench-1", "e2eb1.test", "auto", PARAMS, UNLIMITED),
+            ar.RelaySpec("cmsalt-e2ebench-2", "e2eb2.test", "auto", PARAMS, UNLIMITED),
+        ],
+    ),
+    "debian": (
+        "stock",
+        {"dovecot": {"source": "debian"}},
+        [
+            ar.RelaySpec("cmsalt-e2ebench-3", "e2eb3.test", "auto", PARAMS, UNLIMITED),
+            ar.RelaySpec("cmsalt-e2ebench-4", "e2eb4.test", "auto", PARAMS, UNLIMITED),
+        ],
+    ),
+}
+for _label, _extra, _specs in BUILDS.values():
+    for _spec in _specs:
+        _spec.extra = dict(_extra)
+SPECS = [spec for _label, _extra, specs in BUILDS.values() for spec in specs]
 CLIENT = {"name": "cmsalt-e2ebench-client", "fqdn": "e2ebclient.test", "ip": "auto"}
 RPC_SERVER = "/usr/local/bin/deltachat-rpc-server"
 PUSH_URL = f"http://{GATEWAY}:9/notify"  # nothing listens; pushes are retried and dropped
 # A message not seen this long after the send counts as stuck: the receiver is
 # nudged (IMAP: DONE; Delta Chat: maybe_network) and the row goes on.
 STUCK_S = 10.0
+# Announced, but late: counted in the "> 2 s" column.
+SLOW_S = 2.0
+DC_PACE = 1.1
+RANDOM_MAX = 3.0
 
 
 def pct(values, p):
@@ -109,13 +148,32 @@ def load1():
     return os.getloadavg()[0]
 
 
-def ms_row(label, samples, stuck, load):
+def ms_row(label, samples, stuck, load, build="patched"):
     """samples: latencies in seconds of the messages seen within STUCK_S."""
     ms = [s * 1000 for s in samples] or [float("nan")]
+    slow = sum(1 for s in samples if s > SLOW_S)
     return (
-        f"| {label} | {len(samples) + stuck} | {pct(ms, 50):.0f} | {pct(ms, 95):.0f} "
-        f"| {pct(ms, 99):.0f} | {max(ms):.0f} | {stuck} | {load:.1f} |"
+        f"| {label} | {build} | {len(samples) + stuck} | {pct(ms, 50):.0f} | {pct(ms, 95):.0f} "
+        f"| {pct(ms, 99):.0f} | {max(ms):.0f} | {slow} | {stuck} | {load:.1f} |"
     )
+
+
+def gap_fn(pattern, gap, seed):
+    """Seconds to wait before each send: spaced (gap), back-to-back (0) or
+    random uniform 0..RANDOM_MAX (seeded, so both builds get the same gaps)."""
+    if pattern == "random":
+        rng = random.Random(seed)
+        return lambda: rng.uniform(0, RANDOM_MAX)
+    return lambda: gap if pattern == "spaced" else 0.0
+
+
+def pattern_label(pattern, gap):
+    return {
+        "spaced": f"idle ≥ {gap:g} s",
+        "b2b": "back-to-back",
+        "random": f"random 0–{RANDOM_MAX:g} s",
+        "pace": f"{DC_PACE:g} s pace",
+    }[pattern]
 
 
 def progress(text):
@@ -209,16 +267,22 @@ def wait_nudged(client, acc, kind, **match):
     raise SystemExit(f"{kind} did not arrive even after nudging the core")
 
 
-def dc_latency(client, relay_a, relay_b, n, gap):
-    """A → B text messages; gap > 0: wait that long after B received one.
-    Returns (latencies of messages seen within STUCK_S, number stuck)."""
+def dc_latency(client, relay_a, relay_b, n, gap, pace=None):
+    """A → B text messages; before each send wait gap() seconds after B
+    received the previous one, or (pace) until `pace` seconds after the
+    previous send.  Returns (latencies of messages seen within STUCK_S,
+    number stuck)."""
     a, b = client.account(relay_a), client.account(relay_b)
     chat = a.secure_join(b.get_qr_code())
     wait_nudged(client, b, "SecurejoinInviterProgress", progress=1000)
     wait_nudged(client, a, "SecurejoinJoinerProgress", progress=1000)
     samples, stuck = [], 0
+    start = None
     for i in range(n):
-        time.sleep(gap)
+        if pace is not None and start is not None:
+            time.sleep(max(0.0, start + pace - time.monotonic()))
+        else:
+            time.sleep(gap())
         b.clear_all_events()
         start = time.monotonic()
         chat.send_text(f"bench {i}")
@@ -234,7 +298,7 @@ def dc_latency(client, relay_a, relay_b, n, gap):
 
 def idle_latency(relay_send, relay_recv, n, gap):
     """smtplib submit → untagged EXISTS in IDLE; the receiver enters IDLE and
-    waits gap seconds before each send (0: back-to-back).  Returns (latencies
+    waits gap() seconds before each send (0: back-to-back).  Returns (latencies
     of messages seen within STUCK_S, number stuck: those are fetched by ending
     the IDLE, as a client's IDLE refresh would)."""
     sender, sender_pw = new_credentials(relay_send.domain)
@@ -251,7 +315,7 @@ def idle_latency(relay_send, relay_recv, n, gap):
             imap.send(tag + b" IDLE\r\n")
             while not imap.readline().startswith(b"+"):
                 pass
-            time.sleep(gap)
+            time.sleep(gap())
             lock = threading.Lock()
             state = {"seen": False, "nudged": False}
 
@@ -386,45 +450,150 @@ def parallel_logins(relay, n=100):
     return rows
 
 
+# --- memory of idle clients --------------------------------------------------------
+
+# Sums over every Dovecot process of the relay (the master, imap-login, imap,
+# imap-hibernate, auth, ...): RSS counts shared pages once per process, PSS
+# splits them between the processes that share them (their sum is what the
+# processes really occupy).
+MEMORY_SCRIPT = r"""
+import os, sys, collections
+kinds = collections.Counter(); rss = pss = 0
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0].decode()
+        if not (cmd.startswith("dovecot/") or cmd == "/usr/sbin/dovecot"):
+            continue
+        rollup = open(f"/proc/{pid}/smaps_rollup").read().splitlines()[1:]
+        fields = dict(line.split(":", 1) for line in rollup)
+    except (OSError, ValueError):
+        continue
+    kinds[cmd.split()[0]] += 1
+    rss += int(fields["Rss"].split()[0]); pss += int(fields["Pss"].split()[0])
+print(rss, pss, " ".join(f"{k}={v}" for k, v in sorted(kinds.items())))
+"""
+
+INOTIFY_INSTANCES = "/proc/sys/fs/inotify/max_user_instances"
+
+
+def raise_inotify_instances(minimum):
+    """Every IDLE session (live or hibernated) holds an inotify instance of the
+    relay's vmail uid; containers share the machine's limit (128 by default),
+    beyond which Dovecot polls every 30 s instead.  Returns the old value."""
+    old = int(Path(INOTIFY_INSTANCES).read_text())
+    if old < minimum:
+        Path(INOTIFY_INSTANCES).write_text(f"{minimum}\n")
+    return old
+
+
+def dovecot_memory(relay):
+    out = relay.host.exec("python3", "-c", MEMORY_SCRIPT).stdout.split(maxsplit=2)
+    return int(out[0]), int(out[1]), out[2] if len(out) > 2 else ""
+
+
+def hibernated_sessions(relay):
+    pids = set(relay.host.sh("pgrep -f '^dovecot/imap-hibernate'", check=False).stdout.split())
+    who = relay.host.exec("doveadm", "who", "-1", check=False).stdout
+    sessions = re.findall(r"^\S+\s+imap\s+(\d+)\s", who, re.M)
+    return sum(1 for pid in sessions if pid in pids), len(sessions)
+
+
+def idle_clients_memory(relay, n, hibernate_timeout):
+    """Open n IMAPS sessions (one new account each) in IDLE, wait until they
+    are hibernated (or 20 s when hibernation is off), measure, close them.
+    Returns (rss KiB, pss KiB, process kinds, hibernated sessions, sessions)."""
+    creds = [new_credentials(relay.domain) for _ in range(n)]
+
+    def open_idle(cred):
+        imap = imap_login(relay.ip, *cred)
+        imap.select("INBOX")
+        imap.send(imap._new_tag() + b" IDLE\r\n")
+        assert imap.readline().startswith(b"+")
+        return imap
+
+    base = dovecot_memory(relay)
+    with ThreadPoolExecutor(25) as pool:
+        conns = list(pool.map(open_idle, creds))
+    try:
+        if hibernate_timeout:
+            deadline = time.monotonic() + hibernate_timeout + 120
+            while time.monotonic() < deadline:
+                hib, total = hibernated_sessions(relay)
+                if hib >= n:
+                    break
+                time.sleep(2)
+        else:
+            time.sleep(20)
+        hib, total = hibernated_sessions(relay)
+        rss, pss, kinds = dovecot_memory(relay)
+    finally:
+        for imap in conns:
+            try:
+                imap.shutdown()
+            except OSError:
+                pass
+    return base, (rss, pss, kinds), hib, total
+
+
+def set_hibernation(relay, pillar_root, timeout):
+    spec = relay.spec
+    spec.extra = ar._merge(spec.extra, {"imap": {"hibernate_timeout": timeout}})
+    ar.write_pillar(Path(pillar_root) / spec.name, spec, PUSH_URL)
+    result = hosts.converge(relay.host)
+    if not result.ok:
+        raise SystemExit(f"{relay.domain}: highstate with hibernate_timeout={timeout} failed")
+    return len(result.changed)
+
+
 def row_order(row):
-    """Latency rows: SMTP with filtermail, bypassed, then Delta Chat; same
-    relay before across relays; spaced before back-to-back."""
+    """Latency rows: SMTP, bypassed, then Delta Chat; same relay before
+    across relays; then by pattern; the stock build after the patched."""
+    names = ("idle ≥", "back-to-back", "random", "pace")
+    pattern = next((i for i, p in enumerate(names) if p in row), 9)
     return (
         "Delta Chat" in row,
         "bypassed" in row,
+        "lost" in row,
         "relay1 → relay2" in row,
-        "back-to-back" in row,
-        "hand-off" in row,
+        pattern,
+        "hibernated" in row,
+        "| stock |" in row,
     )
 
 
-PARTS = ("dc", "throughput", "logins", "idle", "bypass")
+PARTS = ("dc", "idle", "lost", "hibernated", "memory", "throughput", "logins", "bypass")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=100, help="messages per latency row")
+    parser.add_argument("--n", type=int, default=200, help="messages per latency row")
+    parser.add_argument("--lost-n", type=int, default=1000, help="messages of the lost row")
     parser.add_argument("--duration", type=float, default=60, help="seconds per throughput row")
     parser.add_argument(
         "--gap", type=float, default=1.5, help="seconds the receiver idles before a spaced send"
     )
     parser.add_argument(
-        "--probe-gap",
-        type=float,
-        default=0,
-        help="also an SMTP → IDLE row on relay2 whose receiver idles this long before each "
-        "send, e.g. 0.7: mail lands while Dovecot's 500 ms debounce is pending and the "
-        "session is hibernated at 1 s (0: no such row)",
+        "--builds", default="patched,debian", help="comma-separated subset of patched,debian"
     )
-    parser.add_argument("--probe-n", type=int, default=20, help="messages in the probe row")
     parser.add_argument(
-        "--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}"
+        "--dc-pairs", default="same,cross", help="Delta Chat rows: same relay and/or across"
+    )
+    parser.add_argument("--memory-clients", type=int, default=500)
+    parser.add_argument(
+        "--parts",
+        default="idle,lost,dc,hibernated,memory",
+        help=f"comma-separated subset of {','.join(PARTS)}",
     )
     parser.add_argument("--keep", action="store_true", help="leave the hosts running")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
     if parts - set(PARTS):
         parser.error(f"unknown parts: {', '.join(sorted(parts - set(PARTS)))}")
+    builds = [b for b in args.builds.split(",") if b]
+    if set(builds) - set(BUILDS) or not builds:
+        parser.error(f"--builds: a subset of {','.join(BUILDS)}")
+    global SPECS
+    SPECS = [spec for b in builds for spec in BUILDS[b][2]]
 
     loads = [os.getloadavg()]
     ensure_infra()
@@ -440,29 +609,72 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="cmsalt-bench-") as tmp:
         try:
-            progress("booting and converging two relays")
+            progress(f"booting and converging {len(SPECS)} relays")
             relays, rows = converge_fresh(tmp)
             hs = table(
-                "highstate (both hosts converged in parallel)",
+                "highstate (all hosts converged in parallel)",
                 ["| host | run | s | states changed |", "|---|---|---:|---:|"],
             )
             for relay, fresh, noop, changed, again in rows:
                 hs.append(f"| {relay.domain} | fresh converge | {fresh:.1f} | {changed} |")
                 hs.append(f"| {relay.domain} | no-op re-run | {noop:.1f} | {again} |")
             progress("converged")
+            by_domain = {r.domain: r for r in relays}
+            pairs_of = {}  # build -> (label, [(pair label, sender relay, receiver relay)])
+            versions = table(
+                "Dovecot per relay", ["| relay | build | dovecot-core |", "|---|---|---|"]
+            )
+            for b in builds:
+                label, _extra, specs = BUILDS[b]
+                ra, rb = (by_domain[s.domain] for s in specs)
+                pairs_of[b] = (label, [("same relay", ra, ra), ("relay1 → relay2", ra, rb)])
+                for r in (ra, rb):
+                    ver = r.host.exec(
+                        "dpkg-query", "-W", "-f=${Version}", "dovecot-core"
+                    ).stdout.strip()
+                    versions.append(f"| {r.domain} | {label} | {ver} |")
+            r1, r2 = pairs_of[builds[0]][1][1][1:]
 
-            r1, r2 = relays
-            pairs = [("same relay", r1, r1), ("relay1 → relay2", r1, r2)]
-            spacings = [(f"idle ≥ {args.gap:g} s", args.gap), ("back-to-back", 0.0)]
             lat = table(
                 f"latency, N={args.n} per row (ms over the messages seen within "
-                f"{STUCK_S:.0f} s; stuck = not announced within {STUCK_S:.0f} s; "
-                "load = 1-minute load average after the row)",
+                f"{STUCK_S:.0f} s; > 2 s = announced later than {SLOW_S:.0f} s; stuck = not "
+                f"announced within {STUCK_S:.0f} s; load = 1-minute load average after the row)",
                 [
-                    "| path | n | p50 | p95 | p99 | max | stuck | load |",
-                    "|---|---:|---:|---:|---:|---:|---:|---:|",
+                    "| path | build | n | p50 | p95 | p99 | max | > 2 s | stuck | load |",
+                    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
                 ],
             )
+
+            def record(text, samples, stuck, label):
+                lat.append(ms_row(text, samples, stuck, load1(), label))
+                progress(lat[-1])
+
+            if "idle" in parts:
+                for b in builds:
+                    label, pairs = pairs_of[b]
+                    for pair, sender_relay, rcpt_relay in pairs:
+                        for seed, pattern in enumerate(("spaced", "b2b", "random")):
+                            text = f"SMTP submit → IMAP IDLE EXISTS, {pair}, "
+                            text += pattern_label(pattern, args.gap)
+                            progress(f"{label}: {text}")
+                            samples, stuck = idle_latency(
+                                sender_relay, rcpt_relay, args.n, gap_fn(pattern, args.gap, seed)
+                            )
+                            record(text, samples, stuck, label)
+
+            if "lost" in parts:
+                for b in builds:
+                    label, pairs = pairs_of[b]
+                    _pair, relay_a, _ = pairs[0]
+                    text = (
+                        f"lost announcements: SMTP → IDLE, same relay, "
+                        f"random 0–{RANDOM_MAX:g} s, N={args.lost_n}"
+                    )
+                    progress(f"{label}: {text}")
+                    samples, stuck = idle_latency(
+                        relay_a, relay_a, args.lost_n, gap_fn("random", args.gap, 99)
+                    )
+                    record(text, samples, stuck, label)
 
             if "dc" in parts:
                 progress("booting the Delta Chat client host")
@@ -470,19 +682,86 @@ def main(argv=None) -> int:
                 binary = Path(deltachat_rpc_server.__file__).parent / "deltachat-rpc-server"
                 docker_cli("cp", str(binary), f"{client_host.name}:{RPC_SERVER}")
                 client = DeltaChatClient(client_host, tmp)
+                dc_pairs = {"same": "same relay", "cross": "relay1 → relay2"}
+                wanted = [dc_pairs[p] for p in args.dc_pairs.split(",") if p]
                 try:
-                    for spacing, gap in spacings:
-                        for label, relay_a, relay_b in pairs:
-                            progress(f"Delta Chat {label}, {spacing}")
-                            samples, stuck = dc_latency(client, relay_a, relay_b, args.n, gap)
-                            lat.append(
-                                ms_row(
-                                    f"Delta Chat A → B, {label}, {spacing}", samples, stuck, load1()
+                    for b in builds:
+                        label, pairs = pairs_of[b]
+                        for pair, relay_a, relay_b in pairs:
+                            if pair not in wanted:
+                                continue
+                            for seed, pattern in enumerate(("b2b", "pace", "random")):
+                                text = f"Delta Chat A → B, {pair}, "
+                                text += pattern_label(pattern, args.gap)
+                                progress(f"{label}: {text}")
+                                samples, stuck = dc_latency(
+                                    client,
+                                    relay_a,
+                                    relay_b,
+                                    args.n,
+                                    gap_fn(pattern, args.gap, 10 + seed),
+                                    pace=DC_PACE if pattern == "pace" else None,
                                 )
-                            )
-                            progress(lat[-1])
+                                record(text, samples, stuck, label)
                 finally:
                     client.close()
+
+            if "hibernated" in parts:
+                # the patched relay1 with a 1 s hibernation timeout: every
+                # spaced message wakes a hibernated session
+                for b in builds[:1]:
+                    label, pairs = pairs_of[b]
+                    _pair, relay_a, _ = pairs[0]
+                    set_hibernation(relay_a, tmp, 1)
+                    text = (
+                        f"SMTP submit → IMAP IDLE EXISTS, same relay, idle ≥ {args.gap:g} s, "
+                        "session hibernated (hibernate_timeout 1 s)"
+                    )
+                    progress(f"{label}: {text}")
+                    samples, stuck = idle_latency(
+                        relay_a, relay_a, args.n, gap_fn("spaced", args.gap, 0)
+                    )
+                    record(text, samples, stuck, label)
+                    set_hibernation(relay_a, tmp, 60)
+
+            if "memory" in parts:
+                relay = r1
+                old = raise_inotify_instances(4 * args.memory_clients)
+                mem = table(
+                    f"memory of Dovecot's processes on {relay.domain} with "
+                    f"{args.memory_clients} idle IMAP clients (KiB)",
+                    [
+                        "| hibernation | sessions hibernated | RSS before | PSS before "
+                        "| RSS | PSS | PSS per client | processes |",
+                        "|---|---:|---:|---:|---:|---:|---:|---|",
+                    ],
+                    "RSS sums every process's resident memory (shared pages counted in "
+                    "each process); PSS divides shared pages among the processes sharing "
+                    "them. Before: the same relay without the clients. "
+                    f"fs.inotify.max_user_instances was raised from {old} for the run "
+                    "(every IDLE session, live or hibernated, holds an inotify instance "
+                    "of the vmail user; containers share the machine's limit).",
+                )
+                try:
+                    timeout = hibernate_timeout(relay.host)
+                    for hib_label, value in (("on", None), ("off", 0)):
+                        if value == 0:
+                            set_hibernation(relay, tmp, 0)
+                            time.sleep(5)
+                        t = timeout if value is None else 0
+                        label = f"{hib_label} ({t} s)" if t else hib_label
+                        progress(f"memory, {args.memory_clients} idle clients, hibernation {label}")
+                        base, (rss, pss, kinds), hib, total = idle_clients_memory(
+                            relay, args.memory_clients, t
+                        )
+                        per = (pss - base[1]) / args.memory_clients
+                        mem.append(
+                            f"| {label} | {hib}/{total} | {base[0]} | {base[1]} | {rss} | {pss} "
+                            f"| {per:.0f} | {kinds} |"
+                        )
+                        progress(mem[-1])
+                finally:
+                    Path(INOTIFY_INSTANCES).write_text(f"{old}\n")
 
             # logins before throughput: the 50 senders leave the machine loaded
             if "logins" in parts:
@@ -516,35 +795,7 @@ def main(argv=None) -> int:
                         f"| {acc / sent_time:.1f} | {dlv / all_done:.1f} | {load1():.1f} |"
                     )
                     progress(tp[-1])
-                # let the 1-minute load of the 50 senders decay before latency rows
                 time.sleep(60)
-
-            if "idle" in parts and args.probe_gap:
-                progress(f"SMTP → IDLE relay2 only, idle {args.probe_gap:g} s")
-                samples, stuck = idle_latency(r2, r2, args.probe_n, args.probe_gap)
-                probe = (
-                    f"SMTP submit → IMAP IDLE EXISTS, relay2 only, idle {args.probe_gap:g} s "
-                    "(mail lands inside the hibernation hand-off)"
-                )
-                lat.append(ms_row(probe, samples, stuck, load1()))
-                progress(lat[-1])
-
-            if "idle" in parts:
-                # across relays first: the same-relay rows run right before the
-                # bypass rows, so the two are measured under similar load
-                for label, sender_relay, rcpt_relay in reversed(pairs):
-                    for spacing, gap in spacings:
-                        progress(f"SMTP → IDLE {label}, {spacing}")
-                        samples, stuck = idle_latency(sender_relay, rcpt_relay, args.n, gap)
-                        lat.append(
-                            ms_row(
-                                f"SMTP submit → IMAP IDLE EXISTS, {label}, {spacing}",
-                                samples,
-                                stuck,
-                                load1(),
-                            )
-                        )
-                        progress(lat[-1])
 
             if "bypass" in parts:
                 progress("relay1: filtermail_bypass on, highstate")
@@ -553,19 +804,12 @@ def main(argv=None) -> int:
                     f"| {r1.domain} | pillar change: filtermail bypass on "
                     f"| {took:.1f} | {changed} |"
                 )
-                for spacing, gap in spacings:
-                    progress(f"SMTP → IDLE same relay, filtermail bypassed, {spacing}")
-                    samples, stuck = idle_latency(r1, r1, args.n, gap)
-                    lat.append(
-                        ms_row(
-                            "SMTP submit → IMAP IDLE EXISTS, same relay, "
-                            f"filtermail bypassed, {spacing}",
-                            samples,
-                            stuck,
-                            load1(),
-                        )  # fmt: skip
-                    )
-                    progress(lat[-1])
+                for seed, pattern in enumerate(("spaced", "b2b")):
+                    text = "SMTP submit → IMAP IDLE EXISTS, same relay, filtermail bypassed, "
+                    text += pattern_label(pattern, args.gap)
+                    progress(text)
+                    samples, stuck = idle_latency(r1, r1, args.n, gap_fn(pattern, args.gap, seed))
+                    record(text, samples, stuck, BUILDS[builds[0]][0])
             print(json.dumps({"relays": [r.domain for r in relays]}), file=sys.stderr)
         finally:
             loads.append(os.getloadavg())

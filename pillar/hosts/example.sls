@@ -196,14 +196,37 @@ chatmail:
     forwarders: []       # unbound forwards every query to these IPs (empty: full recursion)
     manage_resolv_conf: true  # point /etc/resolv.conf at the local unbound once it runs
 
+  # Which Dovecot the relay runs (docs/dovecot.md).
+  #   patched: Debian's own dovecot source package rebuilt with one patch that
+  #            removes Dovecot 2.3's 500 ms delay before a client in IMAP IDLE
+  #            hears of new mail (./cmsalt build-dovecot builds it), installed
+  #            from a local apt repository and pinned, so apt never replaces it
+  #            with Debian's; chatmail_status.report flags it once Debian has
+  #            a newer dovecot (rebuild then).
+  #   debian:  Debian's packages as they are: new mail reaches IDLE ~0.5 s late.
+  # archive (patched): where the build's chatmail-dovecot.tar comes from:
+  #   salt://chatmail-dovecot/chatmail-dovecot.tar  a master that ran
+  #       ./cmsalt build-dovecot serves it to every minion (the default; salt
+  #       verifies what it serves);
+  #   /srv/chatmail-dovecot.tar       a path on the host (masterless);
+  #   https://example.org/chatmail-dovecot.tar  a download, with sha256.
+  # sha256: the archive's sha256 (build-dovecot prints it); required for a URL.
+  dovecot:
+    source: patched
+    archive: salt://chatmail-dovecot/chatmail-dovecot.tar
+    sha256: ''
+
   # IMAP IDLE sessions are handed to Dovecot's imap-hibernate process after
-  # this many seconds.  A hibernated session learns of new mail from inotify
-  # at once, while a live imap process debounces new-mail notifications by a
-  # compiled-in 500 ms: a short timeout is what makes delivery to waiting
-  # clients fast (and frees the imap process).  0 keeps sessions live;
-  # params.imap_compress also prevents hibernation.
+  # this many seconds, which frees their imap processes (about 1 MiB each,
+  # docs/dovecot.md) while the hibernate process keeps watching the mailbox
+  # and wakes the session on new mail (that costs a few ms more than a live
+  # session, so sessions of an ongoing chat stay live).  Below 120: Dovecot's
+  # IDLE keepalive every 2 minutes restarts the wait.  Only with dovecot:source
+  # patched: Debian's Dovecot drops a new-mail notice that is pending in its
+  # 500 ms delay when the session is handed over.  0 keeps sessions live;
+  # params.imap_compress also prevents it.
   imap:
-    hibernate_timeout: 1
+    hibernate_timeout: 60
 
   journald:
     max_retention: 2day  # journald MaxRetentionSec (logs are kept in memory only)
@@ -228,6 +251,7 @@ chatmail:
     pkgs:
       postfix: [postfix]
       dovecot: [dovecot-imapd, dovecot-lmtpd, dovecot-auth-lua, lua-json]
+      dovecot_build: [dovecot-core, dovecot-imapd, dovecot-lmtpd, dovecot-auth-lua]  # a patched build's packages
       opendkim: [opendkim, opendkim-tools]
       nginx: [nginx, libnginx-mod-stream]
       unbound: [unbound]
@@ -251,6 +275,7 @@ chatmail:
       run_dir: /run/chatmail
       journald_dropin: /etc/systemd/journald.conf.d/chatmail.conf
       systemd_dir: /etc/systemd/system
+      dovecot_repo: /var/lib/chatmail-dovecot  # the patched build's local apt repository
     users:
       vmail: vmail
       config_group: chatmail

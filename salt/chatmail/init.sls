@@ -4,6 +4,8 @@ include:
   - .validate
   - .base
   - .tls
+  # where apt takes Dovecot from, before chatmaild's packages pull in dovecot-core
+  - .dovecot.repo
   - .chatmaild
   - .opendkim
   - .dovecot

@@ -216,7 +216,36 @@ def ensure_infra():
             _ensured = True
         network.ensure_network()
         tag = image.ensure_image()
+    ensure_dovecot()
     return started, tag
+
+
+_dovecot_ready = False
+
+
+def ensure_dovecot():
+    """The patched Dovecot (chatmail:dovecot:source patched, the default) as
+    salt://chatmail-dovecot/chatmail-dovecot.tar of the mounted tree: taken
+    from the machine's cache (dovecot/build.py), built first when the cache
+    has no build of the current patches (~25 CPU-minutes).  Outside the
+    harness lock: its own lock keeps builds one at a time."""
+    global _dovecot_ready
+    if not _dovecot_ready:
+        from dovecot import build
+
+        build.ensure(REPO)
+        _dovecot_ready = True
+
+
+def building_dovecot():
+    """True while a Dovecot build container runs (e.g. the one ./cmsalt test
+    starts in the background): it needs dockerd and the apt proxy."""
+    from dovecot.build import CONTAINER_LABEL
+
+    from .docker import docker
+
+    ps = docker("ps", "-q", "--filter", f"label={CONTAINER_LABEL}", check=False)
+    return bool(ps.stdout.strip())
 
 
 def used():
@@ -246,6 +275,8 @@ def release(keep=False):
         dns.stop()
         if slots_in_use() or (docker.running() and hosts.list_hosts(slot=None)):
             return False
+        if docker.running() and building_dovecot():
+            return False  # the build's own exit releases them (dovecot/build.py)
         network.stop_proxy()
         docker.stop()
         remove_service_ip()

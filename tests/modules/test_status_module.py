@@ -167,6 +167,78 @@ def test_queue_domains(modules):
     assert status_module._queue_domains({"sender": ""}) == set()
 
 
+def fake_apt(monkeypatch, installed, madison):
+    """_run answering dpkg-query/apt-cache like a relay with these versions
+    (dpkg --compare-versions is the real one of this Debian machine)."""
+    real = status_module._run
+
+    def run(argv, **kw):
+        if argv[0] == "dpkg-query":
+            return (f"{installed}\tii ".encode(), None) if installed else (b"", "no packages")
+        if argv[0] == "apt-cache":
+            lines = [f"dovecot-core | {v} | {src}" for v, src in madison]
+            return ("\n".join(lines) + "\n").encode(), None
+        return real(argv, **kw)
+
+    monkeypatch.setattr(status_module, "_run", run)
+
+
+PATCHED = "1:2.3.19.1+dfsg1-2.1+deb12u6+chatmail1"
+OWN_REPO = "file:/var/lib/chatmail-dovecot/repo ./ Packages"
+SECURITY = "http://deb.debian.org/debian-security bookworm-security/main amd64 Packages"
+MAIN = "http://deb.debian.org/debian bookworm/main amd64 Packages"
+
+
+def test_dovecot_patched_build_behind_debian_is_outdated(monkeypatch):
+    fake_apt(
+        monkeypatch,
+        PATCHED,
+        [
+            (PATCHED, OWN_REPO),
+            ("1:2.3.19.1+dfsg1-2.1+deb12u7", SECURITY),
+            ("1:2.3.19.1+dfsg1-2.1+deb12u5", MAIN),
+        ],
+    )
+    info = status_module.dovecot()
+    assert info == {
+        "installed": PATCHED,
+        "patched": True,
+        "built_from": "1:2.3.19.1+dfsg1-2.1+deb12u6",
+        "debian": "1:2.3.19.1+dfsg1-2.1+deb12u7",
+        "outdated": True,
+    }
+
+
+def test_dovecot_patched_build_of_debians_newest_is_current(monkeypatch):
+    fake_apt(
+        monkeypatch,
+        PATCHED,
+        [(PATCHED, OWN_REPO), ("1:2.3.19.1+dfsg1-2.1+deb12u6", SECURITY)],
+    )
+    info = status_module.dovecot()
+    assert info["patched"] and info["outdated"] is False
+
+
+def test_dovecot_stock_is_never_outdated(monkeypatch):
+    stock = "1:2.3.19.1+dfsg1-2.1+deb12u6"
+    fake_apt(monkeypatch, stock, [("1:2.3.19.1+dfsg1-2.1+deb12u7", SECURITY), (stock, MAIN)])
+    info = status_module.dovecot()
+    assert info["patched"] is False and info["outdated"] is False
+    assert info["debian"] == "1:2.3.19.1+dfsg1-2.1+deb12u7"
+
+
+def test_dovecot_not_installed(monkeypatch):
+    fake_apt(monkeypatch, "", [])
+    assert "error" in status_module.dovecot()
+
+
+def test_report_warns_about_an_outdated_build(monkeypatch, tmp_path):
+    fake_apt(monkeypatch, PATCHED, [("1:2.3.19.1+dfsg1-2.1+deb12u7", SECURITY)])
+    rep = status_module.report(ini=str(tmp_path / "missing.ini"), timeout=2)
+    assert rep["dovecot"]["outdated"] is True
+    assert len(rep["warnings"]) == 1 and "build-dovecot" in rep["warnings"][0]
+
+
 def healthy_report(**over):
     dom = {
         "services": {"up": 2, "total": 2, "down": []},

@@ -493,3 +493,49 @@ def test_acme_terms_agreed_are_https_urls(cc, defaults):
 def test_acme_unknown_key_is_named(cc, defaults):
     errors = errors_of(cc, defaults, dict(one_domain(), acme={"staging": True}))
     assert errors == ["chatmail:acme:staging: unknown key (known keys: directory, terms_agreed)"]
+
+
+SHA = "ab" * 32
+
+
+@pytest.mark.parametrize(
+    "dovecot, kind",
+    [
+        ({}, "salt"),
+        ({"archive": "salt://elsewhere/dovecot.tar"}, "salt"),
+        ({"archive": "/srv/chatmail-dovecot.tar"}, "path"),
+        ({"archive": "/srv/chatmail-dovecot.tar", "sha256": SHA}, "path"),
+        ({"archive": "https://example.org/d/chatmail-dovecot.tar", "sha256": SHA.upper()}, "url"),
+        ({"source": "debian", "archive": "nonsense"}, ""),
+    ],
+)
+def test_dovecot_sources(cc, defaults, dovecot, kind):
+    cm = build(cc, defaults, {**one_domain(), "dovecot": dovecot})
+    assert cm["dovecot"]["archive_kind"] == kind
+    assert cm["dovecot"]["sha256"] in ("", SHA)
+
+
+@pytest.mark.parametrize(
+    "dovecot, key, problem",
+    [
+        ({"source": "stock"}, "source", "must be one of patched, debian"),
+        ({"archive": "chatmail-dovecot.tar"}, "archive", "must be salt://<path>"),
+        ({"archive": "ftp://example.org/x.tar", "sha256": SHA}, "archive", "must be salt://"),
+        ({"archive": "salt://"}, "archive", "must be salt://"),
+        ({"archive": "https://example.org/x.tar"}, "sha256", "required for an archive"),
+        ({"archive": "/x.tar", "sha256": "abc"}, "sha256", "not a sha256"),
+        ({"unknown": 1}, "unknown", "unknown key"),
+    ],
+)
+def test_bad_dovecot_pillar_names_the_key(cc, defaults, dovecot, key, problem):
+    errors = errors_of(cc, defaults, {**one_domain(), "dovecot": dovecot})
+    assert any(e.startswith(f"chatmail:dovecot:{key}: ") and problem in e for e in errors), errors
+
+
+def test_hibernate_timeout_below_the_idle_keepalive(cc, defaults):
+    assert build(cc, defaults, {**one_domain(), "imap": {"hibernate_timeout": 119}})
+    errors = errors_of(cc, defaults, {**one_domain(), "imap": {"hibernate_timeout": 120}})
+    assert errors == [
+        "chatmail:imap:hibernate_timeout: must be below 120 (Dovecot's IDLE keepalive restarts"
+        " the wait every 120 s, so sessions would never hibernate): 120"
+    ]

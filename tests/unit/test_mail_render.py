@@ -42,8 +42,8 @@ RENDER = textwrap.dedent(
         for arg in state.get("file", []):
             if isinstance(arg, dict):
                 args.update(arg)
-        if "source" not in args:
-            continue
+        if "source" not in args or args.get("template") != "jinja":
+            continue  # not a template, e.g. the patched Dovecot's archive
         src = caller.cmd("cp.get_file_str", args["source"])
         text = caller.cmd(
             "file.apply_template_on_contents",
@@ -351,9 +351,9 @@ def test_dovecot_conf(example, certs):
     assert "mail_attribute_dict = proxy:/run/chatmail-metadata/metadata.socket:metadata" in conf
     assert "last_login_dict = proxy:/run/chatmail-lastlogin/lastlogin.socket:lastlogin" in conf
     assert "service_count = 0" in conf
-    # IDLE sessions hibernate after a second: the hibernate process wakes
-    # them without the imap process's 500 ms new-mail debounce
-    assert "imap_hibernate_timeout = 1s" in conf
+    # IDLE sessions quiet for a minute hibernate (the patched build: no
+    # new-mail notice can be pending in a debounce when they are handed over)
+    assert "imap_hibernate_timeout = 60s" in conf
     assert re.search(r"unix_listener imap-master \{\s+user = \$default_internal_user", conf)
     # login brakes: the same Lua passdb before doveauth's (check) and after it
     # (counts a failure), for IMAP and SMTP AUTH
@@ -375,6 +375,24 @@ def test_dovecot_conf(example, certs):
     script = example["files"]["/usr/local/bin/chatmail-quota-warning"]
     assert script.startswith("#!/usr/local/lib/chatmaild/bin/python3\n")
     compile(script, "chatmail-quota-warning", "exec")
+
+
+def test_debian_dovecot_never_hibernates(render, certs):
+    """dovecot:source debian: a notice pending in Debian's 500 ms delay would
+    die with the hand-off to imap-hibernate, so sessions stay live whatever
+    imap:hibernate_timeout says."""
+    pillar = {
+        "domains": {"chat.example.net": {"tls": {"mode": "external", **certs}}},
+        "dovecot": {"source": "debian"},
+        "imap": {"hibernate_timeout": 30},
+    }
+    out = render(pillar, sls=["chatmail.dovecot"])
+    conf = out["files"]["/etc/dovecot/dovecot.conf"]
+    assert "hibernate" not in conf
+    assert "NOTIFY_DELAY_MSECS" in conf  # the comment saying why IDLE is slower
+    states = out["states"]
+    assert "chatmail-dovecot-repo-file-absent" in states
+    assert "chatmail-dovecot-repo-pin-file-managed" not in states
 
 
 def test_ip_only_domain(mixed, certs):

@@ -56,7 +56,7 @@ def test_metadata_reads_the_secret_file(cc, turn_map, chatmaild_config, tmp_path
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "turn_secret.chat.example.org").write_text(SECRET + "\n")
     config = chatmaild_config.read_config(ini)
-    md = MetadataDict(config, None, None, None)
+    md = MetadataDict(config, None, None)
     value = md.vendor_value("turn", "alice1234@chat.example.org")
     host, port, user, password = value.rsplit(":", 3)
     assert (host, port) == ("turn.example.org", "5349")
@@ -71,7 +71,7 @@ def test_metadata_without_the_secret_advertises_nothing(cc, turn_map, chatmaild_
 
     ini = with_secret_dir(cc, turn_map, tmp_path)  # the file does not exist
     config = chatmaild_config.read_config(ini)
-    assert MetadataDict(config, None, None, None).vendor_value("turn", "a@chat.example.org") is None
+    assert MetadataDict(config, None, None).vendor_value("turn", "a@chat.example.org") is None
 
 
 def test_relative_secret_file_is_a_systemd_credential(chatmaild_config, tmp_path, monkeypatch):
@@ -84,12 +84,12 @@ def test_relative_secret_file_is_a_systemd_credential(chatmaild_config, tmp_path
     )
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     config = chatmaild_config.read_config(ini)
-    assert MetadataDict(config, None, None, None).vendor_value("turn", "a@chat.example.org") is None
+    assert MetadataDict(config, None, None).vendor_value("turn", "a@chat.example.org") is None
     (tmp_path / "creds").mkdir()
     (tmp_path / "creds" / "turn").write_text(SECRET)
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "creds"))
     config = chatmaild_config.read_config(ini)
-    value = MetadataDict(config, None, None, None).vendor_value("turn", "a@chat.example.org")
+    value = MetadataDict(config, None, None).vendor_value("turn", "a@chat.example.org")
     assert value.startswith("turn.example.org:3478:")
 
 
@@ -103,5 +103,5 @@ def test_inline_turn_secret_still_works(chatmaild_config, tmp_path):
         "turn_server = turn.example.org\nturn_secret = inline\n"
     )
     config = chatmaild_config.read_config(ini)
-    value = MetadataDict(config, None, None, None).vendor_value("turn", "a@chat.example.org")
+    value = MetadataDict(config, None, None).vendor_value("turn", "a@chat.example.org")
     assert value.startswith("turn.example.org:3478:")

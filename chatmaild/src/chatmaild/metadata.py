@@ -15,12 +15,10 @@ the extra prefix ``vendor/vendor.dovecot/pvt/server/``.  What we serve:
 ``priv/<guid>/messagenew``
     set by Dovecot's push Lua script for each delivered message: queue one
     push request per token (see :mod:`chatmaild.notifier`) unless the value
-    is ``self`` (the account's own message), and in any case wake the
-    account's hibernated IDLE sessions a moment later (see
-    :mod:`chatmaild.idlewake`).  Only a delivery may set it: the dict
-    connection must come from a process in :data:`DELIVERY_PROCESSES`
-    (``SO_PEERCRED`` and ``/proc/<pid>/comm``); the same attribute set by an
-    IMAP client with SETMETADATA is refused.
+    is ``self`` (the account's own message).  Only a delivery may set it:
+    the dict connection must come from a process in
+    :data:`DELIVERY_PROCESSES` (``SO_PEERCRED`` and ``/proc/<pid>/comm``); the
+    same attribute set by an IMAP client with SETMETADATA is refused.
 ``shared/<guid>/[vendor/vendor.dovecot/pvt/server/]vendor/deltachat/<name>``
     lookup of what the relay advertises: ``maxsmtprecipients``,
     ``turn`` (``host:port:user:password``, coturn REST API credentials
@@ -45,7 +43,6 @@ import time
 from pathlib import Path
 
 from .dictproxy import DictProxy, run_dict_daemon
-from .idlewake import IdleWaker
 from .notifier import QUEUE_DIRNAME, Notifier, write_file_atomic
 
 log = logging.getLogger("chatmaild.metadata")
@@ -172,11 +169,10 @@ class TokenStore:
 
 
 class MetadataDict(DictProxy):
-    def __init__(self, config, tokens: TokenStore, notifier: Notifier, waker: IdleWaker):
+    def __init__(self, config, tokens: TokenStore, notifier: Notifier):
         self.config = config
         self.tokens = tokens
         self.notifier = notifier
-        self.waker = waker
         self._local = threading.local()
 
     def commit(self, txn):
@@ -259,10 +255,6 @@ class MetadataDict(DictProxy):
                 tokens = self.tokens.get(user)
                 if tokens:
                     self.notifier.notify(user, tokens)
-            try:
-                self.waker.schedule(self.config.user_dir(user))
-            except ValueError:
-                log.info("no wake-up for %r: not an account of this relay", user)
             return True
         log.info("set of %r refused", key)
         return False
@@ -288,7 +280,7 @@ def build(config) -> MetadataDict:
         remove_token=tokens.remove,
     )
     notifier.start()
-    return MetadataDict(config, tokens, notifier, IdleWaker().start())
+    return MetadataDict(config, tokens, notifier)
 
 
 def main(argv=None) -> int:

@@ -16,6 +16,9 @@ chatmail-dovecot-clean-config-file-absent:
       - /etc/dovecot/chatmail-login-limit.lua
       - /usr/local/bin/chatmail-quota-warning
       - /etc/systemd/system/dovecot.service.d/chatmail.conf
+      - /etc/apt/preferences.d/chatmail-dovecot
+      - /etc/apt/sources.list.d/chatmail-dovecot.list
+      - {{ chatmail.lookup.paths.dovecot_repo }}
     - require:
       - service: chatmail-dovecot-clean-service-dead
 

@@ -87,3 +87,15 @@ chatmail-dovecot-config-systemd-dropin-file-managed:
         [Service]
         Restart=always
         RestartSec=2
+
+{#- Every IDLE session, live or hibernated, holds an inotify instance of the
+    vmail user; beyond the kernel's default of 128 Dovecot falls back to
+    polling every mailbox_idle_check_interval (30 s).  Containers cannot set
+    it (the host's value applies, set it there). #}
+{%- if grains.get("virtual") != "container" %}
+
+chatmail-dovecot-config-inotify-sysctl-present:
+  sysctl.present:
+    - name: fs.inotify.max_user_instances
+    - value: {{ [65535, chatmail.params.max_imap_connections * 2] | max }}
+{%- endif %}

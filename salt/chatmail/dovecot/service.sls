@@ -23,6 +23,8 @@ chatmail-dovecot-service-running:
     - require:
       - cmd: chatmail-dovecot-service-config-checked
     - watch:
+      # a different Dovecot build (dpkg restarts it too; this makes sure)
+      - cmd: chatmail-dovecot-package-version-cmd-run
       - file: chatmail-dovecot-config-file-managed
       - file: chatmail-dovecot-config-auth-file-managed
       - file: chatmail-dovecot-config-push-lua-file-managed

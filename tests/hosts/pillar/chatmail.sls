@@ -7,3 +7,7 @@ chatmail:
     chat1.test: {}
     _chat2.test:
       max_mailbox_size: 100M
+  # hibernate IDLE sessions after 2 s instead of the default 60 s, so that
+  # the hibernation tests (test_relay.py) do not wait a minute per session
+  imap:
+    hibernate_timeout: 2

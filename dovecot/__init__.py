@@ -1,0 +1,1 @@
+"""The relay's patched Dovecot: build, cache and publish (see build.py)."""
