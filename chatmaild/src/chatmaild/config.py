@@ -144,6 +144,9 @@ PARAMS = {
         Param("disable_ipv6", "false", "bool"),
         Param("acme_email", "", "str", per_domain=True),
         Param("mtail_address", "", "str"),
+        # the daemons write their counters to <metrics_dir>/<daemon>.prom
+        # (Prometheus textfile format); empty or missing: no export
+        Param("metrics_dir", "", "str"),
         Param("iroh_relay", "", "str", per_domain=True),
         Param("imap_rawlog", "false", "bool"),
         Param("imap_compress", "false", "bool"),
