@@ -73,6 +73,7 @@ chatmail:
     mailboxes_dir: /home/vmail/mail     # <mailboxes_dir>/<domain>/<address>/
     state_dir: /var/lib/chatmaild
     nocreate_file: /etc/chatmail-nocreate   # while it exists no account is created
+    metrics_dir: /var/lib/chatmail-metrics  # the daemons' counters as Prometheus text files (chatmail:metrics)
     max_load_1m: 5                      # no account creation above this load
     min_available_memory: 200M
     min_free_disk_space: 1G
@@ -159,6 +160,24 @@ chatmail:
   journald:
     max_retention: 2day  # journald MaxRetentionSec (logs are kept in memory only)
 
+  # Prometheus metrics of this relay (docs/fleet-operations.md): Debian's
+  # node exporter (system, plus the chatmaild counters, fsreport and status
+  # text files in params:metrics_dir), postfix exporter (queue), mtail on the
+  # journal (deliveries, deferrals) and Dovecot's stats endpoint (logins).
+  # Each listens on listen_address only; nothing is public unless a fleet
+  # Prometheus needs it (then name an address only it can reach).
+  metrics:
+    enabled: true
+    listen_address: 127.0.0.1
+    ports:
+      node: 9100
+      postfix: 9154
+      mtail: 3903
+      dovecot: 9900
+    fsreport_interval: 15min   # accounts, activity, storage (systemd time span)
+    status_interval: 10min     # certificate expiry, DNS check, services
+    public: false              # https://<domain>/metrics: that domain's account total only
+
   # !!! BENCHMARKS AND TESTS ONLY -- NEVER ON A RELAY IN SERVICE !!!
   # filtermail_bypass: true makes Postfix submission (ports 587 and 465) hand
   # mail straight to cleanup instead of through filtermail, so nothing checks
@@ -182,6 +201,7 @@ chatmail:
       fcgiwrap: [fcgiwrap]
       web: [qrencode]
       acme: [acmetool]
+      metrics: [prometheus-node-exporter, prometheus-postfix-exporter, mtail]
     paths:
       config_dir: /etc/chatmail
       ini: /etc/chatmail/chatmail.ini

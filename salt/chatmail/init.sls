@@ -10,3 +10,4 @@ include:
   - .postfix
   - .nginx
   - .dns
+  - .metrics

@@ -145,8 +145,8 @@ PARAMS = {
         Param("acme_email", "", "str", per_domain=True),
         Param("mtail_address", "", "str"),
         # the daemons write their counters to <metrics_dir>/<daemon>.prom
-        # (Prometheus textfile format); empty or missing: no export
-        Param("metrics_dir", "", "str"),
+        # (Prometheus textfile format); empty or a missing directory: no export
+        Param("metrics_dir", "/var/lib/chatmail-metrics", "str"),
         Param("iroh_relay", "", "str", per_domain=True),
         Param("imap_rawlog", "false", "bool"),
         Param("imap_compress", "false", "bool"),
