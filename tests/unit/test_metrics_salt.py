@@ -252,9 +252,9 @@ def test_mtail_program_counts_sample_lines(tmp_path):
         'chatmail_postfix_deliveries_total{status="sent",transport="lmtp"}': 2,
         'chatmail_postfix_deliveries_total{status="deferred",transport="smtp"}': 1,
         'chatmail_postfix_deliveries_total{status="sent",transport="smtp"}': 1,
-        'chatmail_postfix_sasl_failures_total': 1,
+        "chatmail_postfix_sasl_failures_total": 1,
         'chatmail_postfix_smtpd_rejects_total{code="554"}': 1,
-        'chatmail_postfix_messages_removed_total': 1,
+        "chatmail_postfix_messages_removed_total": 1,
     }
 
 
@@ -283,8 +283,13 @@ def test_status_text(cm):
                     "days_left": 20,
                 }
             },
-            "10.0.0.1": {"cert": {"served": {"error": "refused"}, "file": {"days_left": 3,
-                         "not_after": "2026-12-08T00:00:00Z"}, "days_left": 3}},  # fmt: skip
+            "10.0.0.1": {
+                "cert": {
+                    "served": {"error": "refused"},
+                    "file": {"days_left": 3, "not_after": "2026-12-08T00:00:00Z"},
+                    "days_left": 3,
+                }
+            },
         },
     }
     dns = {
@@ -318,3 +323,11 @@ def test_targets_reads_the_states_file(cm, tmp_path):
     assert cm.targets(str(path)) == {}
     path.write_text(json.dumps({"node": "10.0.0.5:9100"}))
     assert cm.targets(str(path)) == {"node": "10.0.0.5:9100"}
+
+
+def test_top_applies_prometheus_where_the_pillar_switches_it_on(salt_env, example):  # noqa: F811
+    pillar = copy.deepcopy(example)
+    for enabled, want in ((True, ["chatmail", "fleet.prometheus"]), (False, ["chatmail"])):
+        pillar["fleet"] = {"prometheus": {"enabled": enabled}}
+        proc = salt_env("state.show_top", pillar_data=pillar)
+        assert json.loads(proc.stdout)["local"]["base"] == want
