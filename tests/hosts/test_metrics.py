@@ -169,8 +169,10 @@ def test_textfile_timers_report_accounts_certificates_and_dns(relay):
     assert ups and all(v == 1 for v in ups.values()), ups
     assert 0 < value(samples, "chatmail_mailbox_disk_used_ratio") < 1
     # the daemons' own files
-    for name in ("filtermail-outgoing", "doveauth"):
-        assert ("node_textfile_mtime_seconds", frozenset({("file", f"{name}.prom")})) in samples
+    for name in ("filtermail-outgoing", "filtermail-incoming", "doveauth", "chatmail-metadata"):
+        path = f"/var/lib/chatmail-metrics/{name}.prom"
+        assert ("node_textfile_mtime_seconds", frozenset({("file", path)})) in samples, name
+    assert ("chatmail_push_queued", frozenset()) in samples
 
 
 def _get_public(relay, domain=DOMAIN):

@@ -3,13 +3,18 @@
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import chatmail with context %}
 {%- from tplroot ~ "/metrics/map.jinja" import targets, metrics_dir, config_dir, systemd_dir, timers with context %}
+{%- from tplroot ~ "/chatmaild/units.jinja" import units as chatmaild_units with context %}
 
 include:
   - {{ tplroot }}.base.config
+  - {{ tplroot }}.chatmaild.service
   - .package
 
 {#- written by the daemons (vmail), fsreport and the status timer (root);
-    read by the node exporter (prometheus) and nginx (the public subset) #}
+    read by the node exporter (prometheus) and nginx (the public subset).
+    It must exist when a daemon starts: systemd leaves a missing
+    ReadWritePaths entry read-only for the life of the process, so the
+    daemons start after it and restart once when it is created. #}
 chatmail-metrics-directory:
   file.directory:
     - name: {{ metrics_dir }}
@@ -18,6 +23,10 @@ chatmail-metrics-directory:
     - mode: "0755"
     - require:
       - user: chatmail-base-vmail-user-present
+    - watch_in:
+{%- for name in chatmaild_units %}
+      - service: chatmail-chatmaild-{{ name }}-service-running
+{%- endfor %}
 
 chatmail-metrics-public-directory:
   file.directory:
