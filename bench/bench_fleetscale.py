@@ -28,6 +28,7 @@ started is stopped at the end (also on failure). Sends nothing beyond
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -39,6 +40,8 @@ from pathlib import Path
 from resource import RUSAGE_CHILDREN, getrusage
 
 import psutil
+import salt.config
+import salt.loader
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -279,7 +282,38 @@ def highstate_ok(ret):
     return isinstance(ret, dict) and ret and all(v.get("result") for v in ret.values())
 
 
-def one_size(size, keep_going=False):
+def fill_history(fleet, returns, ids, days):
+    """Store `days` of scheduled highstate results (every 30 min plus splay,
+    each minion its own jid, as scheduled jobs are) through the job cache's
+    returner; returns the number of jobs written."""
+    conf = dict(fleet.conf)
+    opts = salt.config.master_config(str(fleet.conf_dir / "master"))
+    opts.update(conf)
+    cache = opts.get("master_job_cache") or "local_cache"
+    returners = salt.loader.returners(opts, {})
+    rnd = random.Random(1)
+    now = time.time()
+    jobs = 0
+    for minion in ids:
+        ret = returns.get(minion)
+        if not isinstance(ret, dict):
+            continue
+        for run in range(int(days * 48)):
+            stamp = now - 3600 - run * 1800 - rnd.uniform(0, 300)
+            jid = time.strftime("%Y%m%d%H%M%S", time.gmtime(stamp)) + f"{rnd.randrange(10**6):06d}"
+            returners[f"{cache}.prep_jid"](passed_jid=jid)
+            load = {"fun": "state.highstate", "arg": [], "jid": jid, "tgt": minion,
+                    "tgt_type": "glob", "user": "Scheduler"}  # fmt: skip
+            returners[f"{cache}.save_load"](jid, load)
+            returners[f"{cache}.returner"](
+                {"jid": jid, "id": minion, "fun": "state.highstate", "return": ret,
+                 "retcode": 0, "schedule": "chatmail-highstate"}
+            )  # fmt: skip
+            jobs += 1
+    return jobs
+
+
+def one_size(size, keep_going=False, days=7):
     root = Path(tempfile.mkdtemp(prefix=f"cmsalt-fleetscale-{size}-"))
     fleet = Fleet(root)
     ids = [f"scale{i:03d}.test" for i in range(1, size + 1)]
@@ -320,6 +354,20 @@ def one_size(size, keep_going=False):
                 row["status_rows"] = sum(
                     1 for m in ids if m in data and data[m]["row"]["highstate"].startswith("ok")
                 )
+        # a week of scheduled results in the job cache (keep_jobs_seconds of the
+        # shipped master config), then the runner again
+        t0 = time.monotonic()
+        row["history_jobs"] = fill_history(fleet, first, ids, days)
+        row["history_fill"] = time.monotonic() - t0
+        cli = {}
+        proc, row["status_week"], cpu = timed(
+            fleet, lambda: fleet.run("chatmail_fleet.status", "text=False"), cli
+        )
+        row["status_week_cpu"] = cpu + cli["cpu"]
+        data = json.loads(proc.stdout) if proc.returncode == 0 and proc.stdout else {}
+        row["status_week_rows"] = sum(
+            1 for m in ids if m in data and data[m]["row"]["highstate"].startswith("ok")
+        )
         # the steady state: the fleet connected, nothing started by anyone
         cpu0 = fleet.master_cpu()
         time.sleep(60)
@@ -344,9 +392,10 @@ def mib(n):
 def print_table(rows):
     print("| minions | enroll s | sync_all s | highstate s (ok) | repeat highstate s (ok)"
           " | mine.update s (ok) | runner status s (rows ok) | runner dns s | runner records s"
-          " | master CPU s: highstate / mine | status runner CPU s | master idle CPU s/min"
+          " | master CPU s: highstate / mine | status runner CPU s"
+          " | status with a week of jobs s (jobs) | master idle CPU s/min"
           " | master PSS MiB | minions PSS MiB | load before → after |")  # fmt: skip
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
         if "error" in r and "highstate" not in r:
             print(f"| {r['size']} | failed: {r['error']} |")
@@ -360,9 +409,9 @@ def print_table(rows):
             f" | {r['status']:.1f} ({r.get('status_rows')}) | {r['dns']:.1f} | {r['records']:.1f}"
             f" | {r['highstate_cpu']:.0f} / {r['mine_cpu']:.0f}"
             f" | {r['status_runner_cpu'] + r['status_cpu']:.1f}"
+            f" | {r['status_week']:.1f} ({r['history_jobs']})"
             f" | {r['idle_cpu_per_min']:.1f} | {mib(r['master_pss'])} | {mib(r['minions_pss'])}"
-            f" | {before} → {after} |"
-            + (f" error: {r['error']}" if "error" in r else "")
+            f" | {before} → {after} |" + (f" error: {r['error']}" if "error" in r else "")
         )
 
 
@@ -370,6 +419,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="10,50,100,200")
     parser.add_argument("--keep-going", action="store_true", help="report a failed size, go on")
+    parser.add_argument(
+        "--history-days", type=float, default=7, help="days of scheduled results in the job cache"
+    )
     args = parser.parse_args(argv)
     rows = []
     for size in (int(n) for n in args.sizes.split(",")):
@@ -377,7 +429,7 @@ def main(argv=None):
         if available < size * MINION_MEM + 2 * 1024**3:
             print(f"(skipped {size} minions: {mib(available)} MiB available)\n")
             continue
-        rows.append(one_size(size, args.keep_going))
+        rows.append(one_size(size, args.keep_going, args.history_days))
         print(f"<!-- {json.dumps(rows[-1], default=str)} -->", flush=True)
     print_table(rows)
     return 0 if rows and all("error" not in r for r in rows) else 1
