@@ -30,7 +30,8 @@ def api(path, **params):
 
 def query(expr):
     """{relay: value} of an instant query."""
-    return {r["metric"].get("relay"): float(r["value"][1]) for r in api("query", query=expr)}
+    result = api("query", query=expr)["result"]
+    return {r["metric"].get("relay"): float(r["value"][1]) for r in result}
 
 
 def wait_for(check, timeout=180, interval=5):
