@@ -103,7 +103,7 @@ def test_api_answers_accounts_and_queue_per_relay(prometheus, relays):
     queue = query("sum by (relay) (postfix_showq_message_age_seconds_count)")
     assert sorted(queue) == sorted(MINIONS), queue
     assert all(v >= 0 for v in queue.values())
-    logins = query("sum by (relay) (dovecot_auth_success_total)")
+    logins = query("sum by (relay) (dovecot_auth_success_imap_total)")
     assert sorted(logins) == sorted(MINIONS) and all(v >= 1 for v in logins.values()), logins
 
 

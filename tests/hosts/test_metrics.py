@@ -81,10 +81,10 @@ def counters():
         ),
         "lmtp_sent": ("chatmail_postfix_deliveries_total", {"transport": "lmtp", "status": "sent"}),
         "dovecot_delivered": ("dovecot_mail_delivery_total", {}),
-        "imap_ok": ("dovecot_auth_success_total", {"service": "imap"}),
-        "smtp_ok": ("dovecot_auth_success_total", {"service": "smtp"}),
-        "imap_failed": ("dovecot_auth_failure_total", {"service": "imap"}),
-        "smtp_failed": ("dovecot_auth_failure_total", {"service": "smtp"}),
+        "imap_ok": ("dovecot_auth_success_imap_total", {}),
+        "smtp_ok": ("dovecot_auth_success_smtp_total", {}),
+        "imap_failed": ("dovecot_auth_failure_imap_total", {}),
+        "smtp_failed": ("dovecot_auth_failure_smtp_total", {}),
     }
 
 

@@ -9,16 +9,25 @@ import importlib.util
 import json
 import pathlib
 import shutil
+import socket
 import subprocess
+import time
+import urllib.request
 
 import pytest
 import yaml
 
-from tests.unit.test_render import example, salt_env  # noqa: F401  (fixtures)
+from tests.unit.test_render import cmap, example, render, salt_env  # noqa: F401  (fixtures)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MTAIL_PROG = REPO / "salt" / "chatmail" / "metrics" / "files" / "postfix.mtail"
 RULES = REPO / "salt" / "fleet" / "files" / "chatmail-rules.yml"
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _states(proc):
@@ -331,3 +340,45 @@ def test_top_applies_prometheus_where_the_pillar_switches_it_on(salt_env, exampl
         pillar["fleet"] = {"prometheus": {"enabled": enabled}}
         proc = salt_env("state.show_top", pillar_data=pillar)
         assert json.loads(proc.stdout)["local"]["base"] == want
+
+
+# --- Dovecot's stats endpoint --------------------------------------------------
+
+
+@pytest.mark.skipif(not shutil.which("dovecot"), reason="dovecot is not installed")
+def test_dovecot_metrics_are_valid_openmetrics_before_any_event(render, cmap, tmp_path):  # noqa: F811
+    """The metric blocks of the relay's dovecot.conf, in a private Dovecot
+    with no protocols: every counter sample ends in _total (OpenMetrics), so
+    Prometheus accepts the scrape also before the first login."""
+    text = render("chatmail/dovecot/files/dovecot.conf.jinja", chatmail=cmap, grains={})
+    block = text[text.index("# --- Metrics") :]
+    port = free_port()
+    block = block.replace("port = 9900", f"port = {port}")
+    conf = tmp_path / "dovecot.conf"
+    conf.write_text(
+        f"base_dir = {tmp_path}/run\nstate_dir = {tmp_path}/state\nlog_path = {tmp_path}/log\n"
+        "protocols =\nssl = no\ndefault_internal_user = nobody\ndefault_login_user = nobody\n"
+        + block
+    )
+    proc = subprocess.Popen(["dovecot", "-F", "-c", str(conf)], stdin=subprocess.DEVNULL)
+    try:
+        body = ""
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                    body = resp.read().decode()
+                break
+            except OSError:
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    counters = {line.split()[2] for line in body.splitlines() if line.endswith(" counter")}
+    samples = [line.split()[0] for line in body.splitlines() if line and not line.startswith("#")]
+    for name in ("auth_success_imap", "auth_success_smtp", "auth_failure_imap",
+                 "auth_failure_smtp", "mail_delivery"):  # fmt: skip
+        assert f"dovecot_{name}_total" in samples, body
+    for sample in samples:
+        family = sample.split("{")[0]
+        if any(family.startswith(c) for c in counters):
+            assert family.endswith("_total"), sample
