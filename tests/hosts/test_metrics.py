@@ -93,6 +93,21 @@ def snapshot(host):
     return {key: value(samples, name, **labels) for key, (name, labels) in counters().items()}
 
 
+def test_metrics_share_of_the_first_highstate(relay_boot, record_property):
+    """What chatmail.metrics adds to a fresh relay's highstate (reported, so
+    the CI time it costs stays visible: see the junit properties or -s)."""
+    _host, first = relay_boot
+    durations = {
+        sid: state.get("duration", 0) / 1000.0
+        for sid, state in ((s["__id__"], s) for s in first.states.values())
+    }
+    ours = sum(d for sid, d in durations.items() if sid.startswith("chatmail-metrics-"))
+    total = sum(durations.values())
+    record_property("metrics_highstate_seconds", round(ours, 1))
+    print(f"chatmail.metrics: {ours:.1f} s of {total:.1f} s of state run time")
+    assert 0 < ours < total
+
+
 def test_exporters_answer_on_loopback_only(relay):
     samples = scrape(relay)
     assert value(samples, "postfix_up") == 1  # showq readable
