@@ -126,8 +126,17 @@ def fleet(master):
 
 @pytest.fixture(scope="session")
 def fleet_converged(master, fleet):
-    """The first highstate of all three relays, started from the master."""
-    return fleet_master.highstate(master, MINIONS)
+    """The first highstate of all three relays, started from the master.
+
+    The Prometheus host's scrape targets come from the other relays' mine
+    entries, which exist only after their own first highstate: once the mine
+    is updated, fleet.prometheus runs there again, so the fleet is converged
+    (a later scheduled highstate finds nothing to change)."""
+    results = fleet_master.highstate(master, MINIONS)
+    if all(r.ok for r in results.values()):
+        master.salt(MINIONS, "mine.update")
+        master.salt([PROMETHEUS], "state.apply", "fleet.prometheus", "queue=True", timeout=900)
+    return results
 
 
 @pytest.fixture(scope="session")
