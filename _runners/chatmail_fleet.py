@@ -14,6 +14,7 @@ interface (``get_jids``/``get_jid`` of the configured ``master_job_cache`` or
 The master finds this module through ``runner_dirs`` (etc/salt/master.d).
 """
 
+import contextlib
 import logging
 
 import salt.minion
@@ -191,12 +192,16 @@ def _jid_time(jid):
     return f"{jid[0:4]}-{jid[4:6]}-{jid[6:8]} {jid[8:10]}:{jid[10:12]}:{jid[12:14]}"
 
 
+@contextlib.contextmanager
 def _job_cache():
     """(returner functions, name of the job cache) as ``salt-run jobs.*`` use
     them: ``ext_job_cache`` when set, else ``master_job_cache``."""
     name = __opts__.get("ext_job_cache") or __opts__.get("master_job_cache") or "local_cache"
-    returners = salt.minion.MasterMinion(__opts__, states=False, rend=False).returners
-    return returners, name
+    mminion = salt.minion.MasterMinion(__opts__, states=False, rend=False)
+    try:
+        yield mminion.returners, name
+    finally:
+        mminion.destroy()
 
 
 def _load_fun_args(load):
@@ -258,21 +263,21 @@ def last_highstates(tgt="*", tgt_type="glob"):
         salt-run chatmail_fleet.last_highstates
     """
     minions = set(_mine(MINE_STATUS, tgt, tgt_type)) | set(_mine(MINE_ZONES, tgt, tgt_type))
-    returners, cache = _job_cache()
     latest = {}
-    for jid in _highstate_jids(returners, cache):
-        if minions and minions <= set(latest):
-            break
-        returns = returners[f"{cache}.get_jid"](jid) or {}
-        for minion, value in returns.items():
-            if minion in latest or (minions and minion not in minions):
-                continue
-            ret = _minion_return(value)
-            if _is_busy(ret) or not _is_highstate_return(ret):
-                continue
-            entry = {"jid": jid, "time": _jid_time(jid)}
-            entry.update(_state_summary(ret))
-            latest[minion] = entry
+    with _job_cache() as (returners, cache):
+        for jid in _highstate_jids(returners, cache):
+            if minions and minions <= set(latest):
+                break
+            returns = returners[f"{cache}.get_jid"](jid) or {}
+            for minion, value in returns.items():
+                if minion in latest or (minions and minion not in minions):
+                    continue
+                ret = _minion_return(value)
+                if _is_busy(ret) or not _is_highstate_return(ret):
+                    continue
+                entry = {"jid": jid, "time": _jid_time(jid)}
+                entry.update(_state_summary(ret))
+                latest[minion] = entry
     return dict(sorted(latest.items()))
 
 

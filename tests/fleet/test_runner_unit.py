@@ -2,6 +2,7 @@
 through Salt's returner interface (local_cache and salt_cache, as a master
 would; no master, no hosts): records, DNS view, last highstates, status."""
 
+import contextlib
 import importlib.util
 
 import pytest
@@ -181,7 +182,7 @@ def test_last_highstates_through_any_returner(runner):
         "fake.get_load": lambda jid: {"fun": jobs[jid][0], "arg": []},
         "fake.get_jid": lambda jid: dict(jobs[jid][1]),
     }
-    runner._job_cache = lambda: (fake, "fake")
+    runner._job_cache = lambda: contextlib.nullcontext((fake, "fake"))
     last = runner.last_highstates()
     assert last["m1"]["jid"] == "20261122060000000000" and last["m1"]["result"] is False
     assert last["m2"]["jid"] == "20261122070000000000"
@@ -196,7 +197,7 @@ def test_last_highstates_stops_when_every_relay_is_found(runner):
         "fake.get_jids": lambda: listing,
         "fake.get_jid": lambda jid: calls.append(jid) or jobs[jid],
     }
-    runner._job_cache = lambda: (fake, "fake")
+    runner._job_cache = lambda: contextlib.nullcontext((fake, "fake"))
     last = runner.last_highstates()
     assert {m: e["jid"] for m, e in last.items()} == {
         "m1": "20261122070000000000",
