@@ -16,6 +16,7 @@ import base64
 import binascii
 import copy
 import ipaddress
+import json
 import os
 import re
 import urllib.parse
@@ -43,72 +44,29 @@ class ChatmailConfigError(CommandExecutionError):
         super().__init__("invalid chatmail pillar:\n" + "\n".join(self.errors))
 
 
-# Kinds of the chatmaild [params] keys (mirrors chatmaild.config.PARAMS; a
-# unit test keeps both in sync).  Keys in PER_DOMAIN may be overridden below
-# chatmail:domains:<domain>.
-PARAM_KINDS = {
-    "max_user_send_per_minute": "int",
-    "max_user_send_burst_size": "int",
-    "max_mailbox_size": "size",
-    "max_message_size": "int",
-    "delete_mails_after": "int",
-    "delete_large_after": "int",
-    "delete_inactive_users_after": "int",
-    "username_min_length": "int",
-    "username_max_length": "int",
-    "password_min_length": "int",
-    "passthrough_senders": "list",
-    "passthrough_recipients": "list",
-    "filtermail_smtp_port": "port",
-    "filtermail_smtp_port_incoming": "port",
-    "postfix_reinject_port": "port",
-    "postfix_reinject_port_incoming": "port",
-    "filtermail_dkim_check": "bool",
-    "mailboxes_dir": "path",
-    "state_dir": "path",
-    "nocreate_file": "path",
-    "max_load_1m": "float",
-    "min_available_memory": "size",
-    "min_free_disk_space": "size",
-    "max_imap_connections": "int",
-    "max_smtp_connections": "int",
-    "max_smtp_recipients": "int",
-    "push_notification_url": "str",
-    "push_token_expiry_days": "int",
-    "push_retry_max_seconds": "int",
-    "turn_server": "str",
-    "turn_secret": "str",
-    "disable_ipv6": "bool",
-    "acme_email": "str",
-    "imap_rawlog": "bool",
-    "imap_compress": "bool",
-    "privacy_postal": "str",
-    "privacy_mail": "str",
-    "privacy_pdo": "str",
-    "privacy_supervisor": "str",
-    "metrics_dir": "path",
-}
+# The chatmaild [params] keys (defaults, kinds, which a domain may override)
+# are declared once, in chatmaild/src/chatmaild/params.json, which map.jinja
+# passes to build() as ``schema``.  In a checkout (tests, CLI) build() reads
+# it from there itself.
+SCHEMA_FILE = os.path.join("chatmaild", "src", "chatmaild", "params.json")
 
-PER_DOMAIN = {
-    "max_user_send_per_minute",
-    "max_user_send_burst_size",
-    "max_mailbox_size",
-    "delete_mails_after",
-    "delete_large_after",
-    "delete_inactive_users_after",
-    "username_min_length",
-    "username_max_length",
-    "password_min_length",
-    "passthrough_senders",
-    "passthrough_recipients",
-    "turn_server",
-    "turn_secret",
-    "acme_email",
-    "privacy_postal",
-    "privacy_mail",
-    "privacy_pdo",
-    "privacy_supervisor",
-}
+
+def _load_schema(schema):
+    """The schema's entries for the keys the pillar may set: {name: entry}."""
+    if schema is None:
+        here = os.path.dirname(os.path.abspath(__file__))
+        path = os.path.join(os.path.dirname(here), SCHEMA_FILE)
+        if not os.path.isfile(path):
+            raise ChatmailConfigError([f"chatmail: no parameter schema given (nor {SCHEMA_FILE})"])
+        with open(path, encoding="utf-8") as f:
+            schema = json.load(f)
+    if isinstance(schema, dict):
+        schema = schema["params"]
+    return {e["name"]: e for e in schema}
+
+
+# Never written into chatmail.ini (see turn_secret_files).
+SECRET_PARAMS = {"turn_secret"}
 
 # Ports the relay's public services use; chatmaild's internal ports must not
 # collide with them nor with each other.
@@ -320,7 +278,7 @@ def _auto_tls_mode(domain):
     )
 
 
-def build(defaults, osfamily=None, pillar=None, check_files=True):
+def build(defaults, osfamily=None, pillar=None, check_files=True, schema=None):
     """Merge ``defaults`` <- ``osfamily`` <- ``pillar`` and validate the result.
 
     ``defaults`` is the content of ``defaults.yaml`` (with or without the
@@ -329,7 +287,11 @@ def build(defaults, osfamily=None, pillar=None, check_files=True):
     resolved dict described in the state-tree contract; raises
     :class:`ChatmailConfigError` listing every problem, each line naming the
     pillar key.  ``check_files=False`` skips the existence check of external
-    TLS files (for rendering on another machine).
+    TLS files (for rendering on another machine).  ``schema`` is the parameter
+    schema (chatmaild's params.json; read from the checkout when not given).
+
+    Every SLS imports map.jinja, so a highstate asks for the same map many
+    times: within one salt run the result is computed once (``__context__``).
 
     CLI Example:
 
@@ -337,10 +299,28 @@ def build(defaults, osfamily=None, pillar=None, check_files=True):
 
         salt-call chatmail_config.build "$(cat defaults.yaml)" "{}" "$PILLAR_JSON"
     """
+    key = None
+    context = globals().get("__context__")
+    if context is not None:
+        key = "chatmail_config.build:" + json.dumps(
+            [defaults, osfamily, pillar, check_files, schema], sort_keys=True, default=str
+        )
+        if key in context:
+            return copy.deepcopy(context[key])
+    merged = _build(defaults, osfamily, pillar, check_files, _load_schema(schema))
+    if key is not None:
+        context[key] = copy.deepcopy(merged)
+    return merged
+
+
+def _build(defaults, osfamily, pillar, check_files, schema):
     defaults = copy.deepcopy(defaults or {})
     if set(defaults) == {"chatmail"}:
         defaults = defaults["chatmail"]
+    kinds = {n: e["kind"] for n, e in schema.items() if e.get("pillar", True)}
+    per_domain = sorted(n for n in kinds if schema[n].get("per_domain"))
     base = _deep_update(defaults, osfamily or {})
+    base["params"] = {n: copy.deepcopy(schema[n]["default"]) for n in kinds}
     base.setdefault("primary", "")
     errors = _Errors()
     if pillar is not None and not isinstance(pillar, dict):
@@ -370,16 +350,16 @@ def build(defaults, osfamily=None, pillar=None, check_files=True):
         errors.add(["chatmail", "params"], f"must be a mapping, not {_type_name(raw_params)}")
         raw_params = {}
     for key, value in (raw_params or {}).items():
-        if key not in PARAM_KINDS:
-            errors.add(["chatmail", "params", key], "unknown key")
+        if key not in kinds:
+            errors.add(["chatmail", "params", key], _not_a_param(key, schema))
             continue
-        problem = _check_param(PARAM_KINDS[key], value)
+        problem = _check_param(kinds[key], value)
         if problem:
             errors.add(["chatmail", "params", key], problem)
             continue
         params[key] = value
     merged["params"] = params
-    _check_ports(params, errors)
+    _check_ports(params, kinds, errors)
     for key in ("max_message_size",):
         if not errors and params[key] <= 0:
             errors.add(["chatmail", "params", key], "must be positive")
@@ -407,7 +387,7 @@ def build(defaults, osfamily=None, pillar=None, check_files=True):
         errors.add(
             ["chatmail", "journald", "max_retention"], f"not a time span such as 2day: {ret!r}"
         )
-    _check_metrics(merged["metrics"], params, errors)
+    _check_metrics(merged["metrics"], params, kinds, errors)
     for key, value in merged["lookup"]["paths"].items():
         if not str(value).startswith("/"):
             errors.add(["chatmail", "lookup", "paths", key], f"must be an absolute path: {value!r}")
@@ -434,7 +414,9 @@ def build(defaults, osfamily=None, pillar=None, check_files=True):
             errors.add(dpath, f"duplicate domain (same as {seen[dom]!r})")
             continue
         seen[dom] = name
-        domains[dom] = _build_domain(dom, dpillar, merged, dpath, errors, check_files)
+        domains[dom] = _build_domain(
+            dom, dpillar, merged, dpath, errors, check_files, kinds, per_domain, schema
+        )
 
     domain_list = sorted(domains)
     primary = merged.get("primary") or ""
@@ -468,17 +450,16 @@ def build(defaults, osfamily=None, pillar=None, check_files=True):
     merged["domains"] = domains
     merged["domain_list"] = domain_list
     merged["primary"] = primary
+    merged["per_domain_params"] = per_domain
     return merged
 
 
-def _check_metrics(metrics, params, errors):
+def _check_metrics(metrics, params, kinds, errors):
     path = ["chatmail", "metrics"]
     addr = metrics["listen_address"]
     if not _is_ip(addr):
         errors.add(path + ["listen_address"], f"not an IP address: {addr!r}")
-    chatmaild_ports = {
-        params[k]: k for k, kind in PARAM_KINDS.items() if kind == "port" and k in params
-    }
+    chatmaild_ports = {params[k]: k for k, kind in kinds.items() if kind == "port" and k in params}
     seen = {}
     for name, port in sorted(metrics["ports"].items()):
         ppath = path + ["ports", name]
@@ -546,9 +527,15 @@ def prometheus_settings(defaults, pillar=None):
 METRICS_EXPORTERS = ("node", "postfix", "mtail", "dovecot")
 
 
-def _check_ports(params, errors):
+def _not_a_param(key, schema):
+    if key in schema:
+        return f"not set from the pillar ({schema[key].get('doc', '')})"
+    return "unknown key"
+
+
+def _check_ports(params, kinds, errors):
     seen = {}
-    for key in sorted(k for k, kind in PARAM_KINDS.items() if kind == "port"):
+    for key in sorted(k for k, kind in kinds.items() if kind == "port"):
         port = params.get(key)
         if not isinstance(port, int):
             continue
@@ -563,7 +550,7 @@ def _check_ports(params, errors):
             seen[port] = key
 
 
-def _build_domain(dom, dpillar, merged, dpath, errors, check_files):
+def _build_domain(dom, dpillar, merged, dpath, errors, check_files, kinds, per_domain, schema):
     if dpillar is None:
         dpillar = {}
     if not isinstance(dpillar, dict):
@@ -571,21 +558,21 @@ def _build_domain(dom, dpillar, merged, dpath, errors, check_files):
         dpillar = {}
     dpillar = copy.deepcopy(dpillar)
     is_ip = _is_ip(dom)
-    values = {k: copy.deepcopy(v) for k, v in merged["params"].items() if k in PER_DOMAIN}
+    values = {k: copy.deepcopy(v) for k, v in merged["params"].items() if k in per_domain}
     sub = {}
     for key, value in dpillar.items():
         if key in merged["domain_defaults"]:
             sub[key] = value
-        elif key in PER_DOMAIN:
-            problem = _check_param(PARAM_KINDS[key], value)
+        elif key in per_domain:
+            problem = _check_param(kinds[key], value)
             if problem:
                 errors.add(dpath + [key], problem)
             else:
                 values[key] = value
-        elif key in PARAM_KINDS:
+        elif key in kinds:
             errors.add(dpath + [key], "is a host-wide setting; set it in chatmail:params")
         else:
-            errors.add(dpath + [key], "unknown key")
+            errors.add(dpath + [key], _not_a_param(key, schema))
     extra = _merge_checked(merged["domain_defaults"], sub, dpath, errors)
 
     if values["username_min_length"] > values["username_max_length"]:
@@ -649,6 +636,10 @@ def _build_domain(dom, dpillar, merged, dpath, errors, check_files):
     domain.update(extra)
     domain["is_ip"] = is_ip
     domain["address_domain"] = f"[{dom}]" if is_ip else dom
+    # where the tree keeps the domain's TURN secret (see turn_secret_files)
+    domain["turn_secret_file"] = (
+        f"{paths['secrets_dir']}/turn_secret.{dom}" if values["turn_secret"] else ""
+    )
     domain["mailboxes_path"] = f"{merged['params']['mailboxes_dir'].rstrip('/')}/{dom}"
     return domain
 
@@ -874,7 +865,10 @@ def ini_text(chatmail):
         value = params[key]
         if key == "passthrough_recipients" and not value:
             continue  # chatmaild then defaults to echo@<domain>
+        if key in SECRET_PARAMS:
+            continue  # in a file of its own, see turn_secret_files()
         lines.append(f"{key} = {_ini_value(value)}".rstrip())
+    secrets = turn_secret_files(chatmail)
     for dom in order:
         dconf = chatmail["domains"][dom]
         # chatmaild only knows auto/acme/self/external; a private CA's
@@ -882,10 +876,36 @@ def ini_text(chatmail):
         # one (/new then offers the dclogin URL accepting it).
         mode = "self" if dconf["tls"]["mode"] == "ca" else dconf["tls"]["mode"]
         lines += ["", f"[domain:{dom}]", f"tls_mode = {mode}"]
-        for key in sorted(PER_DOMAIN):
-            if key in params and dconf[key] != params[key]:
+        for key in chatmail["per_domain_params"]:
+            if key in SECRET_PARAMS:
+                continue
+            if dconf[key] != params[key]:
                 lines.append(f"{key} = {_ini_value(dconf[key])}".rstrip())
+        if dom in secrets:
+            lines.append(f"turn_secret_file = {secrets[dom]}")
     return "\n".join(lines) + "\n"
+
+
+def turn_secret_files(chatmail):
+    """{domain: file} of the domains with a TURN secret.
+
+    The secret never goes into chatmail.ini (which several daemons and the
+    /new CGI read): the tree writes it to ``<secrets_dir>/turn_secret.<domain>``
+    (root, group ``lookup:users:metadata_group``, 0640, in a 0750 directory),
+    a group only the chatmail-metadata unit gets, and chatmail.ini names the
+    file with ``turn_secret_file``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call chatmail_config.turn_secret_files "$MAP_JSON"
+    """
+    return {
+        dom: chatmail["domains"][dom]["turn_secret_file"]
+        for dom in chatmail["domain_list"]
+        if chatmail["domains"][dom]["turn_secret_file"]
+    }
 
 
 def size_bytes(value):

@@ -21,16 +21,24 @@ names them).  The archive starts with ``manifest.json`` (domains, selectors,
 counts, source host, chatmail-salt version).
 
 The import treats the archive as untrusted input: absolute names, ``..``,
-links (outside ``acme/``, or pointing out of it), device files and names of
-domains the manifest does not list are refused before anything is written.
-Files are staged next to their destination first and then renamed into
-place, owned by the local service accounts, so a bad archive or a full disk
-leaves the host as it was.
+device files and names of domains the manifest does not list are refused
+before anything is written, and so is every link except the two forms
+acmetool itself writes in ``acme/`` (``live/<name> -> ../certs/<id>``,
+``certs/<id>/privkey -> ../../keys/<id>/privkey``).  Modes and owners come
+from the relay's own rules (what doveauth, Dovecot, opendkim and acmetool
+create: 0700 directories and 0600 files of vmail, 0600 keys of opendkim,
+...), never from the archive.  Nothing below a data directory is resolved by
+name: files are created in a private staging directory inside it through
+directory descriptors opened with ``O_NOFOLLOW`` and renamed into place the
+same way, so a link that a service account puts into the directories it owns
+is never written through; a data directory must belong to its service account.
+A bad archive or a full disk leaves the host as it was.
 
 :depends: cryptography (DKIM keys are checked before they are installed)
 """
 
 import datetime
+import errno
 import grp
 import hashlib
 import io
@@ -39,6 +47,7 @@ import logging
 import os
 import pwd
 import re
+import secrets
 import shutil
 import stat
 import subprocess
@@ -92,6 +101,74 @@ _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?$")
 _IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 _SELECTOR = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
 _LOCALPART = re.compile(r"^[^\x00-\x20/@\x7f]+$")
+
+
+# acmetool's state directory (hlandau/acmetool, storage and fdb): the only
+# links it writes are live/<hostname> -> ../certs/<cert id> and
+# certs/<cert id>/privkey -> ../../keys/<key id>/privkey; ids are lower-case
+# base32 SHA-256 digests.  Nothing else of its state moves, and no other link
+# form is accepted: checking a link's target lexically is not enough, since
+# links resolve through other links (l1 -> ., l2 -> l1/.. is acme's parent).
+_ACME_ID = r"[a-z0-9]{1,128}"
+_ACME_ID_RE = re.compile(rf"^{_ACME_ID}$")
+_ACME_LIVE_LINK = re.compile(rf"^\.\./certs/{_ACME_ID}$")
+_ACME_KEY_LINK = re.compile(rf"^\.\./\.\./keys/{_ACME_ID}/privkey$")
+_ACME_CERT_FILES = ("cert", "chain", "fullchain", "url", "revoke", "revoked")
+# accounts/<directory URL, query-escaped>/<account id>/privkey (+ authorizations/)
+_ACME_ACCOUNT_PART = re.compile(r"^[A-Za-z0-9._%+:-]{1,255}$")
+_ACME_ACCOUNT_DEPTH = 6
+
+
+def _acme_hostnames(domains):
+    """The names whose live/ links may move: each named domain's certificate
+    names (the domain, mta-sts. and www.)."""
+    names = set()
+    for domain in domains:
+        if not _IPV4.match(domain):
+            names.update((domain, f"mta-sts.{domain}", f"www.{domain}"))
+    return names
+
+
+def _acme_problem(rel, kind, linkname, hostnames):
+    """Why acme/<rel> (kind dir, file or link) is not something acmetool
+    writes for a certificate of these hostnames; None when it is."""
+    top, depth = rel[0], len(rel)
+    want = None
+    if top == "live":
+        if depth == 1:
+            want = "dir"
+        elif depth == 2 and rel[1] in hostnames:
+            want = "live-link"
+    elif top in ("certs", "keys") and (depth == 1 or _ACME_ID_RE.match(rel[1])):
+        if depth <= 2:
+            want = "dir"
+        elif depth == 3 and top == "keys" and rel[2] == "privkey":
+            want = "file"
+        elif depth == 3 and top == "certs" and rel[2] in _ACME_CERT_FILES:
+            want = "file"
+        elif depth == 3 and top == "certs" and rel[2] == "privkey":
+            want = "key-link"
+    elif top == "accounts" and depth <= _ACME_ACCOUNT_DEPTH:
+        if all(_ACME_ACCOUNT_PART.match(part) for part in rel[1:]):
+            want = "tree"
+    if want is None:
+        if kind == "link":
+            return f"not a link acmetool writes (-> {linkname!r})"
+        return "not part of acmetool's certificates, keys or accounts"
+    if want.endswith("-link"):
+        pattern = _ACME_LIVE_LINK if want == "live-link" else _ACME_KEY_LINK
+        if kind != "link" or not pattern.match(linkname or ""):
+            return (
+                f"not a link acmetool writes (-> {linkname!r})"
+                if kind == "link"
+                else (f"must be a link as acmetool writes it, not a {kind}")
+            )
+        return None
+    if kind == "link":
+        return f"not a link acmetool writes (-> {linkname!r})"
+    if want != "tree" and kind != want:
+        return f"must be a {want}, not a {kind}"
+    return None
 
 
 def __virtual__():
@@ -397,8 +474,22 @@ def _collect(s, domains):
             if addr.rpartition("@")[2].strip("[]").lower() in manifest_domains:
                 entries.append((f"state/{QUEUE_DIRNAME}/{name}", path))
                 pending += 1
+    hostnames = _acme_hostnames(manifest_domains)
     for rel in sorted(x for x in acme if x):
-        entries.append((f"acme/{rel}", os.path.join(s["acme_dir"], rel)))
+        full = os.path.join(s["acme_dir"], rel)
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            continue
+        kind = "link" if stat.S_ISLNK(st.st_mode) else "dir" if stat.S_ISDIR(st.st_mode) else None
+        if kind is None and stat.S_ISREG(st.st_mode):
+            kind = "file"
+        link = os.readlink(full) if kind == "link" else None
+        # what the import would refuse does not travel (e.g. acmetool's haproxy files)
+        if kind is None or _acme_problem(rel.split("/"), kind, link, hostnames):
+            skipped.append(full)
+            continue
+        entries.append((f"acme/{rel}", full))
     manifest = {
         "format": FORMAT,
         "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -598,12 +689,6 @@ def _read_archive(path, keep_small=True):
                 if member.issym():
                     if section != "acme":
                         _fail(path, f"refusing link {name!r} (links are only allowed in acme/)")
-                    target = member.linkname
-                    resolved = os.path.normpath(
-                        os.path.join(*rel[:-1], target) if rel[:-1] else target
-                    )
-                    if os.path.isabs(target) or resolved == ".." or resolved.startswith("../"):
-                        _fail(path, f"refusing link {name!r} -> {target!r}: it leaves acme/")
                     links.add(name)
                 elif not (member.isreg() or member.isdir()):
                     _fail(path, f"refusing {name!r}: only files, directories (and links in acme/)")
@@ -643,6 +728,11 @@ def _check_section(arch, path, section, rel, member):
     elif section == "state":
         if rel[0] != QUEUE_DIRNAME or len(rel) > 2 or (len(rel) == 2 and not member.isreg()):
             _fail(path, f"unexpected member {name!r} in state/")
+    elif section == "acme":
+        kind = "link" if member.issym() else "dir" if member.isdir() else "file"
+        problem = _acme_problem(rel, kind, member.linkname, _acme_hostnames(domains))
+        if problem:
+            _fail(path, f"refusing {name!r}: {problem}")
 
 
 def inspect(path):
@@ -663,6 +753,24 @@ def inspect(path):
 
 
 # ---------------------------------------------------------------- import
+#
+# Every write below a data directory goes through directory file descriptors
+# opened with O_NOFOLLOW, starting at the section's root (whose owner is
+# checked): service accounts own their data directories (vmail the mailbox
+# tree, opendkim the key directory) and could put links there at any moment,
+# so no path below a root is ever resolved by name.  Files are created in a
+# private staging directory inside the root (O_EXCL, modes and owners set on
+# the open descriptor) and renamed into place relative to descriptors.
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# Files of an account that doveauth and chatmail-metadata write (group
+# dovecot, the daemons' primary group); Dovecot writes the rest as vmail.
+_DAEMON_FILES = ("password", "enforceE2EEincoming", "metadata.json")
+
+
+class _NotDir(Exception):
+    """A path component below a root is not a directory (or is a link)."""
 
 
 def _ids(user):
@@ -683,57 +791,191 @@ def _gid(name, fallback):
         return fallback
 
 
-def _digest(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.digest()
+def _section_root(s, section):
+    return {
+        "dkim": s["dkim_dir"],
+        "mail": s["mailboxes_dir"],
+        "state": s["state_dir"],
+        "acme": s["acme_dir"],
+    }[section]
 
 
-def _same_file(a, b):
+def _root_owner(s, section):
+    """(uid, gid, mode) a section's root directory has on a converged host."""
+    if section == "dkim":
+        return (*s["_dkim_ids"], 0o750)
+    if section == "acme":
+        return (*s["_acme_ids"], 0o755)
+    return (*s["_vmail_ids"], 0o700)
+
+
+def _rule(s, section, rel, is_dir):
+    """(uid, gid, mode) of what the import writes at <section>/<rel>: what
+    the relay's own daemons give it (doveauth, Dovecot, chatmail-metadata,
+    opendkim, acmetool), never the archive's numbers or bits."""
+    if section == "dkim":
+        uid, gid = s["_dkim_ids"]
+        return uid, gid, 0o600
+    if section == "acme":
+        uid, gid = s["_acme_ids"]
+        private = rel[0] in ("accounts", "keys")
+        if is_dir:
+            return uid, gid, 0o700 if private else 0o755
+        return uid, gid, 0o600 if private else 0o644
+    uid, gid = s["_vmail_ids"]
+    daemon_gid = s["_dovecot_gid"]
+    if section == "state":
+        return uid, daemon_gid, 0o700 if is_dir else 0o600
+    if len(rel) == 2 or (len(rel) == 3 and rel[2] in _DAEMON_FILES):
+        gid = daemon_gid
+    if is_dir:
+        return uid, gid, 0o700
+    if len(rel) >= 3 and rel[-1].startswith("dovecot-uidvalidity."):
+        return uid, gid, 0o444  # Dovecot's empty marker file
+    return uid, gid, 0o600
+
+
+def _open_root(s, section, create):
+    """A descriptor of the section's root directory.  An operator's links in
+    the configured path are followed, but the directory must belong to its
+    service account (root for acmetool's state): a mailbox root that vmail
+    swapped for a link to a root-owned directory is refused."""
+    path = _section_root(s, section)
+    uid, gid, mode = _root_owner(s, section)
     try:
-        sa, sb = os.lstat(a), os.lstat(b)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return False
-    if not (stat.S_ISREG(sa.st_mode) and stat.S_ISREG(sb.st_mode)) or sa.st_size != sb.st_size:
-        return False
-    return _digest(a) == _digest(b)
+        if not create:
+            return None
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        os.mkdir(path, 0o700)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+    except NotADirectoryError:
+        raise CommandExecutionError(f"{path} is not a directory") from None
+    st = os.fstat(fd)
+    if st.st_uid != uid or stat.S_IMODE(st.st_mode) & 0o002:
+        os.close(fd)
+        owner = _user_name(uid)
+        raise CommandExecutionError(
+            f"{path} ({os.path.realpath(path)}) is not owned by {owner} or is world-writable:"
+            " refusing to write below it"
+        )
+    return fd
 
 
-def _read_bytes(path):
-    """The file's content; None when there is no file (a directory in the way
-    is reported by the plan)."""
+def _user_name(uid):
     try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return None
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
-def _check_dir_chain(root, rel_parts):
-    """Refuse when an existing component below root is not a plain directory."""
-    current = root
-    for part in rel_parts:
-        current = os.path.join(current, part)
+def _walk_dirs(rootfd, parts):
+    """A new descriptor of rootfd/parts (directories only, no link followed);
+    None when a component is missing; _NotDir when one is not a directory."""
+    fd = os.dup(rootfd)
+    try:
+        for part in parts:
+            try:
+                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                os.close(fd)
+                return None
+            except OSError as exc:
+                if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+                    raise _NotDir(part) from None
+                raise
+            os.close(fd)
+            fd = nfd
+    except BaseException:
         try:
-            st = os.lstat(current)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISDIR(st.st_mode):
-            raise CommandExecutionError(f"{current} exists and is not a directory")
+            os.close(fd)
+        except OSError:
+            pass
+        raise
+    return fd
 
 
-def _staging_dir(root):
-    """A private directory on root's filesystem for files before they move in."""
-    parent = os.path.dirname(root)
-    os.makedirs(root, mode=0o700, exist_ok=True)
-    if os.stat(parent).st_dev != os.stat(root).st_dev:
-        parent = root
-    return tempfile.mkdtemp(prefix=".chatmail-import-", dir=parent)
+def _lstat_below(rootfd, parts, display):
+    """lstat of rootfd/parts, None when missing; refuses a path whose
+    directories are not plain directories."""
+    try:
+        fd = _walk_dirs(rootfd, parts[:-1])
+    except _NotDir:
+        raise CommandExecutionError(
+            f"{display}: a component exists and is not a directory"
+        ) from None
+    if fd is None:
+        return None
+    try:
+        return os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    finally:
+        os.close(fd)
 
 
-def _plan(arch, s, force):
+_LINK = object()  # a link (or other non-file) where a file was expected
+
+
+def _read_below(rootfd, parts):
+    """Content of the regular file rootfd/parts; None when missing, _LINK
+    when something else (a link, a fifo, a directory) is there.  Nothing is
+    followed and nothing blocks."""
+    try:
+        dirfd = _walk_dirs(rootfd, parts[:-1])
+    except _NotDir:
+        return _LINK
+    if dirfd is None:
+        return None
+    try:
+        fd = os.open(parts[-1], _READ_FLAGS, dir_fd=dirfd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            return _LINK
+        raise
+    finally:
+        os.close(dirfd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return _LINK
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _same_at(src_dirfd, dst_dirfd, name):
+    """Whether two directory entries are regular files with equal content."""
+    fds = []
+    try:
+        for dirfd in (src_dirfd, dst_dirfd):
+            try:
+                fds.append(os.open(name, _READ_FLAGS, dir_fd=dirfd))
+            except OSError:
+                return False
+        sts = [os.fstat(fd) for fd in fds]
+        if not all(stat.S_ISREG(st.st_mode) for st in sts) or sts[0].st_size != sts[1].st_size:
+            return False
+        digests = []
+        for fd in fds:
+            h = hashlib.sha256()
+            while chunk := os.read(fd, 1 << 20):
+                h.update(chunk)
+            digests.append(h.digest())
+        return digests[0] == digests[1]
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _plan(arch, s, roots, force):
     """Conflicts that stop the import, and what changes (before any write)."""
     conflicts = []
     replaced_keys = []
@@ -754,59 +996,96 @@ def _plan(arch, s, force):
                 raise CommandExecutionError(
                     f"{arch.path}: {name} is no private key: {exc}"
                 ) from None
-            current = _read_bytes(os.path.join(s["dkim_dir"], parts[1]))
+            current = _read_below(roots["dkim"], parts[1:]) if roots.get("dkim") else None
             if current is not None and current != data:
                 replaced_keys.append(parts[1])
-        else:
-            target = os.path.join(s["mailboxes_dir"], *parts[1:])
-            current = _read_bytes(target)
-            if current is not None and current != data and not force:
+        elif roots.get("mail") is not None:
+            current = _read_below(roots["mail"], parts[1:])
+            if current is _LINK:
+                conflicts.append(f"account {parts[2]}: its password file here is not a file")
+            elif current is not None and current != data and not force:
                 conflicts.append(
                     f"account {parts[2]} exists here with a different password "
                     "(force=True replaces it)"
                 )
     accounts = {"new": 0, "existing": 0}
     for section, rel, member in arch.members:
-        root = _section_root(s, section)
-        target = os.path.join(root, *rel)
-        _check_dir_chain(root, rel[:-1] if not member.isdir() else rel)
-        if not member.isdir() and os.path.isdir(target) and not os.path.islink(target):
+        rootfd = roots.get(section)
+        if rootfd is None:
+            if section == "mail" and len(rel) == 2:
+                accounts["new"] += 1
+            continue
+        target = os.path.join(_section_root(s, section), *rel)
+        st = _lstat_below(rootfd, rel, target)
+        if st is None:
+            if section == "mail" and len(rel) == 2:
+                accounts["new"] += 1
+            continue
+        if member.isdir() and not stat.S_ISDIR(st.st_mode):
+            raise CommandExecutionError(f"{target} exists and is not a directory")
+        if not member.isdir() and stat.S_ISDIR(st.st_mode):
             conflicts.append(f"{target} is a directory here, a file in the archive")
         if section == "mail" and len(rel) == 2:
-            accounts["existing" if os.path.isdir(target) else "new"] += 1
+            accounts["existing"] += 1
     return conflicts, replaced_keys, accounts
 
 
-def _section_root(s, section):
-    return {
-        "dkim": s["dkim_dir"],
-        "mail": s["mailboxes_dir"],
-        "state": s["state_dir"],
-        "acme": s["acme_dir"],
-    }[section]
+class _Stage:
+    """A private directory (root, 0700) inside a section's root, written
+    only through descriptors; dirfd() opens its subdirectories without
+    following links and keeps a few open."""
+
+    def __init__(self, rootfd, root_path):
+        self.rootfd = rootfd
+        self.name = f".chatmail-import-{secrets.token_hex(8)}"
+        self.path = os.path.join(root_path, self.name)
+        os.mkdir(self.name, 0o700, dir_fd=rootfd)
+        self.fd = os.open(self.name, _DIR_FLAGS, dir_fd=rootfd)
+        st = os.fstat(self.fd)
+        if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+            os.close(self.fd)
+            raise CommandExecutionError(f"{self.path}: staging directory was tampered with")
+        self._open = {}
+
+    def dirfd(self, parts):
+        parts = tuple(parts)
+        if not parts:
+            return self.fd
+        if parts in self._open:
+            return self._open[parts]
+        parent = self.dirfd(parts[:-1])
+        fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
+        self.keep(parts, fd)
+        return fd
+
+    def keep(self, parts, fd):
+        if len(self._open) >= 64:
+            for key in sorted(self._open, key=len, reverse=True)[:32]:
+                os.close(self._open.pop(key))
+        self._open[tuple(parts)] = fd
+
+    def close(self):
+        for fd in self._open.values():
+            os.close(fd)
+        self._open = {}
+        try:
+            for name in os.listdir(self.fd):
+                shutil.rmtree(name, dir_fd=self.fd, ignore_errors=True)
+                try:
+                    os.unlink(name, dir_fd=self.fd)
+                except OSError:
+                    pass
+        finally:
+            os.close(self.fd)
+        try:
+            os.rmdir(self.name, dir_fd=self.rootfd)
+        except OSError:
+            pass
 
 
-def _owner(s, section, member):
-    """uid, gid and mode for a member: the local service accounts, never the
-    archive's numbers; permission bits only (no setuid/setgid/sticky)."""
-    if section == "dkim":
-        uid, gid = s["_dkim_ids"]
-        return uid, gid, 0o600
-    if section == "acme":
-        uid, gid = s["_acme_ids"]
-    else:
-        uid, gid = s["_vmail_ids"]
-        # account directories and password files belong to group dovecot
-        if member.gname == "dovecot":
-            gid = _gid("dovecot", gid)
-    mode = member.mode & 0o777
-    if member.isdir():
-        mode |= 0o700  # the owner can always enter its own directories
-    return uid, gid, mode
-
-
-def _stage(arch, s, stages):
-    """Write every member below its section's staging directory."""
+def _stage(arch, s, roots, stages):
+    """Write every member below its section's staging directory, with the
+    mode and owner the tree's rules give it."""
     with tarfile.open(arch.path, mode="r:gz") as tar:
         members = {"/".join([section, *rel]): (section, rel) for section, rel, _m in arch.members}
         dir_times = []
@@ -816,79 +1095,106 @@ def _stage(arch, s, stages):
                 continue
             section, rel = members[key]
             if section not in stages:
-                stages[section] = _staging_dir(_section_root(s, section))
-            dest = os.path.join(stages[section], *rel)
-            os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
-            uid, gid, mode = _owner(s, section, member)
+                if roots.get(section) is None:
+                    roots[section] = _open_root(s, section, create=True)
+                stages[section] = _Stage(roots[section], _section_root(s, section))
+            stage = stages[section]
+            parent = stage.dirfd(rel[:-1])
+            name = rel[-1]
+            uid, gid, mode = _rule(s, section, rel, member.isdir())
             if member.isdir():
-                os.makedirs(dest, mode=0o700, exist_ok=True)
-                os.chmod(dest, mode)
-                dir_times.append((dest, member.mtime))
+                os.mkdir(name, 0o700, dir_fd=parent)
+                fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+                os.fchown(fd, uid, gid)
+                os.fchmod(fd, mode)
+                stage.keep(rel, fd)
+                dir_times.append((section, rel, member.mtime))
             elif member.issym():
-                os.symlink(member.linkname, dest)
-                os.lchown(dest, uid, gid)
-                continue
+                os.symlink(member.linkname, name, dir_fd=parent)
+                os.chown(name, uid, gid, dir_fd=parent, follow_symlinks=False)
             else:
-                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                fd = os.open(name, flags, 0o600, dir_fd=parent)
                 with os.fdopen(fd, "wb") as out:
                     shutil.copyfileobj(tar.extractfile(member), out)
                     out.flush()
-                    os.fsync(out.fileno())
-                os.chmod(dest, mode)
-                os.utime(dest, (member.mtime, member.mtime))
-            os.chown(dest, uid, gid)
-        for dest, mtime in reversed(dir_times):
-            os.utime(dest, (mtime, mtime))
+                    os.fsync(fd)
+                    os.fchown(fd, uid, gid)
+                    os.fchmod(fd, mode)
+                    os.utime(fd, (member.mtime, member.mtime))
+        for section, rel, mtime in reversed(dir_times):
+            parent = stages[section].dirfd(rel[:-1])
+            os.utime(rel[-1], (mtime, mtime), dir_fd=parent, follow_symlinks=False)
 
 
-def _merge(src, dst, force, report):
-    """Move the staged tree src into dst: new entries move in whole; files
-    that differ keep the host's version unless force (passwords were checked
-    in the plan)."""
+def _merge(src_dirfd, dst_dirfd, name, display, force, report):
+    """Move the staged entry src_dirfd/name to dst_dirfd/name: new entries
+    move in whole; files that differ keep the host's version unless force
+    (passwords were checked in the plan).  Only descriptors, no link followed."""
     try:
-        dst_st = os.lstat(dst)
+        dst_st = os.stat(name, dir_fd=dst_dirfd, follow_symlinks=False)
     except FileNotFoundError:
-        os.rename(src, dst)
+        os.rename(name, name, src_dir_fd=src_dirfd, dst_dir_fd=dst_dirfd)
         report["added"] += 1
         return
-    src_st = os.lstat(src)
+    src_st = os.stat(name, dir_fd=src_dirfd, follow_symlinks=False)
     if stat.S_ISDIR(src_st.st_mode) and stat.S_ISDIR(dst_st.st_mode):
-        for name in sorted(os.listdir(src)):
-            _merge(os.path.join(src, name), os.path.join(dst, name), force, report)
+        sfd = os.open(name, _DIR_FLAGS, dir_fd=src_dirfd)
+        try:
+            try:
+                dfd = os.open(name, _DIR_FLAGS, dir_fd=dst_dirfd)
+            except OSError:
+                raise CommandExecutionError(f"{display} changed during the import") from None
+            try:
+                for child in sorted(os.listdir(sfd)):
+                    _merge(sfd, dfd, child, os.path.join(display, child), force, report)
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(sfd)
         return
     if stat.S_ISLNK(src_st.st_mode) and stat.S_ISLNK(dst_st.st_mode):
-        if os.readlink(src) == os.readlink(dst):
+        if os.readlink(name, dir_fd=src_dirfd) == os.readlink(name, dir_fd=dst_dirfd):
             report["same"] += 1
             return
-    elif _same_file(src, dst):
+    elif _same_at(src_dirfd, dst_dirfd, name):
         report["same"] += 1
         return
     if stat.S_ISDIR(dst_st.st_mode) or stat.S_ISDIR(src_st.st_mode):
-        raise CommandExecutionError(f"{dst}: a file and a directory of the same name")
+        raise CommandExecutionError(f"{display}: a file and a directory of the same name")
     if force:
-        os.replace(src, dst)
-        report["replaced"].append(dst)
+        os.replace(name, name, src_dir_fd=src_dirfd, dst_dir_fd=dst_dirfd)
+        report["replaced"].append(display)
     else:
-        report["kept"].append(dst)
+        report["kept"].append(display)
 
 
-def _install_keys(stage, s, replaced, result):
+def _install_keys(stage, rootfd, s, replaced, result):
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    for name in sorted(os.listdir(stage)):
-        src, dst = os.path.join(stage, name), os.path.join(s["dkim_dir"], name)
+    for name in sorted(os.listdir(stage.fd)):
+        dst = os.path.join(s["dkim_dir"], name)
         if name in replaced:
-            backup = f"{dst}.replaced-{stamp}"
-            os.link(dst, backup)
-            os.replace(src, dst)
-            result["dkim"]["replaced"].append({"key": dst, "previous": backup})
-        elif os.path.lexists(dst):
-            uid, gid = s["_dkim_ids"]
-            os.chown(dst, uid, gid)
-            os.chmod(dst, 0o600)
-            result["dkim"]["same"].append(dst)
-        else:
-            os.rename(src, dst)
+            backup = f"{name}.replaced-{stamp}"
+            # the entry itself (a link stays a link), never what it points at
+            os.link(name, backup, src_dir_fd=rootfd, dst_dir_fd=rootfd, follow_symlinks=False)
+            os.replace(name, name, src_dir_fd=stage.fd, dst_dir_fd=rootfd)
+            result["dkim"]["replaced"].append(
+                {"key": dst, "previous": os.path.join(s["dkim_dir"], backup)}
+            )
+            continue
+        try:
+            fd = os.open(name, _READ_FLAGS, dir_fd=rootfd)
+        except FileNotFoundError:
+            os.rename(name, name, src_dir_fd=stage.fd, dst_dir_fd=rootfd)
             result["dkim"]["added"].append(dst)
+            continue
+        try:
+            uid, gid = s["_dkim_ids"]
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+        result["dkim"]["same"].append(dst)
 
 
 def _restart(units):
@@ -942,47 +1248,46 @@ def import_(path, force=False, reload=True, **kwargs):
     s["_vmail_ids"] = _ids(s["vmail_user"])
     s["_dkim_ids"] = _ids(s["dkim_user"]) if any(x[0] == "dkim" for x in arch.members) else None
     s["_acme_ids"] = _ids(s["acme_user"])
-    conflicts, replaced_keys, accounts = _plan(arch, s, force)
-    if conflicts:
-        raise CommandExecutionError(
-            f"{arch.path}: not imported, nothing changed:\n- " + "\n- ".join(conflicts)
-        )
-
+    s["_dovecot_gid"] = _gid("dovecot", s["_vmail_ids"][1])
+    sections = {x[0] for x in arch.members}
+    roots = {}
     stages = {}
     try:
-        _stage(arch, s, stages)
-    except BaseException as exc:
-        for stage in stages.values():
-            shutil.rmtree(stage, ignore_errors=True)
-        if isinstance(exc, OSError):
+        for section in sorted(sections):
+            roots[section] = _open_root(s, section, create=False)
+        conflicts, replaced_keys, accounts = _plan(arch, s, roots, force)
+        if conflicts:
+            raise CommandExecutionError(
+                f"{arch.path}: not imported, nothing changed:\n- " + "\n- ".join(conflicts)
+            )
+        try:
+            _stage(arch, s, roots, stages)
+        except OSError as exc:
             raise CommandExecutionError(
                 f"staging the import failed, nothing changed: {exc}"
             ) from None
-        raise
 
-    result = {
-        "domains": sorted(arch.manifest["domains"]),
-        "dkim": {"added": [], "same": [], "replaced": []},
-    }
-    try:
+        result = {
+            "domains": sorted(arch.manifest["domains"]),
+            "dkim": {"added": [], "same": [], "replaced": []},
+        }
         if "dkim" in stages:
-            _install_keys(stages["dkim"], s, replaced_keys, result)
+            _install_keys(stages["dkim"], roots["dkim"], s, replaced_keys, result)
         for section in ("mail", "state", "acme"):
             if section not in stages:
                 continue
             report = {"added": 0, "same": 0, "replaced": [], "kept": []}
+            stage = stages[section]
             root = _section_root(s, section)
-            for name in sorted(os.listdir(stages[section])):
-                _merge(
-                    os.path.join(stages[section], name),
-                    os.path.join(root, name),
-                    force,
-                    report,
-                )
+            for name in sorted(os.listdir(stage.fd)):
+                _merge(stage.fd, roots[section], name, os.path.join(root, name), force, report)
             result[section] = report
     finally:
         for stage in stages.values():
-            shutil.rmtree(stage, ignore_errors=True)
+            stage.close()
+        for fd in roots.values():
+            if fd is not None:
+                os.close(fd)
 
     result["accounts"] = accounts
     units = []

@@ -10,25 +10,13 @@ BENCHMARKS.md as it is.
 """
 
 import datetime
-import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
+from bench import machine
+
 HERE = Path(__file__).resolve().parent
-
-
-def machine() -> str:
-    cpu = "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.node()}: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
 def main(argv: list[str]) -> int:

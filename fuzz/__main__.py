@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
-import os
-import platform
 import sys
 from pathlib import Path
 
@@ -24,19 +22,8 @@ for path in (ROOT, ROOT / "chatmaild" / "src"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from bench import machine  # noqa: E402
 from fuzz.targets import TARGETS, run_target  # noqa: E402
-
-
-def machine() -> str:
-    cpu = "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores (nproc), {cpu}, Python {platform.python_version()}"
 
 
 def main(argv: list[str]) -> int:

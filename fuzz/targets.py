@@ -211,18 +211,10 @@ ADDR_CHARS = list("abc019._-+/@\\\"'\t\n\r\x00\x01 %![]:") + ["ä", "і", ".."]
 field_text = st.lists(st.sampled_from(ADDR_CHARS), max_size=16).map("".join)
 
 
-def _escape(text: str) -> str:
-    return (
-        text.replace("\001", "\0011")
-        .replace("\t", "\001t")
-        .replace("\r", "\001r")
-        .replace("\n", "\001n")
-        .replace("\0", "\0010")
-    )
-
-
 @st.composite
 def dict_lines(draw) -> list[bytes]:
+    from chatmaild.dictproxy import tabescape
+
     lines = []
     for _ in range(draw(st.integers(1, 4))):
         kind = draw(st.sampled_from(["passdb", "userdb", "iterate", "raw", "txn"]))
@@ -235,9 +227,9 @@ def dict_lines(draw) -> list[bytes]:
             pw = draw(field_text)
             quoted = pw.replace("\\", "\\\\").replace('"', '\\"')
             key = f'shared/passdb/{quoted}"{addr}'
-            lines.append(f"L{_escape(key)}\t{_escape(addr)}".encode())
+            lines.append(f"L{tabescape(key)}\t{tabescape(addr)}".encode())
         elif kind == "userdb":
-            lines.append(f"Lshared/userdb/{_escape(addr)}\t{_escape(addr)}".encode())
+            lines.append(f"Lshared/userdb/{tabescape(addr)}\t{tabescape(addr)}".encode())
         elif kind == "iterate":
             lines.append(f"I{draw(st.integers(0, 63))}\t0\tshared/userdb/\t".encode())
         elif kind == "txn":

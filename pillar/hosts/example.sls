@@ -51,48 +51,93 @@ chatmail:
     web:
       title: ''                 # web page title; empty: the domain
 
-  # chatmaild [params] (names as in chatmail/relay's chatmail.ini).
+  # chatmaild [params] (names as in chatmail/relay's chatmail.ini); keys
+  # marked "per domain" may also be set below chatmail:domains:<domain>.
+  # --- params: generated from chatmaild/src/chatmaild/params.json (./cmsalt docs)
   params:
-    max_user_send_per_minute: 60        # per domain
-    max_user_send_burst_size: 10        # per domain
-    max_mailbox_size: 500M              # per domain; dovecot quota
-    max_message_size: 31457280          # bytes, postfix message_size_limit
-    delete_mails_after: 20              # per domain; days
-    delete_large_after: 7               # per domain; days, messages > 200 kB
-    delete_inactive_users_after: 90     # per domain; days without login
-    username_min_length: 9              # per domain
-    username_max_length: 9              # per domain
-    password_min_length: 9              # per domain
-    passthrough_senders: []             # per domain; may send cleartext
-    passthrough_recipients: []          # per domain; may receive cleartext (empty: echo@<domain>)
-    filtermail_smtp_port: 10080         # 127.0.0.1 port of filtermail outgoing
+    # per domain; mails a user may send per minute, on average (0: no limit)
+    max_user_send_per_minute: 60
+    # per domain; mails a user may send at once before the per-minute rate applies
+    max_user_send_burst_size: 10
+    # per domain; quota of a mailbox; the oldest mail (older than a day) goes first when it fills
+    max_mailbox_size: 500M
+    # largest message in bytes (SMTP SIZE, Dovecot quota_max_mail_size, the web page)
+    max_message_size: 31457280
+    # per domain; days after which every message is deleted
+    delete_mails_after: 20
+    # per domain; days after which messages larger than 200 kB are deleted
+    delete_large_after: 7
+    # per domain; days without a login after which an account and its mail are deleted
+    delete_inactive_users_after: 90
+    # per domain; shortest localpart an account may be created with
+    username_min_length: 9
+    # per domain; longest localpart an account may be created with
+    username_max_length: 9
+    # per domain; shortest password an account may be created with
+    password_min_length: 9
+    # per domain; addresses (or @domain) that may send cleartext
+    passthrough_senders: []
+    # per domain; addresses (or @domain) that may receive cleartext from this relay's users
+    passthrough_recipients: []
+    # 127.0.0.1 port of filtermail outgoing (Postfix's smtpd_proxy_filter for submission)
+    filtermail_smtp_port: 10080
+    # 127.0.0.1 port of filtermail incoming (for port 25)
     filtermail_smtp_port_incoming: 10081
+    # 127.0.0.1 port where filtermail outgoing hands checked mail back to Postfix
     postfix_reinject_port: 10025
+    # 127.0.0.1 port where filtermail incoming hands checked mail back to Postfix
     postfix_reinject_port_incoming: 10026
-    filtermail_dkim_check: true         # refuse incoming mail without aligned DKIM
-    mailboxes_dir: /home/vmail/mail     # <mailboxes_dir>/<domain>/<address>/
+    # refuse incoming mail without a valid DKIM signature aligned with From:
+    filtermail_dkim_check: true
+    # seconds of DNS lookups (DKIM keys) one incoming message may take; then 451 (Postfix's proxy timeout must stay above it)
+    filtermail_dkim_dns_budget: 10.0
+    # mailboxes live in <mailboxes_dir>/<domain>/<address>/
+    mailboxes_dir: /home/vmail/mail
+    # state of the daemons (push queue)
     state_dir: /var/lib/chatmaild
-    nocreate_file: /etc/chatmail-nocreate   # while it exists no account is created
-    metrics_dir: /var/lib/chatmail-metrics  # the daemons' counters as Prometheus text files (chatmail:metrics)
-    max_load_1m: 5                      # no account creation above this load
+    # while this file exists no account is created (existing ones keep working)
+    nocreate_file: /etc/chatmail-nocreate
+    # no account is created while the 1-minute load average is above this
+    max_load_1m: 5
+    # no account is created while less memory than this is available
     min_available_memory: 200M
+    # no account is created while the mailbox filesystem has less free space than this
     min_free_disk_space: 1G
+    # concurrent IMAP connections (Dovecot's imap process limit)
     max_imap_connections: 10000
+    # concurrent SMTP connections per submission port (Postfix's process limit)
     max_smtp_connections: 1000
+    # recipients per message; advertised to clients as maxsmtprecipients
     max_smtp_recipients: 1000
+    # where push notification requests go
     push_notification_url: https://notifications.delta.chat/notify
+    # days after which a device token that was not renewed is forgotten
     push_token_expiry_days: 90
+    # how long a failing push request is retried
     push_retry_max_seconds: 3600
-    turn_server: ''                     # per domain
-    turn_secret: ''                     # per domain
+    # per domain; TURN server host[:port] handed to clients with time-limited credentials (empty: none)
+    turn_server: ''
+    # per domain; the TURN server's shared secret (REST API) for those credentials
+    turn_secret: ''
+    # listen on IPv4 only
     disable_ipv6: false
-    acme_email: ''                      # per domain; Let's Encrypt account contact
+    # per domain; contact address of the ACME (Let's Encrypt) account
+    acme_email: ''
+    # the daemons write their counters to <metrics_dir>/<daemon>.prom (Prometheus text files, read by the node exporter of chatmail:metrics); empty or a missing directory: no export
+    metrics_dir: /var/lib/chatmail-metrics
+    # log every IMAP session's protocol to files in the mailbox (debugging only)
     imap_rawlog: false
+    # offer IMAP COMPRESS (keeps sessions from hibernating)
     imap_compress: false
-    privacy_postal: ''                  # per domain; shown on the privacy page
-    privacy_mail: ''                    # per domain
-    privacy_pdo: ''                     # per domain
-    privacy_supervisor: ''              # per domain
+    # per domain; postal address of the operator, shown on the privacy page
+    privacy_postal: ''
+    # per domain; contact address of the operator, shown on the privacy page
+    privacy_mail: ''
+    # per domain; data protection officer, shown on the privacy page
+    privacy_pdo: ''
+    # per domain; supervisory authority, shown on the privacy page
+    privacy_supervisor: ''
+  # --- end of params
 
   # Private CA for domains in tls mode "ca": the host issues each such
   # domain a certificate (SANs: domain, mta-sts.<domain>, www.<domain>) into
@@ -138,6 +183,11 @@ chatmail:
   limits:
     imap_max_userip_connections: 20      # concurrent IMAP connections per account and IP
     imap_login_rate_per_minute: 60       # new IMAP connections per client IP and minute
+    login_failures_per_account_and_ip: 5  # failed IMAP/SMTP logins of one address from one IP,
+    login_failures_per_ip: 20            # or of any addresses from one IP, brake further
+    login_failure_window: 600            # logins for this many seconds (temporary error)
+    new_account_rate_per_minute: 20      # POST /new per client IP (nginx limit_req, 429)
+    new_account_burst: 10
     smtp_connection_rate_per_minute: 60  # new SMTP connections per client IP and minute
     smtp_max_connections_per_client: 100
     queue_lifetime: 5d                   # postfix maximal_queue_lifetime
@@ -178,6 +228,11 @@ chatmail:
     status_interval: 10min     # certificate expiry, DNS check, services
     public: false              # https://<domain>/metrics: that domain's account total only
 
+  # Thresholds of the on-demand health check: salt-call state.apply chatmail.status
+  status:
+    days_left: 14         # a certificate (served or on disk) expiring sooner is a problem
+    max_disk_percent: 90  # a mailbox filesystem fuller than this is a problem
+
   # !!! BENCHMARKS AND TESTS ONLY -- NEVER ON A RELAY IN SERVICE !!!
   # filtermail_bypass: true makes Postfix submission (ports 587 and 465) hand
   # mail straight to cleanup instead of through filtermail, so nothing checks
@@ -204,6 +259,7 @@ chatmail:
       metrics: [prometheus-node-exporter, prometheus-postfix-exporter, mtail]
     paths:
       config_dir: /etc/chatmail
+      secrets_dir: /etc/chatmail/secrets
       ini: /etc/chatmail/chatmail.ini
       venv: /usr/local/lib/chatmaild
       src_dir: /usr/local/src/chatmaild
@@ -218,6 +274,8 @@ chatmail:
       systemd_dir: /etc/systemd/system
     users:
       vmail: vmail
+      config_group: chatmail
+      metadata_group: chatmail-metadata
     sockets:
       doveauth: /run/doveauth/doveauth.socket
       metadata: /run/chatmail-metadata/metadata.socket

@@ -87,6 +87,10 @@ def test_kill_switch_blocks_creation_only(relay1):
         assert login_fails(relay1, addr, password)
         assert password_file(relay1, addr) is None
         imap_login(relay1.ip, existing, existing_pw).logout()
+        # /new hands out no credentials that could not log in
+        status, _headers, body = https(relay1, "POST", "/new")
+        assert status == 503, body
+        assert json.loads(body) == {"error": "account creation is disabled on this relay"}
     finally:
         relay1.host.exec("rm", "-f", "/etc/chatmail-nocreate")
     imap_login(relay1.ip, addr, password).logout()
@@ -137,6 +141,11 @@ def test_resource_shortage_blocks_creation(relay1, key):
         assert "AUTHENTICATIONFAILED" in login_fails(relay1, addr, password)
         assert password_file(relay1, addr) is None
         imap_login(relay1.ip, existing, existing_pw).logout()
+        if key != "min_free_disk_space":
+            # /new applies the same brakes (the disk one needs the mailbox
+            # path, which its user cannot reach: doveauth applies it)
+            status, _headers, body = https(relay1, "POST", "/new")
+            assert status == 503 and "error" in json.loads(body), body
     finally:
         host.exec("cp", "-p", backup, INI)
         restart_doveauth(relay1, existing, existing_pw)

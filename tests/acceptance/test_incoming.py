@@ -1,5 +1,6 @@
 """Incoming mail on port 25 and relay-to-relay delivery: ACCEPTANCE.md "Incoming mail"."""
 
+import json
 import smtplib
 import subprocess
 import time
@@ -148,6 +149,10 @@ def test_mailer_daemon_bounce_passes(relay1, relay2):
 
 
 def test_bounce_for_unknown_user_reaches_sender(relay1, relay2):
+    """relay2 refuses an unknown recipient in the SMTP session (550 5.1.1 at
+    RCPT): it never bounces to a sender address that may be forged
+    (backscatter).  relay1, the sender's own relay, tells its user, with a
+    DKIM-signed bounce."""
     sender, sender_pw = account(relay1)
     unknown, _ = new_credentials(relay2.domain)
     submit(relay1.ip, sender, sender_pw, [unknown], encrypted_message(sender, unknown))
@@ -155,6 +160,96 @@ def test_bounce_for_unknown_user_reaches_sender(relay1, relay2):
     assert got, "no bounce reached the sender"
     bounce = parse(got[0])
     assert bounce.get_content_type() == "multipart/report"
-    assert unknown in got[0].decode("utf-8", "replace")
-    # it came from relay2 and passed relay1's DKIM check (filtermail incoming)
-    assert bounce["From"] and relay2.domain in bounce["From"]
+    text = got[0].decode("utf-8", "replace")
+    assert unknown in text and "5.1.1" in text
+    assert bounce["From"] and relay1.domain in bounce["From"]
+    refused = journal(relay2, "postfix/smtpd", f"to=<{unknown}>")
+    assert "NOQUEUE: reject: RCPT" in refused and "550 5.1.1" in refused, refused
+    # relay2 made no bounce of its own
+    assert not journal(relay2, "postfix/bounce", unknown, timeout=2)
+
+
+# Other spellings of an account's address.  Before the tree refused them at
+# RCPT, postfix delivered each to the account itself (sub-addressing, or its
+# address rewriting) while filtermail checked the E2EE marker of the spelling
+# it was given: cleartext landed in an INBOX that refuses it.
+SPELLINGS = {
+    "sub-address": "{local}+x@{domain}",
+    "upper case": "{LOCAL}@{DOMAIN}",
+    "trailing dot": "{local}@{domain}.",
+    "quoted": '"{local}"@{domain}',
+    "source route": "@{other}:{local}@{domain}",
+    "percent hack": "{local}%{domain}@{domain}",
+}
+
+
+def spell(form, addr, other):
+    local, domain = addr.split("@")
+    return form.format(
+        local=local, domain=domain, LOCAL=local.upper(), DOMAIN=domain.upper(), other=other
+    )
+
+
+def send_from_host(host, target_ip, mail_from, rcpt, message):
+    """An SMTP session from inside `host` (a relay acting as the sending MTA)
+    to target_ip:25; returns what the client saw at RCPT and at DATA."""
+    script = (
+        "import json, smtplib, ssl, sys\n"
+        "ctx = ssl.create_default_context(); ctx.check_hostname = False\n"
+        "ctx.verify_mode = ssl.CERT_NONE\n"
+        "frm, rcpt, ip = sys.argv[1:4]; msg = sys.stdin.buffer.read()\n"
+        "s = smtplib.SMTP(ip, 25, local_hostname='mx.sender.test', timeout=30)\n"
+        "s.starttls(context=ctx); s.ehlo('mx.sender.test')\n"
+        "out = {'mail': s.mail(frm)[0]}\n"
+        "code, text = s.docmd('RCPT TO:<%s>' % rcpt)\n"
+        "out['rcpt'] = [code, text.decode()]\n"
+        "if code == 250:\n"
+        "    code, text = s.data(msg)\n"
+        "    out['data'] = [code, text.decode()]\n"
+        "s.quit(); print(json.dumps(out))\n"
+    )
+    if isinstance(message, bytes):
+        message = message.decode()
+    proc = host.exec("python3", "-c", script, mail_from, rcpt, target_ip, input=message)
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("form", sorted(SPELLINGS))
+def test_cleartext_to_another_spelling_never_reaches_the_account(relay1, relay2, form):
+    """relay2, acting as the sending MTA, sends relay1's E2EE account a
+    DKIM-signed cleartext mail (signed with relay2's real key) addressed in
+    another spelling: refused in the session (RCPT 501/550 or DATA 523),
+    nothing lands in the account's INBOX and relay1 queues no bounce."""
+    victim, victim_pw = account(relay1)
+    sender, _ = account(relay2)
+    rcpt = spell(SPELLINGS[form], victim, relay2.domain)
+    msg = dkim_sign(
+        sample("plain.eml", from_addr=sender, to_addr=rcpt),
+        relay2.domain,
+        dkim_private_key(relay2),
+    )
+    got = send_from_host(relay2.host, relay1.ip, sender, rcpt, msg)
+    if form == "upper case":
+        # the plain form in capitals is the account itself: filtermail's
+        # E2EE check and dovecot both compare in lower case
+        assert got["rcpt"][0] == 250, got
+        assert got["data"][0] == 523, got
+    else:
+        assert got["rcpt"][0] in (501, 550), got
+        assert "data" not in got
+    assert wait_messages(relay1, victim, victim_pw, count=1, timeout=5) == []
+    queued = relay1.host.exec("postqueue", "-j").stdout
+    assert victim not in queued and sender not in queued, queued
+
+
+@pytest.mark.parametrize("form", sorted(SPELLINGS))
+def test_cleartext_submission_to_another_spelling_is_refused(relay1, form):
+    """The same spellings on submission: a relay1 user cannot send cleartext
+    to any form of a local E2EE account either."""
+    victim, victim_pw = account(relay1)
+    sender, sender_pw = account(relay1)
+    rcpt = spell(SPELLINGS[form], victim, relay1.domain)
+    msg = sample("plain.eml", from_addr=sender, to_addr=rcpt)
+    with pytest.raises((smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError)):
+        submit(relay1.ip, sender, sender_pw, [rcpt], msg)
+    assert wait_messages(relay1, victim, victim_pw, count=1, timeout=5) == []

@@ -21,6 +21,9 @@ pytestmark = [pytest.mark.hosts, pytest.mark.acceptance]
 DAY = 86400
 MB = 1024 * 1024
 QUOTA_WARNING = "/usr/local/bin/chatmail-quota-warning"
+# as the relay runs these: uid vmail with the group that may read chatmail.ini
+# (dovecot's extra_groups, the units' SupplementaryGroups)
+VMAIL = "vmail:chatmail"
 
 
 def put_message(relay, folder_dir, name, size, age_days):
@@ -54,7 +57,7 @@ def test_expiry_dry_run_then_remove(relay1):
     relay1.host.exec("touch", "-d", f"@{int(time.time() - 100 * DAY)}", f"{gone_home}/password")
 
     expire = f"{VENV_BIN}/chatmail-expire"
-    dry = relay1.host.exec(expire, INI, user="vmail").stdout
+    dry = relay1.host.exec(expire, INI, user=VMAIL).stdout
     for path in (old_small, old_large, sub_old):
         assert path.rsplit("/", 1)[1] in dry, dry
     assert gone_user in dry
@@ -62,7 +65,7 @@ def test_expiry_dry_run_then_remove(relay1):
         assert path.rsplit("/", 1)[1] not in dry
     assert exists(relay1, old_small) and exists(relay1, gone_home)
 
-    relay1.host.exec(expire, INI, "--remove", user="vmail")
+    relay1.host.exec(expire, INI, "--remove", user=VMAIL)
     for path in (old_small, old_large, sub_old):
         assert not exists(relay1, path), path
     for path in (young_small, young_large, sub_young):
@@ -89,7 +92,7 @@ def test_quota_warning_trims_oldest_keeps_young(relay1):
     mb = 1024 * 1024
     old = [put_message(relay1, home, f"{i:02d}.old", mb, 30 - i) for i in range(10)]
     young = [put_message(relay1, home, f"{i:02d}.young", mb, 0.01) for i in range(2)]
-    relay1.host.exec("/usr/local/bin/chatmail-quota-warning", "1", addr, home, user="vmail")
+    relay1.host.exec(QUOTA_WARNING, "1", addr, home, user=VMAIL)
     kept_old = [p for p in old if exists(relay1, p)]
     assert all(exists(relay1, p) for p in young)
     assert 1 <= len(kept_old) <= 3, kept_old
@@ -292,7 +295,7 @@ def test_full_of_young_mail_refuses_until_it_ages_and_daily_expiry_runs(small):
     assert reasons and "4.2.2" in reasons[0] and "Quota exceeded" in reasons[0], reasons
     # the trim the refused attempt started (run here once more, synchronously)
     # leaves young mail alone
-    small.host.exec(QUOTA_WARNING, "70", rcpt, home, user="vmail")
+    small.host.exec(QUOTA_WARNING, "70", rcpt, home, user=VMAIL)
     assert small.existing(young) == young
     assert not small.landed(home, token)
     assert small.percent(rcpt) == 110

@@ -33,6 +33,8 @@ that made it, so reuse is not offered).
 """
 
 import datetime
+import http.client
+import json
 import os
 import socket
 import ssl
@@ -198,6 +200,48 @@ def test_acmetool_state_on_the_host(converged):
     assert converged.exec("systemctl", "is-enabled", "acmetool.timer").stdout.strip() == "enabled"
     mode = converged.sh(f"stat -L -c '%a %U' /var/lib/acme/live/{DOMAIN}/privkey").stdout
     assert mode.strip() == "600 root"
+
+
+def test_hsts_only_for_publicly_trusted_certificates(converged, acme):
+    """Strict-Transport-Security on the acme and external domains (publicly
+    trusted certificates), never on self-signed/CA/IP ones (test_relay.py)."""
+    for name in (DOMAIN, EXT):
+        ctx = ssl.create_default_context(cadata=acme.ca.root_pem)
+        conn = http.client.HTTPConnection(converged.ip, 443, timeout=30)
+        sock = socket.create_connection((converged.ip, 443), timeout=30)
+        conn.sock = ctx.wrap_socket(sock, server_hostname=name)  # verified for the name
+        try:
+            conn.request("GET", "/", headers={"Host": name})
+            resp = conn.getresponse()
+            resp.read()
+        finally:
+            conn.close()
+        assert resp.status == 200, name
+        assert resp.getheader("Strict-Transport-Security") == "max-age=31536000", name
+        assert resp.getheader("Server") == "nginx", name
+
+
+def test_migration_accepts_acmetool_s_real_state(converged):
+    """chatmail_migrate only moves the links acmetool writes: its export of
+    this host's real acmetool state passes the import's checks (inspect),
+    with live/<domain> -> ../certs/<id> and certs/<id>/privkey ->
+    ../../keys/<id>/privkey, and importing it back changes nothing."""
+    archive = "/root/acme-state.tar.gz"
+    converged.exec("rm", "-f", archive)
+    proc = hosts.salt_call(
+        converged, "chatmail_migrate.export", archive, "stop_intake=False", f"domains={DOMAIN}"
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["local"]["acme_files"] > 0
+    proc = hosts.salt_call(converged, "chatmail_migrate.inspect", archive)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    links = converged.sh(f"tar -tvzf {archive} | grep '^l'").stdout
+    assert f"acme/live/{DOMAIN} -> ../certs/" in links, links
+    assert "/privkey -> ../../keys/" in links, links
+    proc = hosts.salt_call(converged, "chatmail_migrate.import", archive)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    acme_report = json.loads(proc.stdout)["local"]["acme"]
+    assert acme_report["added"] == 0 and acme_report["replaced"] == [], acme_report
 
 
 def test_second_highstate_changes_nothing(converged):

@@ -20,14 +20,17 @@ further highstate changes nothing.  Only DNS moves to the new address.
 
 import email
 import imaplib
+import io
 import json
 import re
 import socket
+import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from chatmaild.user import encrypt_password
 
 from tests.harness import hosts
 from tests.harness.docker import docker as docker_cli
@@ -245,6 +248,111 @@ def test_move_relay_keeps_accounts_mail_and_dkim_key(two_hosts):
     assert f"<{new_id}>" in [m["Message-ID"] for m in fetch_inbox(new.ip, bob, bob_pw, 2).values()]
     assert dkim_signed(new, new_id, DOMAIN)
 
+    # --- the moved files have the modes and owners the daemons give them
+    loose = new.sh(
+        f"find {MAILBOXES}/{DOMAIN} /var/lib/chatmaild -perm /7077"
+        " ! -name 'dovecot-uidvalidity.*' -print"
+    ).stdout.split()
+    assert loose == []
+    assert new.exec(
+        "stat", "-c", "%U:%G %a", f"{MAILBOXES}/{DOMAIN}/{bob}", f"{MAILBOXES}/{DOMAIN}/{bob}/cur"
+    ).stdout.split() == ["vmail:dovecot", "700", "vmail:vmail", "700"]
+
+    hostile_archives(new)
+
     final = hosts.converge(new)
     assert final.ok, final.summary()
     assert final.changed == []
+
+
+def tar_gz(members):
+    """A tar.gz of (name, kind, payload, mode) members (kind: file, dir, sym),
+    manifest first."""
+    buf = io.BytesIO()
+    manifest = json.dumps({"format": 1, "domains": {DOMAIN: {}}}).encode()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, kind, payload, mode in [("manifest.json", "file", manifest, 0o600), *members]:
+            info = tarfile.TarInfo(name)
+            info.mode, info.mtime = mode, int(time.time())
+            data = None
+            if kind == "file":
+                data = payload if isinstance(payload, bytes) else payload.encode()
+                info.size = len(data)
+            elif kind == "dir":
+                info.type = tarfile.DIRTYPE
+            else:
+                info.type, info.linkname = tarfile.SYMTYPE, payload
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def put(host, path, data):
+    """Copy bytes to a root-only file on the host."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "file"
+        local.write_bytes(data)
+        docker_cli("cp", str(local), f"{host.name}:{path}")
+    host.exec("chmod", "0600", path)
+
+
+def hostile_archives(host):
+    """Crafted archives against the real relay: chained relative links that
+    each look harmless but together make acme/etc the host's /etc are refused
+    by inspect and import, nothing written; an archive full of 0777/0666 and
+    set-id bits is installed with the relay's own modes, and the account in it
+    logs in (doveauth and Dovecot read what the import wrote)."""
+    chain = [
+        ("acme/l1", "sym", ".", 0o777),
+        ("acme/l2", "sym", "l1/..", 0o777),
+        ("acme/l3", "sym", "l2/..", 0o777),
+        ("acme/l4", "sym", "l3/..", 0o777),
+        ("acme/etc", "sym", "l4/etc", 0o777),
+    ]
+    put(host, "/root/chain.tar.gz", tar_gz(chain))
+    for function in ("chatmail_migrate.inspect", "chatmail_migrate.import"):
+        proc = hosts.salt_call(host, function, "/root/chain.tar.gz")
+        assert proc.returncode != 0
+        assert "not a link acmetool writes" in proc.stdout + proc.stderr
+    assert host.exec("test", "-e", "/var/lib/acme/l1", check=False).returncode != 0
+    assert host.exec("test", "-e", "/var/lib/acme/etc", check=False).returncode != 0
+
+    addr, password = new_credentials(DOMAIN)
+    user = f"mail/{DOMAIN}/{addr}"
+    loose = [
+        (user, "dir", None, 0o1777),
+        (f"{user}/password", "file", encrypt_password(password) + "\n", 0o6666),
+        (f"{user}/enforceE2EEincoming", "file", "", 0o777),
+        (f"{user}/cur", "dir", None, 0o2777),
+        (f"{user}/cur/1700000000.M1P1.x:2,S", "file", "Subject: hi\r\n\r\nhi\r\n", 0o4777),
+        (f"{user}/new", "dir", None, 0o777),
+        (f"{user}/tmp", "dir", None, 0o777),
+    ]
+    put(host, "/root/loose.tar.gz", tar_gz([(f"mail/{DOMAIN}", "dir", None, 0o777), *loose]))
+    salt_call(host, "chatmail_migrate.import", "/root/loose.tar.gz")
+    base = f"{MAILBOXES}/{DOMAIN}"
+    modes = host.exec(
+        "stat",
+        "-c",
+        "%n %U:%G %a",
+        base,
+        f"{base}/{addr}",
+        f"{base}/{addr}/password",
+        f"{base}/{addr}/enforceE2EEincoming",
+        f"{base}/{addr}/cur",
+        f"{base}/{addr}/cur/1700000000.M1P1.x:2,S",
+    ).stdout.splitlines()
+    assert [line.split(" ", 1)[1] for line in modes] == [
+        "vmail:vmail 700",
+        "vmail:dovecot 700",
+        "vmail:dovecot 600",
+        "vmail:dovecot 600",
+        "vmail:vmail 700",
+        "vmail:vmail 600",
+    ]
+    imap = imap_login(host.ip, addr, password)
+    try:
+        imap.select("INBOX")
+        _typ, data = imap.search(None, "ALL")
+        assert len(data[0].split()) == 1
+    finally:
+        imap.logout()

@@ -303,3 +303,424 @@ def test_web_page_and_new_account(relay):
     assert account["email"].endswith("@" + DOMAIN)
     assert account["dclogin_url"].startswith(f"dclogin:{account['email']}?")
     imap_login(relay.ip, account["email"], account["password"]).logout()
+
+
+def mx_rcpt(ip, rcpt):
+    """(code, text) of RCPT TO:<rcpt> on port 25 after STARTTLS."""
+    with smtplib.SMTP(ip, 25, local_hostname="mx.example.org", timeout=30) as smtp:
+        smtp.starttls(context=tls_context())
+        smtp.ehlo("mx.example.org")
+        code, _ = smtp.mail("someone@example.org")
+        assert code == 250
+        return smtp.docmd(f"RCPT TO:<{rcpt}>")
+
+
+# Other spellings of an account's address.  Postfix and dovecot used to deliver
+# the first (sub-address) to the account itself, and postfix rewrites the next
+# three to it, while filtermail looked up the E2EE marker of the form it was
+# given: cleartext reached an account that refuses it.
+NON_CANONICAL = [
+    "{local}+x@{domain}",
+    "{local}@{domain}.",
+    '"{local}"@{domain}',
+    "@{domain}:{local}@{domain}",
+    "{local}%{domain}@{domain}",
+]
+
+
+@pytest.mark.parametrize("form", NON_CANONICAL)
+def test_port25_refuses_other_spellings_of_an_account_at_rcpt(relay, form):
+    victim, victim_pw = new_credentials()
+    imap_login(relay.ip, victim, victim_pw).logout()
+    local, domain = victim.split("@")
+    code, text = mx_rcpt(relay.ip, form.format(local=local, domain=domain))
+    assert code == 501 and b"5.1.3" in text, (code, text)
+
+
+def test_port25_refuses_unknown_recipients_at_rcpt_and_queues_nothing(relay):
+    """No bounce to a sender address that may be forged (backscatter): an
+    address that is no account is refused in the session."""
+    unknown, _ = new_credentials()
+    before = relay.exec("postqueue", "-j").stdout.count("\n")
+    code, text = mx_rcpt(relay.ip, unknown)
+    assert code == 550 and b"5.1.1" in text, (code, text)
+    # an IP literal of the host is no chatmail domain here
+    code, text = mx_rcpt(relay.ip, f"{unknown.split('@')[0]}@[{relay.ip}]")
+    assert code == 550, (code, text)
+    assert relay.exec("postqueue", "-j").stdout.count("\n") <= before
+
+
+def test_port25_accepts_an_account_in_any_case(relay):
+    """The plain form passes RCPT (case does not matter: dovecot and filtermail
+    compare in lower case, so the E2EE check and delivery agree)."""
+    victim, victim_pw = new_credentials()
+    imap_login(relay.ip, victim, victim_pw).logout()
+    for rcpt in (victim, victim.upper()):
+        code, text = mx_rcpt(relay.ip, rcpt)
+        assert code == 250, (rcpt, code, text)
+
+
+def test_no_sub_addressing_in_postfix_and_dovecot(relay):
+    assert relay.exec("postconf", "-h", "recipient_delimiter").stdout.strip() == ""
+    assert relay.exec("doveconf", "-h", "recipient_delimiter").stdout.strip() == ""
+
+
+INI = "/etc/chatmail/chatmail.ini"
+
+
+def journal_since(host, cursor_file, grep):
+    return host.sh(
+        f'journalctl --no-pager -o cat --after-cursor="$(cat {cursor_file})"'
+        f" | grep -F -- '{grep}'",
+        check=False,
+    ).stdout
+
+
+def mark(host, cursor_file):
+    host.sh("journalctl -n0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p' > " + cursor_file)
+
+
+def test_chatmail_ini_is_readable_only_by_its_readers(relay):
+    """chatmail.ini is root:chatmail 0640; nginx's workers (www-data), vmail's
+    other processes and anyone else cannot read it, its readers still do:
+    the daemons (test_service_active), the daily oneshots, /new under
+    fcgiwrap (test_web_page_and_new_account) and dovecot's quota-warning
+    script."""
+    assert relay.exec("stat", "-c", "%a %U %G", INI).stdout.split() == ["640", "root", "chatmail"]
+    for user in ("www-data", "vmail", "nobody"):
+        proc = relay.exec("runuser", "-u", user, "--", "head", "-c1", INI, check=False)
+        assert proc.returncode != 0 and "Permission denied" in proc.stderr, user
+    for unit in ("chatmail-expire.service", "chatmail-fsreport.service"):
+        proc = relay.exec("systemctl", "start", unit, check=False)
+        log = relay.exec("journalctl", "--no-pager", "-n", "30", "-u", unit).stdout
+        assert proc.returncode == 0, log
+    # dovecot runs the quota-warning script as vmail with the group; poke its
+    # listener the way the quota plugin does (script protocol 4) for an
+    # address the relay does not serve: the script reads chatmail.ini and
+    # says so, instead of failing to open it
+    mark(relay, "/root/cur")
+    poke = (
+        "import socket; s = socket.socket(socket.AF_UNIX); "
+        "s.connect('/run/dovecot/quota-warning'); "
+        "s.sendall(b'VERSION\\tscript\\t4\\t0\\nnoreply\\n70\\nnobody@not-served.example\\n\\n'); "
+        "s.close()"
+    )
+    relay.exec("runuser", "-u", "vmail", "--", "python3", "-c", poke)
+    for _ in range(30):
+        if journal_since(relay, "/root/cur", "is not served here"):
+            break
+        time.sleep(0.5)
+    assert journal_since(relay, "/root/cur", "is not served here")
+    assert not journal_since(relay, "/root/cur", "PermissionError")
+
+
+def metadata_value(imap, entry):
+    imaplib.Commands.setdefault("GETMETADATA", ("AUTH", "SELECTED"))
+    typ, data = imap._simple_command("GETMETADATA", f'"" {entry}')
+    assert typ == "OK", data
+    flat = []
+    for item in imap._untagged_response(typ, data, "METADATA")[1]:
+        flat.extend(item if isinstance(item, tuple) else [item])
+    return b" ".join(x for x in flat if x).decode()
+
+
+def test_turn_secret_is_kept_from_everyone_but_chatmail_metadata(relay):
+    """The TURN secret is in no file the other daemons, nginx or fcgiwrap can
+    read (not in chatmail.ini, not in a unit, not in the highstate output);
+    chatmail-metadata, the only daemon with the secrets' group, derives the
+    credentials it advertises from it."""
+    import base64
+    import hashlib
+    import hmac
+
+    rnd = random.SystemRandom()
+    secret = "turn-" + "".join(rnd.choice(string.ascii_letters) for _ in range(24))
+    path = f"/etc/chatmail/secrets/turn_secret.{DOMAIN}"
+    override = {
+        "chatmail": {"domains": {DOMAIN: {"turn_server": "turn.chat1.test", "turn_secret": secret}}}
+    }
+    try:
+        result = hosts.converge(relay, pillar_override=override)
+        assert result.ok, result.summary()
+        assert secret not in result.stdout + result.stderr
+        assert relay.exec("stat", "-c", "%a %U %G", path).stdout.split() == [
+            "640",
+            "root",
+            "chatmail-metadata",
+        ]
+        holders = relay.sh(
+            f"grep -rlF -- '{secret}' /etc /usr/local/lib/chatmail-cgi /run 2>/dev/null",
+            check=False,
+        ).stdout.split()
+        assert holders == [path]
+        assert f"turn_secret_file = {path}" in relay.exec("cat", INI).stdout
+        for user in ("vmail", "www-data", "opendkim"):
+            assert relay.exec("runuser", "-u", user, "--", "cat", path, check=False).returncode != 0
+        gid = relay.exec("getent", "group", "chatmail-metadata").stdout.split(":")[2]
+        for unit, has in (("chatmail-metadata", True), ("doveauth", False), ("filtermail", False)):
+            status = relay.exec("cat", f"/proc/{_main_pid(relay, unit)}/status").stdout
+            groups = re.search(r"^Groups:\s*(.*)$", status, re.M).group(1).split()
+            assert (gid in groups) == has, (unit, groups)
+
+        addr, password = new_credentials()
+        imap = imap_login(relay.ip, addr, password)
+        try:
+            value = metadata_value(imap, "/shared/vendor/deltachat/turn")
+        finally:
+            imap.logout()
+        match = re.search(r"turn\.chat1\.test:(\d+):(\d+):([A-Za-z0-9+/=]+)", value)
+        assert match, value
+        user, cred = match.group(2), match.group(3)
+        digest = hmac.new(secret.encode(), user.encode(), hashlib.sha1).digest()
+        assert cred == base64.b64encode(digest).decode()
+    finally:
+        restored = hosts.converge(relay)
+    assert restored.ok, restored.summary()
+    assert relay.exec("test", "-e", path, check=False).returncode != 0
+    assert "turn_secret" not in relay.exec("cat", INI).stdout
+
+
+# --- web: /new, server tokens, HSTS -------------------------------------------
+
+
+def post_new(ip, domain=DOMAIN):
+    """(status, headers, parsed JSON or text) of POST /new."""
+    import http.client
+    import json
+
+    conn = http.client.HTTPSConnection(ip, 443, timeout=30, context=tls_context())
+    try:
+        conn.request("POST", "/new", body=b"", headers={"Host": domain})
+        resp = conn.getresponse()
+        body = resp.read().decode()
+        try:
+            body = json.loads(body)
+        except ValueError:
+            pass
+        return resp.status, dict(resp.getheaders()), body
+    finally:
+        conn.close()
+
+
+def test_new_refuses_while_the_kill_switch_exists(relay):
+    """/new hands out no credentials that doveauth would refuse: with
+    /etc/chatmail-nocreate it answers 503 and a JSON error."""
+    relay.exec("touch", "/etc/chatmail-nocreate")
+    try:
+        status, headers, body = post_new(relay.ip)
+        assert status == 503, body
+        assert headers["Content-Type"] == "application/json"
+        assert body == {"error": "account creation is disabled on this relay"}
+    finally:
+        relay.exec("rm", "-f", "/etc/chatmail-nocreate")
+    status, _headers, body = post_new(relay.ip)
+    assert status == 200 and body["email"].endswith("@" + DOMAIN), body
+
+
+def test_new_is_rate_limited_per_client(relay):
+    """A burst of POST /new from one client: the first ones get accounts,
+    the rest 429 (limits:new_account_burst 10, 20 a minute); a little later a
+    single request works again."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    time.sleep(4)  # earlier tests' requests refill
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        statuses = [s for s, _h, _b in pool.map(lambda _: post_new(relay.ip), range(30))]
+    assert statuses.count(429) >= 10, statuses
+    assert 1 <= statuses.count(200) <= 14, statuses
+    assert set(statuses) <= {200, 429}, statuses
+    time.sleep(4)  # 20 a minute: one more every 3 s
+    status, _headers, body = post_new(relay.ip)
+    assert status == 200, body
+
+
+def test_web_server_reveals_no_version_and_no_hsts_for_self_signed(relay):
+    import http.client
+
+    for port in (80, 443):
+        if port == 443:
+            conn = http.client.HTTPSConnection(relay.ip, 443, timeout=30, context=tls_context())
+        else:
+            conn = http.client.HTTPConnection(relay.ip, 80, timeout=30)
+        try:
+            conn.request("GET", "/no-such-page", headers={"Host": DOMAIN})
+            resp = conn.getresponse()
+            body = resp.read().decode()
+        finally:
+            conn.close()
+        assert resp.getheader("Server") == "nginx", resp.getheaders()
+        assert not re.search(r"nginx/\d", body)
+        # chat1.test is self-signed: browsers must stay able to click through
+        assert resp.getheader("Strict-Transport-Security") is None
+
+
+# --- SMTP AUTH brake ------------------------------------------------------------
+
+
+def smtp_auth(ip, addr, *passwords):
+    """SMTP reply codes of AUTH PLAIN on port 465, one per password, in one
+    session (235 ok, 535 refused); stops after a success."""
+    import base64
+
+    codes = []
+    with smtplib.SMTP_SSL(ip, 465, context=tls_context(), timeout=60) as smtp:
+        smtp.ehlo()
+        for password in passwords:
+            token = base64.b64encode(f"\0{addr}\0{password}".encode()).decode()
+            code, _text = smtp.docmd("AUTH", f"PLAIN {token}")
+            codes.append(code)
+            if code == 235:
+                break
+    return codes
+
+
+def braked(host, addr, cursor_file):
+    """dovecot's login brake refused a login of addr since the cursor."""
+    return "passdb-lua: login failure limit" in journal_since(host, cursor_file, f"lua({addr},")
+
+
+def test_smtp_auth_guessing_is_braked(relay):
+    """5 wrong passwords for one address over SMTP AUTH from one IP: further
+    logins of that address from that IP are refused without looking at the
+    password (the right one too), over IMAP as well, until the window ends;
+    another account logs in from the same IP.  (Postfix's Dovecot SASL
+    client answers every refusal 535; IMAP says it is temporary.)"""
+    victim, victim_pw = new_credentials()
+    other, other_pw = new_credentials()
+    imap_login(relay.ip, victim, victim_pw).logout()
+    imap_login(relay.ip, other, other_pw).logout()
+    try:
+        wrong = [f"wrong-guess-{n:05d}" for n in range(5)]
+        assert smtp_auth(relay.ip, victim, *wrong) == [535] * 5
+        mark(relay, "/root/brake1")
+        assert smtp_auth(relay.ip, victim, victim_pw) != [235]
+        with pytest.raises(imaplib.IMAP4.error, match="UNAVAILABLE"):
+            imap_login(relay.ip, victim, victim_pw)
+        assert braked(relay, victim, "/root/brake1")
+        assert smtp_auth(relay.ip, other, other_pw) == [235]
+        imap_login(relay.ip, other, other_pw).logout()
+        log = relay.exec("journalctl", "--no-pager", "-o", "cat", "-n", "300").stdout
+        assert f"5 failed logins of {victim}" in log
+    finally:
+        # the counters live in dovecot's auth process: later tests log in
+        # from the same IP
+        relay.exec("systemctl", "restart", "dovecot")
+    assert smtp_auth(relay.ip, victim, victim_pw) == [235]
+
+
+def test_failed_logins_of_many_addresses_brake_the_client(relay):
+    """20 failed logins from one IP, spread over addresses: that IP is braked
+    for every address until the window ends."""
+    accounts = [new_credentials() for _ in range(5)]
+    for addr, password in accounts:
+        imap_login(relay.ip, addr, password).logout()
+    try:
+        for addr, _password in accounts:
+            wrong = [f"wrong-guess-{n:05d}" for n in range(4)]
+            assert smtp_auth(relay.ip, addr, *wrong) == [535] * 4
+        mark(relay, "/root/brake2")
+        addr, password = accounts[0]
+        assert smtp_auth(relay.ip, addr, password) != [235]
+        assert braked(relay, addr, "/root/brake2")
+        fresh, fresh_pw = new_credentials()
+        assert smtp_auth(relay.ip, fresh, fresh_pw) != [235]
+        assert braked(relay, fresh, "/root/brake2")
+    finally:
+        relay.exec("systemctl", "restart", "dovecot")
+
+
+# --- local trust: reinject sockets, sendmail ------------------------------------
+
+
+def test_local_processes_cannot_bypass_filtermail(relay):
+    """Only filtermail (and root) reach postfix's reinject listeners, which
+    skip the filter and DKIM-sign: no TCP port on 127.0.0.1 (any local process,
+    e.g. an nginx worker or an IMAP process, could use that), the UNIX sockets
+    are in postfix's public/ (group postdrop), and sendmail is root's only."""
+    probe = (
+        "import socket, sys\n"
+        "for port in (10025, 10026):\n"
+        "    try:\n"
+        "        socket.create_connection(('127.0.0.1', port), timeout=5).close()\n"
+        "        print('tcp', port, 'open')\n"
+        "    except OSError as exc:\n"
+        "        print('tcp', port, type(exc).__name__)\n"
+        "for name in ('reinject', 'reinject_incoming'):\n"
+        "    s = socket.socket(socket.AF_UNIX)\n"
+        "    try:\n"
+        "        s.connect('/var/spool/postfix/public/' + name)\n"
+        "        print('unix', name, 'open')\n"
+        "    except OSError as exc:\n"
+        "        print('unix', name, type(exc).__name__)\n"
+    )
+    for user in ("www-data", "vmail", "opendkim"):
+        out = relay.exec("runuser", "-u", user, "--", "python3", "-c", probe).stdout.split("\n")
+        assert "open" not in " ".join(out), (user, out)
+        assert "unix reinject PermissionError" in out, (user, out)
+        proc = relay.exec(
+            "runuser", "-u", user, "--", "/usr/sbin/sendmail", "-f", f"x@{DOMAIN}",
+            "someone@example.org", input="Subject: x\n\ncleartext\n", check=False,
+        )  # fmt: skip
+        assert proc.returncode != 0 and "not allowed to submit" in proc.stderr, (user, proc)
+    # filtermail itself gets there (test_encrypted_message_delivered_dkim_signed
+    # delivers through it); its unit has the group
+    for unit in ("filtermail", "filtermail-incoming"):
+        status = relay.exec("cat", f"/proc/{_main_pid(relay, unit)}/status").stdout
+        gid = relay.exec("getent", "group", "postdrop").stdout.split(":")[2]
+        assert gid in re.search(r"^Groups:\s*(.*)$", status, re.M).group(1).split()
+
+
+# --- systemd sandbox of the chatmaild units ---------------------------------------
+
+
+CHATMAILD_UNITS = [
+    "doveauth", "lastlogin", "chatmail-metadata", "filtermail", "filtermail-incoming",
+    "chatmail-expire", "chatmail-fsreport",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("unit", CHATMAILD_UNITS)
+def test_chatmaild_unit_sandbox(relay, unit):
+    """Every unit is sandboxed (systemd-analyze security 2.0 or better, the
+    scores are in docs/security-relay.md) and filtermail cannot write a
+    mailbox: it only reads the E2EE markers."""
+    out = relay.exec("systemd-analyze", "security", "--no-pager", unit).stdout
+    score = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out).group(1))
+    assert score <= 2.0, out[-2000:]
+    props = relay.exec(
+        "systemctl", "show", unit, "-p", "ReadWritePaths", "-p", "CapabilityBoundingSet",
+        "-p", "MemoryDenyWriteExecute", "-p", "SystemCallArchitectures",
+    ).stdout  # fmt: skip
+    assert "MemoryDenyWriteExecute=yes" in props
+    assert "CapabilityBoundingSet=\n" in props + "\n"
+    if unit.startswith("filtermail") or unit == "chatmail-fsreport":
+        assert "ReadWritePaths=\n" in props + "\n", props
+
+
+def mount_options(host, pid, path):
+    """Options of the mount that holds `path` in the namespace of process pid."""
+    best, options = "", ""
+    for line in host.exec("cat", f"/proc/{pid}/mountinfo").stdout.splitlines():
+        fields = line.split()
+        mount_point, opts = fields[4], fields[5]
+        if (path == mount_point or path.startswith(mount_point.rstrip("/") + "/")) and len(
+            mount_point
+        ) >= len(best):
+            best, options = mount_point, opts
+    return options.split(",")
+
+
+def test_filtermail_cannot_write_a_mailbox(relay):
+    """The network-facing filters only read the E2EE markers: in their mount
+    namespace the mailboxes are read-only; doveauth, which creates accounts,
+    and chatmail-metadata (push tokens, queue) may write them."""
+    mailboxes = "/home/vmail/mail"
+    for unit, writable in (
+        ("filtermail", False),
+        ("filtermail-incoming", False),
+        ("doveauth", True),
+        ("chatmail-metadata", True),
+    ):
+        options = mount_options(relay, _main_pid(relay, unit), mailboxes)
+        assert ("rw" in options) == writable, (unit, options)
+        assert ("ro" in options) != writable, (unit, options)

@@ -242,7 +242,7 @@ def test_new_ca_reissues_and_reloads(pair, ca):
     res = hosts.converge(host2, sls="chatmail.tls", pillar_override=override)
     assert res.ok, res.summary()
     assert f"chatmail-tls-{domain2}-ca-certificate-managed" in res.changed
-    assert "chatmail-tls-ca-reload-cmd-run" in res.changed
+    assert "chatmail-tls-dovecot-reloaded" in res.changed
     other = x509.load_pem_x509_certificate(other_cert.encode())
     assert _served_leaf(host2.ip).issuer == other.subject
     try:

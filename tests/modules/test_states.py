@@ -272,3 +272,126 @@ chatmail-dns-{DOMAIN}-zone-fragment-managed:
     assert modules.chatmail_dns.mta_sts_id(DOMAIN) in zone
     ret = modules.state.template_str(sls)
     assert all(r.result is True and not r.changes for r in ret), ret
+
+
+# ---------------------------------------------------------------------------
+# chatmail_files.pruned
+
+
+def _tree(base):
+    (base / "keep.test.zone").write_text("kept")
+    (base / "gone.test.zone").write_text("stale")
+    (base / "notes.txt").write_text("not matched")
+    (base / "gone.test").mkdir()
+    (base / "gone.test" / "fullchain.pem").write_text("x")
+    outside = base.parent / "outside"
+    outside.mkdir(exist_ok=True)
+    (outside / "precious").write_text("must stay")
+    (base / "link.test.zone").symlink_to(outside)
+    return outside
+
+
+def test_pruned_test_mode_then_real_then_idempotent(states, tmp_path):
+    base = tmp_path / "zones"
+    base.mkdir()
+    outside = _tree(base)
+    kw = {"name": str(base), "match": "*.zone", "keep": ["keep.test.zone"]}
+    ret = states.chatmail_files.pruned(**kw, test=True)
+    assert ret.result is None
+    assert ret.changes == {"removed": ["gone.test.zone", "link.test.zone"]}
+    assert (base / "gone.test.zone").exists()
+
+    ret = states.chatmail_files.pruned(**kw)
+    assert ret.result is True
+    assert ret.changes == {"removed": ["gone.test.zone", "link.test.zone"]}
+    assert sorted(p.name for p in base.iterdir()) == ["gone.test", "keep.test.zone", "notes.txt"]
+    # a symlink is removed itself, never followed
+    assert (outside / "precious").read_text() == "must stay"
+    for test in (True, False):
+        ret = states.chatmail_files.pruned(**kw, test=test)
+        assert ret.result is True and ret.changes == {}
+
+
+def test_pruned_kinds_and_marker(states, tmp_path):
+    base = tmp_path / "desired"
+    base.mkdir()
+    outside = _tree(base)
+    (base / "ours.test").write_text("# Managed by Salt (chatmail-salt)\nnames: [ours.test]\n")
+    (base / "theirs.test").write_text("names: [theirs.test]\n")
+    ret = states.chatmail_files.pruned(name=str(base), kind="dir", keep=["keep.test"])
+    assert ret.changes == {"removed": ["gone.test"]}  # neither files nor the symlinked dir
+    ret = states.chatmail_files.pruned(
+        name=str(base), kind="file", containing=r"Managed by Salt \(chatmail-salt\)"
+    )
+    assert ret.changes == {"removed": ["ours.test"]}
+    assert (base / "theirs.test").exists() and (outside / "precious").exists()
+
+
+def test_pruned_missing_directory_and_bad_kind(states, tmp_path):
+    ret = states.chatmail_files.pruned(name=str(tmp_path / "absent"))
+    assert ret.result is True and ret.changes == {}
+    ret = states.chatmail_files.pruned(name=str(tmp_path), kind="socket")
+    assert ret.result is False and "kind must be one of" in ret.comment
+
+
+# ---------------------------------------------------------------------------
+# chatmail_venv.installed
+
+
+def _package(src, version):
+    (src / "src" / "tinypkg").mkdir(parents=True, exist_ok=True)
+    (src / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+        f'[project]\nname = "tinypkg"\nversion = "{version}"\n'
+    )
+    (src / "src" / "tinypkg" / "__init__.py").write_text(f"VERSION = {version!r}\n")
+
+
+def test_venv_installed_follows_the_source(states, tmp_path):
+    import subprocess
+
+    src, venv = tmp_path / "src", tmp_path / "venv"
+    _package(src, "1.0")
+    # Debian's python3 with python3-setuptools/-wheel, as on a relay (./cmsalt installs them)
+    kw = {"name": str(venv), "source": str(src)}
+    ret = states.chatmail_venv.installed(**kw, test=True)
+    assert ret.result is None and set(ret.changes) == {"installed", "venv"}
+    assert not venv.exists()
+
+    ret = states.chatmail_venv.installed(**kw)
+    assert ret.result is True, ret.comment
+    assert set(ret.changes) == {"installed", "venv"}
+
+    def version():
+        code = "import tinypkg; print(tinypkg.VERSION)"
+        return subprocess.run(
+            [str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    assert version() == "1.0"
+    for test in (True, False):
+        ret = states.chatmail_venv.installed(**kw, test=test)
+        assert ret.result is True and ret.changes == {}
+    # byte code next to the source is no change; an edited file is
+    (src / "src" / "tinypkg" / "__pycache__").mkdir()
+    (src / "src" / "tinypkg" / "__pycache__" / "x.pyc").write_bytes(b"x")
+    assert states.chatmail_venv.installed(**kw).changes == {}
+    _package(src, "2.0")
+    ret = states.chatmail_venv.installed(**kw, test=True)
+    assert ret.result is None and set(ret.changes) == {"installed"}
+    ret = states.chatmail_venv.installed(**kw)
+    assert ret.result is True and set(ret.changes) == {"installed"}
+    assert version() == "2.0"
+    # the source tree stays as it was (no build/ or egg-info left in it)
+    assert sorted(p.name for p in src.iterdir()) == ["pyproject.toml", "src"]
+
+
+def test_venv_installed_reports_a_failed_build(states, tmp_path):
+    src = tmp_path / "src"
+    _package(src, "1.0")
+    (src / "pyproject.toml").write_text("this is not toml [")
+    ret = states.chatmail_venv.installed(name=str(tmp_path / "v"), source=str(src))
+    assert ret.result is False and "pip install" in ret.comment
+    assert not (tmp_path / "v" / ".installed-src.sha256").exists()
+    ret = states.chatmail_venv.installed(name=str(tmp_path / "w"), source=str(tmp_path / "none"))
+    assert ret.result is False and "pyproject.toml missing" in ret.comment

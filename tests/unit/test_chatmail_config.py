@@ -324,21 +324,64 @@ def test_error_is_a_salt_command_execution_error(cc):
     assert issubclass(cc.ChatmailConfigError, CommandExecutionError)
 
 
-def test_param_kinds_match_chatmaild(cc, chatmaild_config, defaults):
-    """The pillar schema and the daemons' config reader agree on every key."""
+def test_one_schema_for_pillar_and_daemons(cc, chatmaild_config, defaults):
+    """The merged map's params are exactly the schema's pillar keys at their
+    defaults, and the daemons read each of those defaults as the same value."""
     params = chatmaild_config.PARAMS
-    assert set(defaults["chatmail"]["params"]) == set(cc.PARAM_KINDS)
-    for key, kind in cc.PARAM_KINDS.items():
-        assert key in params, key
-        expected = {"path": "str"}.get(kind, kind)
-        assert params[key].kind == expected, key
-        assert params[key].per_domain == (key in cc.PER_DOMAIN), key
-        # the salt defaults are the daemons' defaults
-        default = defaults["chatmail"]["params"][key]
-        raw = cc._ini_value(default)
-        assert chatmaild_config._convert(params[key], raw, "test") == chatmaild_config._convert(
-            params[key], params[key].default, "test"
-        ), key
+    merged = cc.build(defaults, {}, {"domains": {"a.test": {}}})
+    assert set(merged["params"]) == {n for n, p in params.items() if p.pillar}
+    assert merged["per_domain_params"] == sorted(
+        n for n, p in params.items() if p.pillar and p.per_domain
+    )
+    for key, value in merged["params"].items():
+        assert chatmaild_config._convert(
+            params[key], cc._ini_value(value), "test"
+        ) == chatmaild_config._convert(params[key], params[key].default, "test"), key
+
+
+def test_a_new_key_is_one_edit(cc, chatmaild_config, defaults, tmp_path):
+    """A key added to params.json alone is accepted by the pillar validation
+    (globally and per domain), written to chatmail.ini, read by the daemons
+    and listed in the generated docs."""
+    import json
+
+    from tests import paramdocs
+
+    entries = paramdocs.schema()
+    entries.append(
+        {"name": "brand_new_limit", "default": 7, "kind": "int", "per_domain": True,
+         "doc": "a key added for this test"}
+    )  # fmt: skip
+    schema_file = tmp_path / "params.json"
+    schema_file.write_text(json.dumps({"params": entries}))
+    pillar = {"params": {"brand_new_limit": 8}, "domains": {"a.test": {"brand_new_limit": 9}}}
+    merged = cc.build(defaults, {}, pillar, schema=entries)
+    assert merged["params"]["brand_new_limit"] == 8
+    assert merged["domains"]["a.test"]["brand_new_limit"] == 9
+    with pytest.raises(cc.ChatmailConfigError, match="brand_new_limit: must be an integer"):
+        cc.build(defaults, {}, {"params": {"brand_new_limit": "x"}, "domains": {"a.test": {}}},
+                 schema=entries)  # fmt: skip
+    ini = tmp_path / "chatmail.ini"
+    ini.write_text(cc.ini_text(merged))
+    assert "brand_new_limit = 8" in ini.read_text()
+    params = chatmaild_config.load_schema(schema_file)
+    old = chatmaild_config.PARAMS
+    chatmaild_config.PARAMS = params
+    try:
+        config = chatmaild_config.read_config(ini)
+    finally:
+        chatmaild_config.PARAMS = old
+    assert config.brand_new_limit == 8
+    assert config.domains["a.test"].brand_new_limit == 9
+    assert "brand_new_limit" in paramdocs.doc_table(entries)
+    assert "    brand_new_limit: 7" in paramdocs.pillar_block(entries)
+
+
+def test_reference_keys_outside_the_tree_are_named(cc, defaults):
+    """A chatmail.ini key this tree does not take from the pillar says so."""
+    with pytest.raises(cc.ChatmailConfigError) as err:
+        cc.build(defaults, {}, {"params": {"www_folder": "/srv/www"}, "domains": {"a.test": {}}})
+    assert "chatmail:params:www_folder: not set from the pillar" in str(err.value)
 
 
 def test_ini_is_read_back_by_chatmaild(cc, chatmaild_config, defaults, example_pillar, tmp_path):

@@ -6,10 +6,13 @@ DKIM keys and KeyTable, mailboxes, push queue, acmetool state); the service
 accounts are stood in for by accounts this machine has (nobody, daemon).
 """
 
+import grp
 import io
 import json
 import os
 import pathlib
+import pwd
+import shutil
 import stat
 import tarfile
 
@@ -27,7 +30,11 @@ OTHER = "_other.test"
 ALICE = f"alice0001@{DOMAIN}"
 BOB = f"bob000002@{DOMAIN}"
 VMAIL, DKIM_USER = "nobody", "daemon"
+VMAIL_GROUP = grp.getgrgid(pwd.getpwnam(VMAIL).pw_gid).gr_name
 LOGIN_DAY = 1_700_000_000 - (1_700_000_000 % 86400)
+# acmetool's ids: lower-case base32 of a SHA-256 (52 characters)
+CERT_ID = "c" * 52
+KEY_ID = "k" * 52
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +89,10 @@ class Relay:
         )
         for d in domains:
             (self.mail / d).mkdir(mode=0o700, exist_ok=True)
+        # owned like on a converged host (the stand-in accounts)
+        for path in (self.mail, *[self.mail / d for d in domains], self.state):
+            shutil.chown(path, VMAIL, VMAIL_GROUP)
+        shutil.chown(self.dkim, DKIM_USER, DKIM_USER)
 
     @property
     def kw(self):
@@ -219,7 +230,7 @@ def test_import_restores_keys_accounts_mail_and_queue(migrate, old, new, archive
             assert twin.exists(), twin
             if path.is_file():
                 assert twin.read_bytes() == path.read_bytes()
-                assert stat.S_IMODE(twin.stat().st_mode) == stat.S_IMODE(path.stat().st_mode)
+            assert stat.S_IMODE(twin.stat().st_mode) == expected_mode(twin)
             assert twin.stat().st_uid == 65534
         assert (dst / "password").stat().st_mtime == LOGIN_DAY  # last-login day kept
     assert (new.state / "pending_notifications" / "a1b2").exists()
@@ -227,6 +238,14 @@ def test_import_restores_keys_accounts_mail_and_queue(migrate, old, new, archive
     # no staging directories left behind
     leftovers = [p for p in new.root.rglob(".chatmail-import-*")]
     assert leftovers == []
+
+
+def expected_mode(path):
+    """The mode the daemons give a file of an account (0700 dirs, 0600 files,
+    Dovecot's empty uidvalidity marker 0444)."""
+    if path.is_dir():
+        return 0o700
+    return 0o444 if path.name.startswith("dovecot-uidvalidity.") else 0o600
 
 
 def test_import_twice_changes_nothing(migrate, new, archive):
@@ -283,16 +302,17 @@ def test_import_needs_the_service_accounts(migrate, new, archive):
 def test_acme_certificate_travels_with_its_links(migrate, tmp_path):
     old = Relay(tmp_path / "old")
     old.add_key()
-    cert_dir = old.acme / "certs" / "c1"
-    key_dir = old.acme / "keys" / "k1"
+    cert_dir = old.acme / "certs" / CERT_ID
+    key_dir = old.acme / "keys" / KEY_ID
     for path in (cert_dir, key_dir, old.acme / "live", old.acme / "accounts" / "acct"):
         path.mkdir(parents=True)
     (cert_dir / "fullchain").write_text("CERT")
     (key_dir / "privkey").write_text("KEY")
     (key_dir / "privkey").chmod(0o600)
-    os.symlink("../../keys/k1/privkey", cert_dir / "privkey")
-    os.symlink("../certs/c1", old.acme / "live" / DOMAIN)
+    os.symlink(f"../../keys/{KEY_ID}/privkey", cert_dir / "privkey")
+    os.symlink(f"../certs/{CERT_ID}", old.acme / "live" / DOMAIN)
     (old.acme / "accounts" / "acct" / "privkey").write_text("ACCOUNT")
+    (cert_dir / "haproxy").mkdir()  # not part of what moves (acmetool's option)
     (old.acme / "certs" / "unrelated").mkdir()
     path = tmp_path / "acme.tar.gz"
     ret = migrate.export(str(path), stop_intake=False, **old.kw)
@@ -300,11 +320,18 @@ def test_acme_certificate_travels_with_its_links(migrate, tmp_path):
     new = Relay(tmp_path / "new")
     run_import(migrate, str(path), reload=False, **new.kw)
     live = new.acme / "live" / DOMAIN
-    assert os.readlink(live) == "../certs/c1"
+    assert os.readlink(live) == f"../certs/{CERT_ID}"
     assert (live / "fullchain").read_text() == "CERT"
     assert (live / "privkey").read_text() == "KEY"
     assert (new.acme / "accounts" / "acct" / "privkey").read_text() == "ACCOUNT"
     assert not (new.acme / "certs" / "unrelated").exists()
+    assert not (new.acme / "certs" / CERT_ID / "haproxy").exists()
+    # modes are acmetool's, owner root, whatever the old host had
+    assert stat.S_IMODE((new.acme / "keys" / KEY_ID / "privkey").stat().st_mode) == 0o600
+    assert stat.S_IMODE((new.acme / "keys").stat().st_mode) == 0o700
+    assert stat.S_IMODE((new.acme / "accounts" / "acct").stat().st_mode) == 0o700
+    assert stat.S_IMODE((cert_dir.parent).stat().st_mode) == 0o755
+    assert stat.S_IMODE((new.acme / "certs" / CERT_ID / "fullchain").stat().st_mode) == 0o644
 
 
 # ---------------------------------------------------------------- hostile archives
@@ -315,15 +342,16 @@ def manifest_bytes(domains=(DOMAIN,)):
 
 
 def build(path, members, manifest=True, first=None):
-    """A tar.gz of (name, kind, payload) members; kind: file, dir, sym, hard, fifo."""
+    """A tar.gz of (name, kind, payload[, mode]) members; kind: file, dir, sym,
+    hard, fifo."""
     with tarfile.open(path, "w:gz") as tar:
         if first is not None:
             members = [first, *members]
         elif manifest:
             members = [("manifest.json", "file", manifest_bytes()), *members]
-        for name, kind, payload in members:
+        for name, kind, payload, *mode in members:
             info = tarfile.TarInfo(name)
-            info.mode = 0o600 if kind == "file" else 0o700
+            info.mode = mode[0] if mode else 0o600 if kind == "file" else 0o700
             data = None
             if kind == "file":
                 data = payload if isinstance(payload, bytes) else str(payload).encode()
@@ -344,6 +372,8 @@ ACCOUNT = [
     (f"mail/{DOMAIN}", "dir", None),
     (f"mail/{DOMAIN}/{ALICE}", "dir", None),
 ]
+ACME_CERT = [("acme/certs", "dir", None), (f"acme/certs/{CERT_ID}", "dir", None)]
+ACME_LIVE = [("acme/live", "dir", None), (f"acme/live/{DOMAIN}", "sym", f"../certs/{CERT_ID}")]
 
 HOSTILE = {
     "absolute": ([("/etc/passwd", "file", "x")], "absolute or malformed"),
@@ -353,11 +383,53 @@ HOSTILE = {
         [*ACCOUNT, (f"mail/{DOMAIN}/{ALICE}/cur", "sym", "/root")],
         "links are only allowed in acme",
     ),
-    "acme link out": ([("acme/live", "sym", "../../../etc")], "it leaves acme"),
-    "acme absolute link": ([("acme/live", "sym", "/etc")], "it leaves acme"),
+    "acme link out": ([("acme/live", "sym", "../../../etc")], "not a link acmetool writes"),
+    "acme absolute link": ([("acme/live", "sym", "/etc")], "not a link acmetool writes"),
     "file below link": (
-        [("acme/live", "sym", "certs"), ("acme/live/x", "file", "x")],
+        [*ACME_LIVE, (f"acme/live/{DOMAIN}/x", "file", "x")],
         "below a link",
+    ),
+    # each link on its own stays inside acme/ when read lexically; together
+    # acme/etc is /etc (l1 = acme, l2 = its parent, ... l4 = /)
+    "chained relative links": (
+        [
+            ("acme/l1", "sym", "."),
+            ("acme/l2", "sym", "l1/.."),
+            ("acme/l3", "sym", "l2/.."),
+            ("acme/l4", "sym", "l3/.."),
+            ("acme/etc", "sym", "l4/etc"),
+        ],
+        "not a link acmetool writes",
+    ),
+    "chained links below live/": (
+        [
+            ("acme/live", "dir", None),
+            ("acme/live/a", "sym", "."),
+            ("acme/live/b", "sym", "a/.."),
+        ],
+        "not a link acmetool writes",
+    ),
+    "live link with a detour": (
+        [("acme/live", "dir", None), (f"acme/live/{DOMAIN}", "sym", f"../certs/../{CERT_ID}")],
+        "not a link acmetool writes",
+    ),
+    "live link of a foreign name": (
+        [("acme/live", "dir", None), ("acme/live/evil.test", "sym", f"../certs/{CERT_ID}")],
+        "not a link acmetool writes",
+    ),
+    "privkey link out": (
+        [*ACME_CERT, (f"acme/certs/{CERT_ID}/privkey", "sym", "../../../../etc/shadow")],
+        "not a link acmetool writes",
+    ),
+    "certificate file as a link": (
+        [*ACME_CERT, (f"acme/certs/{CERT_ID}/fullchain", "sym", f"../../keys/{KEY_ID}/privkey")],
+        "not a link acmetool writes",
+    ),
+    "acme configuration": ([("acme/conf", "dir", None)], "not part of acmetool's certificates"),
+    "acme desired": ([("acme/desired", "dir", None)], "not part of acmetool's certificates"),
+    "unknown file in a certificate": (
+        [*ACME_CERT, (f"acme/certs/{CERT_ID}/hook", "file", "x")],
+        "not part of acmetool's certificates",
     ),
     "hardlink": ([*ACCOUNT, (f"mail/{DOMAIN}/{ALICE}/password", "hard", "/etc/shadow")], "only"),
     "fifo": ([*ACCOUNT, (f"mail/{DOMAIN}/{ALICE}/password", "fifo", None)], "only files"),
@@ -449,3 +521,120 @@ def test_ip_only_domain_moves_without_dkim(migrate, tmp_path):
     new = Relay(tmp_path / "new", domains=(ip,))
     run_import(migrate, str(path), reload=False, **new.kw)
     assert (new.mail / ip / addr / "password").read_text() == "{SHA512-CRYPT}$6$dave\n"
+
+
+# ---------------------------------------------------------------- modes and links on the host
+
+
+def test_archive_modes_are_never_installed(migrate, new, tmp_path):
+    """0777 directories, 0666 password files and setuid bits in an archive:
+    the import gives every file the mode and owner the relay's own daemons
+    give it (doveauth, Dovecot, opendkim, acmetool), whatever the archive says."""
+    addr_dir = f"mail/{DOMAIN}/{ALICE}"
+    members = [
+        (f"dkim/{DOMAIN}.opendkim.private", "file", pem_key(), 0o4666),
+        (f"mail/{DOMAIN}", "dir", None, 0o777),
+        (addr_dir, "dir", None, 0o1777),
+        (f"{addr_dir}/password", "file", "{SHA512-CRYPT}$6$alice\n", 0o666),
+        (f"{addr_dir}/enforceE2EEincoming", "file", "", 0o6777),
+        (f"{addr_dir}/cur", "dir", None, 0o2777),
+        (f"{addr_dir}/cur/1700000000.M1P1.old:2,S", "file", "mail\n", 0o4755),
+        (f"{addr_dir}/dovecot-uidvalidity.6b029825", "file", "", 0o777),
+        ("state/pending_notifications", "dir", None, 0o777),
+        ("state/pending_notifications/a1b2", "file", json.dumps({"addr": ALICE}), 0o666),
+        ("acme/accounts", "dir", None, 0o777),
+        ("acme/accounts/acct", "dir", None, 0o777),
+        ("acme/accounts/acct/privkey", "file", "ACCOUNT", 0o666),
+        ("acme/keys", "dir", None, 0o777),
+        (f"acme/keys/{KEY_ID}", "dir", None, 0o777),
+        (f"acme/keys/{KEY_ID}/privkey", "file", "KEY", 0o4777),
+        *[(n, k, p, 0o777) for n, k, p in ACME_CERT],
+        (f"acme/certs/{CERT_ID}/fullchain", "file", "CERT", 0o6777),
+    ]
+    path = build(tmp_path / "modes.tar.gz", members)
+    run_import(migrate, str(path), reload=False, **new.kw)
+    vmail = pwd.getpwnam(VMAIL)
+    user = new.mail / DOMAIN / ALICE
+    want = {
+        new.dkim / f"{DOMAIN}.opendkim.private": (0o600, pwd.getpwnam(DKIM_USER).pw_uid),
+        new.mail / DOMAIN: (0o700, vmail.pw_uid),
+        user: (0o700, vmail.pw_uid),
+        user / "password": (0o600, vmail.pw_uid),
+        user / "enforceE2EEincoming": (0o600, vmail.pw_uid),
+        user / "cur": (0o700, vmail.pw_uid),
+        user / "cur" / "1700000000.M1P1.old:2,S": (0o600, vmail.pw_uid),
+        user / "dovecot-uidvalidity.6b029825": (0o444, vmail.pw_uid),
+        new.state / "pending_notifications": (0o700, vmail.pw_uid),
+        new.state / "pending_notifications" / "a1b2": (0o600, vmail.pw_uid),
+        new.acme / "accounts": (0o700, 0),
+        new.acme / "accounts" / "acct": (0o700, 0),
+        new.acme / "accounts" / "acct" / "privkey": (0o600, 0),
+        new.acme / "keys": (0o700, 0),
+        new.acme / "keys" / KEY_ID: (0o700, 0),
+        new.acme / "keys" / KEY_ID / "privkey": (0o600, 0),
+        new.acme / "certs": (0o755, 0),
+        new.acme / "certs" / CERT_ID: (0o755, 0),
+        new.acme / "certs" / CERT_ID / "fullchain": (0o644, 0),
+    }
+    got = {p: (stat.S_IMODE(p.lstat().st_mode), p.lstat().st_uid) for p in want}
+    assert got == want
+    # the whole mailbox tree: no group or other bits, no set-id bits anywhere
+    for path in new.mail.rglob("*"):
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        assert mode & 0o7077 == 0 or path.name.startswith("dovecot-uidvalidity."), path
+
+
+def test_host_links_below_a_data_directory_are_never_followed(migrate, new, archive, tmp_path):
+    """Links a service account could plant in the directories it owns on the
+    new host (its mailbox tree, opendkim's key directory): the import neither
+    writes through them nor reads what they point at."""
+    secret = tmp_path / "secret"
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    # a DKIM key file that is a link: replaced as a link, the target untouched,
+    # the backup is no hard link to the target
+    key = new.dkim / f"{DOMAIN}.opendkim.private"
+    key.unlink()
+    os.symlink(secret, key)
+    # a folder inside an account that is a link
+    user = new.add_account(BOB, "{SHA512-CRYPT}$6$bob", messages=0)
+    shutil.rmtree(user / ".Archive")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, user / ".Archive")
+    with pytest.raises(CommandExecutionError, match="is not a directory"):
+        run_import(migrate, str(archive), reload=False, **new.kw)
+    assert list(elsewhere.iterdir()) == []
+    os.unlink(user / ".Archive")
+    ret = run_import(migrate, str(archive), reload=False, **new.kw)
+    assert secret.read_text() == "root only\n"
+    assert not key.is_symlink()
+    (backup,) = ret["dkim"]["replaced"]
+    assert pathlib.Path(backup["previous"]).is_symlink()
+    assert os.stat(secret).st_nlink == 1
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_password_file_that_is_a_link_is_not_read(migrate, new, archive, tmp_path):
+    """The plan compares an existing password file with the archive's; a link
+    there (to any file) is a conflict, not something to open."""
+    user = new.add_account(ALICE, "{SHA512-CRYPT}$6$alice", messages=0)
+    target = tmp_path / "same-content"
+    target.write_text("{SHA512-CRYPT}$6$alice\n")
+    (user / "password").unlink()
+    os.symlink(target, user / "password")
+    with pytest.raises(CommandExecutionError, match="password"):
+        run_import(migrate, str(archive), reload=False, **new.kw)
+
+
+def test_a_data_directory_swapped_for_a_link_is_refused(migrate, new, archive, tmp_path):
+    """vmail owns the mailbox root's parent on a relay and could replace the
+    root with a link to a root-owned directory: the import checks that each
+    data directory belongs to its service account before writing below it."""
+    victim = tmp_path / "etc"
+    victim.mkdir()
+    os.rename(new.mail, tmp_path / "real-mail")
+    os.symlink(victim, new.mail)
+    with pytest.raises(CommandExecutionError, match="owned by"):
+        run_import(migrate, str(archive), reload=False, **new.kw)
+    assert list(victim.iterdir()) == []

@@ -187,7 +187,7 @@ def test_postfix_main_cf(example):
     main = cf(example["files"]["/etc/postfix/main.cf"])
     assert main["virtual_mailbox_domains"].split() == ["_test.example.org", "chat.example.org"]
     assert main["virtual_transport"] == "lmtp:unix:private/dovecot-lmtp"
-    assert main["virtual_mailbox_maps"] == ""  # unknown users bounce after dovecot, VRFY says 252
+    assert main["virtual_mailbox_maps"] == ""  # unknown users: dovecot's userdb, VRFY says 252
     assert main["disable_vrfy_command"] == "no"
     assert main["myhostname"] == "chat.example.org"
     assert main["message_size_limit"] == "31457280"
@@ -214,13 +214,83 @@ def test_postfix_master_cf(example):
         assert "smtpd_proxy_filter=127.0.0.1:10080" in opts
         assert "smtpd_sender_restrictions=$mua_sender_restrictions" in opts
     assert "smtpd_tls_wrappermode=yes" in svc["submissions/inet"]
-    out = " ".join(svc["127.0.0.1:10025/inet"])
+    # filtermail reinjects through UNIX sockets in public/ (group postdrop),
+    # never a TCP port any local process could use
+    assert not [name for name in svc if name.endswith("/inet") and name.startswith("127.")]
+    out = " ".join(svc["reinject/unix"])
+    assert svc["reinject/unix"][2] == "n"  # public/
     assert "smtpd_milters=unix:opendkim/opendkim.sock" in out
     assert "milter_macro_daemon_name=ORIGINATING" in out
     assert "cleanup_service_name=authclean" in out
-    inc = " ".join(svc["127.0.0.1:10026/inet"])
+    inc = " ".join(svc["reinject_incoming/unix"])
+    assert svc["reinject_incoming/unix"][2] == "n"
     assert "opendkim" not in inc
     assert "header_checks=regexp:/etc/postfix/submission_header_cleanup" in svc["authclean/unix"]
+
+
+# RCPT TO lines on port 25: only the plain form of an account passes the
+# command filter unchanged; everything else becomes "RCPT TO:<@>" (501 5.1.3).
+RCPT_PASSES = [
+    "RCPT TO:<victim1234@chat.example.org>",
+    "RCPT TO:<VICTIM1234@CHAT.EXAMPLE.ORG>",
+    "RCPT TO:<a.b-c_d@_test.example.org>",
+    "RCPT TO:<victim1234@chat.example.org> NOTIFY=NEVER ORCPT=rfc822;x@y.z",
+    "rcpt to:<victim1234@chat.example.org>",
+    "RCPT TO:<victim1234@[192.0.2.7]>",
+    "MAIL FROM:<anyone+tag@example.net.>",  # only RCPT is filtered
+]
+RCPT_REFUSED = [
+    "RCPT TO:<victim1234+x@chat.example.org>",
+    "RCPT TO:<victim1234@chat.example.org.>",
+    'RCPT TO:<"victim1234"@chat.example.org>',
+    "RCPT TO:<@chat.example.org:victim1234@chat.example.org>",
+    "RCPT TO:<victim1234%chat.example.org@chat.example.org>",
+    "RCPT TO:<chat.example.org!victim1234@chat.example.org>",
+    "RCPT TO:victim1234@chat.example.org",
+    "RCPT TO:<victim1234@chat>",
+    "RCPT TO:<victim1234@chat.example..org>",
+    "RCPT TO:<victim1234@chat.example.org>>",
+    "RCPT TO:<victim1234@chat.example.org><x@y.z>",
+    "RCPT TO:<victim1234@@chat.example.org>",
+    "RCPT TO:<victim\u00e9@chat.example.org>",
+    "RCPT TO:<>",
+]
+
+
+@pytest.mark.skipif(not shutil.which("postmap"), reason="postfix (postmap) not installed")
+@pytest.mark.parametrize("line", RCPT_PASSES + RCPT_REFUSED)
+def test_mx_command_filter(example, tmp_path, line):
+    """postfix's own regexp engine (postmap -q) on the rendered table."""
+    table = tmp_path / "mx_command_filter"
+    table.write_text(example["files"]["/etc/postfix/mx_command_filter"])
+    confdir = tmp_path / "postfix"  # postmap reads main.cf of its own config directory
+    confdir.mkdir()
+    (confdir / "main.cf").write_text("compatibility_level = 3.6\n")
+    proc = subprocess.run(
+        ["postmap", "-c", str(confdir), "-q", line, f"regexp:{table}"],
+        capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert "warning" not in proc.stderr and "fatal" not in proc.stderr, proc.stderr
+    if line in RCPT_PASSES:
+        assert proc.returncode == 1 and proc.stdout == "", proc.stdout
+    else:
+        assert proc.returncode == 0 and proc.stdout.strip() == "RCPT TO:<@>", proc
+
+
+def test_port25_checks_recipients_and_no_sub_addressing(example, certs):
+    files = example["files"]
+    main = cf(files["/etc/postfix/main.cf"])
+    assert main["recipient_delimiter"] == ""
+    assert main["allow_percent_hack"] == "no" and main["swap_bangpath"] == "no"
+    assert main["mx_recipient_restrictions"] == "check_policy_service unix:private/quota-status"
+    svc = master_services(files["/etc/postfix/master.cf"])
+    for name in ("smtp/inet", "reinject_incoming/unix"):
+        assert "smtpd_command_filter=regexp:/etc/postfix/mx_command_filter" in svc[name]
+    assert "smtpd_recipient_restrictions=$mx_recipient_restrictions" in svc["smtp/inet"]
+    conf = files["/etc/dovecot/dovecot.conf"]
+    assert re.search(r"^recipient_delimiter =$", conf, re.M)
+    assert "unix_listener /var/spool/postfix/private/quota-status" in conf
+    assert "quota_status_nouser = 550 5.1.1 No such user here" in conf
 
 
 def test_header_cleanup_tables(example):
@@ -285,11 +355,17 @@ def test_dovecot_conf(example, certs):
     # them without the imap process's 500 ms new-mail debounce
     assert "imap_hibernate_timeout = 1s" in conf
     assert re.search(r"unix_listener imap-master \{\s+user = \$default_internal_user", conf)
-    # IMAP login rate limit: a Lua passdb before doveauth's
-    lua_passdb = conf.index("args = file=/etc/dovecot/chatmail-login-limit.lua blocking=no")
-    assert lua_passdb < conf.index("args = /etc/dovecot/chatmail-auth.conf.ext")
+    # login brakes: the same Lua passdb before doveauth's (check) and after it
+    # (counts a failure), for IMAP and SMTP AUTH
+    lua = "args = file=/etc/dovecot/chatmail-login-limit.lua blocking=no"
+    dict_passdb = conf.index("args = /etc/dovecot/chatmail-auth.conf.ext")
+    assert conf.index(lua) < dict_passdb < conf.rindex(lua)
+    assert conf.count(lua) == 2
     limit = example["files"]["/etc/dovecot/chatmail-login-limit.lua"]
-    assert "local LIMIT = 60\n" in limit
+    assert "local LOGIN_LIMIT = 60\n" in limit
+    assert "local FAIL_PAIR_LIMIT = 5\n" in limit
+    assert "local FAIL_IP_LIMIT = 20\n" in limit
+    assert "local FAIL_WINDOW = 600\n" in limit
     auth = example["files"]["/etc/dovecot/chatmail-auth.conf.ext"]
     assert "uri = proxy:/run/doveauth/doveauth.socket:auth" in auth
     assert 'password_key = passdb/%Ew"%Eu' in auth
@@ -318,7 +394,7 @@ def test_ip_only_domain(mixed, certs):
     assert "quota_rule = *:storage=2048M" in conf
     assert "listen = *\n" in conf
     assert "hibernate" not in conf  # imap: hibernate_timeout: 0
-    assert "local LIMIT = 30\n" in files["/etc/dovecot/chatmail-login-limit.lua"]
+    assert "local LOGIN_LIMIT = 30\n" in files["/etc/dovecot/chatmail-login-limit.lua"]
 
 
 @pytest.mark.skipif(not shutil.which("postconf"), reason="postfix is not installed")

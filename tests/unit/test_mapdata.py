@@ -2,7 +2,7 @@
 every change of defaults, merge or resolution shows up in review.
 
 Regenerate after a deliberate change:
-    CHATMAIL_UPDATE_MAPDATA=1 python -m pytest tests/unit/test_mapdata.py
+    ./cmsalt docs   (or CHATMAIL_UPDATE_MAPDATA=1 python -m pytest tests/unit/test_mapdata.py)
 """
 
 import os
@@ -10,16 +10,11 @@ import pathlib
 
 import yaml
 
+from tests import paramdocs
+
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 REFERENCE = HERE / "mapdata" / "example.yaml"
-
-
-class _Dumper(yaml.SafeDumper):
-    """Indent lists inside mappings (the repository's yamllint style)."""
-
-    def increase_indent(self, flow=False, indentless=False):
-        return super().increase_indent(flow, False)
 
 
 def test_pillar_example_is_the_example_host_pillar():
@@ -45,10 +40,7 @@ def test_pillar_example_shows_every_default(defaults, example_pillar):
 
 
 def test_mapdata_matches_reference(cc, defaults, example_pillar):
-    mapdata = cc.build(defaults, {}, example_pillar)
-    text = "---\n# Rendered map for pillar.example (tests/unit/test_mapdata.py)\n" + yaml.dump(
-        mapdata, Dumper=_Dumper, default_flow_style=False, sort_keys=True
-    )
+    text = paramdocs.mapdata_text(cc.build, defaults, example_pillar)
     if os.environ.get("CHATMAIL_UPDATE_MAPDATA"):
         REFERENCE.write_text(text)
     assert yaml.safe_load(text) == yaml.safe_load(REFERENCE.read_text())

@@ -167,6 +167,24 @@ def test_pages_and_autoconfig(render, cmap):
     assert "privacy@example.org" in privacy
 
 
+# systemd sandboxing every chatmaild unit has (values as in the unit file;
+# SystemCallFilter: the last of its lines)
+HARDENING = {
+    "NoNewPrivileges": "true",
+    "CapabilityBoundingSet": "",
+    "AmbientCapabilities": "",
+    "ProtectKernelLogs": "true",
+    "ProtectClock": "true",
+    "ProtectHostname": "true",
+    "RestrictRealtime": "true",
+    "MemoryDenyWriteExecute": "true",
+    "SystemCallArchitectures": "native",
+    "SystemCallFilter": "~@privileged",
+    "PrivateDevices": "true",
+    "ProtectHome": "read-only",
+}
+
+
 def test_units(render, cmap):
     context = {"chatmail": cmap}
     # the units table is data in a Jinja file: evaluate it through Jinja
@@ -187,7 +205,27 @@ def test_units(render, cmap):
         service = parser["Service"]
         assert service["User"] == "vmail"
         assert service["ProtectSystem"] == "strict"
-        assert "/home/vmail/mail" in service["ReadWritePaths"]
+        # only what the daemon writes is writable: filtermail reads the E2EE
+        # markers and writes nothing but its counters, the report only reads
+        # (and writes its counters); "-": the metrics directory may be absent
+        writes = service.get("ReadWritePaths", "").split()
+        assert "-/var/lib/chatmail-metrics" in writes, name
+        writes.remove("-/var/lib/chatmail-metrics")
+        if name in ("filtermail", "filtermail-incoming", "chatmail-fsreport"):
+            assert writes == [], name
+        else:
+            assert "/home/vmail/mail" in writes, name
+        assert ("/var/lib/chatmaild" in writes) == (name == "chatmail-metadata"), name
+        for key, value in HARDENING.items():
+            assert service.get(key) == value, (name, key)
+        assert service["MemoryMax"].endswith("%") and int(service["TasksMax"]) >= 64
+        if name in ("doveauth", "lastlogin", "chatmail-expire", "chatmail-fsreport"):
+            assert service["RestrictAddressFamilies"] == "AF_UNIX"
+            assert service["IPAddressDeny"] == "any"
+        assert "chatmail" in service["SupplementaryGroups"].split()
+        assert ("chatmail-metadata" in service["SupplementaryGroups"].split()) == (
+            name == "chatmail-metadata"
+        )
         assert service["ExecStart"].startswith("/usr/local/lib/chatmaild/bin/")
         # every chatmaild console script takes the config path first
         assert service["ExecStart"].split()[1] == "/etc/chatmail/chatmail.ini"

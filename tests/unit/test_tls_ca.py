@@ -308,14 +308,18 @@ def test_ca_states_render(show_sls, ca):
         key = _args(states[f"chatmail-tls-{dom}-ca-private-key-managed"])
         assert key["fun"] == "x509.private_key_managed" and key["mode"] == "0600"
         assert "selfsigned" not in " ".join(states)
-    reload = _args(states["chatmail-tls-ca-reload-cmd-run"])
-    assert {"x509": "chatmail-tls-10.1.2.3-ca-certificate-managed"} in reload["onchanges"]
+    for svc in ("postfix", "dovecot", "nginx"):
+        reload = _args(states[f"chatmail-tls-{svc}-reloaded"])
+        assert {"x509": "chatmail-tls-10.1.2.3-ca-certificate-managed"} in reload["onchanges"]
     trusted = _args(states["chatmail-tls-trusted-ca-1-file-managed"])
     assert trusted["name"] == "/usr/local/share/ca-certificates/chatmail-1.crt"
     assert trusted["contents"] == ca[0]
     update = _args(states["chatmail-tls-trusted-cas-update-cmd-run"])
     assert update["name"] == "update-ca-certificates"
     assert {"file": "chatmail-tls-trusted-ca-1-file-managed"} in update["onchanges"]
+    prune = _args(states["chatmail-tls-trusted-ca-stale-files-pruned"])
+    assert prune["keep"] == ["chatmail-1.crt"]
+    assert {"chatmail_files": "chatmail-tls-trusted-ca-stale-files-pruned"} in update["onchanges"]
     clean = out["chatmail.tls.clean"]
     assert _args(clean["chatmail-tls-clean-ca-directory-absent"])["name"] == "/etc/chatmail/tls/ca"
 
@@ -326,4 +330,8 @@ def test_without_ca_no_ca_states(show_sls):
     assert isinstance(states, dict), states
     assert "chatmail-tls-chat.test-selfsigned-cmd-run" in states
     assert _args(states["chatmail-tls-ca-directory-absent"])["name"] == "/etc/chatmail/tls/ca"
-    assert not [s for s in states if "trusted" in s or "x509" in states[s]]
+    assert not [s for s in states if "file-managed" in s and "trusted" in s]
+    assert not [s for s in states if "x509" in states[s]]
+    # certificates the tree trusted before (a pillar that had some) go
+    prune = _args(states["chatmail-tls-trusted-ca-stale-files-pruned"])
+    assert prune["match"] == "chatmail-*.crt" and prune["keep"] == []

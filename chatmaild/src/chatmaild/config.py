@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import configparser
 import ipaddress
+import json
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,76 +88,47 @@ def validate_domain(domain: str) -> str:
 @dataclass(frozen=True)
 class Param:
     name: str
-    default: str
-    kind: str  # int, float, size, bool, str, list, port, choice
+    default: str  # as it would be written in the ini file
+    kind: str  # int, float, size, bool, str, path, list, port, choice
     per_domain: bool = False
     choices: tuple = ()
+    doc: str = ""
+    pillar: bool = True  # set from the Salt pillar (False: derived or not used by the tree)
+
+
+def ini_value(value) -> str:
+    """A schema or pillar value as the ini file writes it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return " ".join(value)
+    return str(value)
+
+
+#: Where every ``[params]`` key is declared, once: default, kind, whether a
+#: domain may override it, and its documentation.  The Salt state tree reads
+#: the same file (map.jinja), so a new key is one edit there.
+SCHEMA_PATH = Path(__file__).with_name("params.json")
+
+
+def load_schema(path=SCHEMA_PATH) -> dict[str, Param]:
+    entries = json.loads(Path(path).read_text(encoding="utf-8"))["params"]
+    return {
+        e["name"]: Param(
+            e["name"],
+            ini_value(e["default"]),
+            e["kind"],
+            per_domain=e.get("per_domain", False),
+            choices=tuple(e.get("choices", ())),
+            doc=e.get("doc", ""),
+            pillar=e.get("pillar", True),
+        )
+        for e in entries
+    }
 
 
 # Every key the daemons understand, with the reference defaults.
-PARAMS = {
-    p.name: p
-    for p in [
-        Param("max_user_send_per_minute", "60", "int", per_domain=True),
-        Param("max_user_send_burst_size", "10", "int", per_domain=True),
-        Param("max_mailbox_size", "500M", "size", per_domain=True),
-        Param("max_message_size", "31457280", "int"),
-        Param("delete_mails_after", "20", "int", per_domain=True),
-        Param("delete_large_after", "7", "int", per_domain=True),
-        Param("delete_inactive_users_after", "90", "int", per_domain=True),
-        Param("username_min_length", "9", "int", per_domain=True),
-        Param("username_max_length", "9", "int", per_domain=True),
-        Param("password_min_length", "9", "int", per_domain=True),
-        Param("passthrough_senders", "", "list", per_domain=True),
-        Param("passthrough_recipients", "", "list", per_domain=True),
-        Param("filtermail_smtp_port", "10080", "port"),
-        Param("filtermail_smtp_port_incoming", "10081", "port"),
-        Param("postfix_reinject_port", "10025", "port"),
-        Param("postfix_reinject_port_incoming", "10026", "port"),
-        Param("filtermail_dkim_check", "true", "bool"),
-        # seconds all DKIM key lookups of one incoming mail may take together
-        Param("filtermail_dkim_dns_budget", "10", "float"),
-        Param("mailboxes_dir", "/home/vmail/mail", "str"),
-        Param("state_dir", "/var/lib/chatmaild", "str"),
-        Param("nocreate_file", "/etc/chatmail-nocreate", "str"),
-        Param("max_load_1m", "5", "float"),
-        Param("min_available_memory", "200M", "size"),
-        Param("min_free_disk_space", "1G", "size"),
-        Param("max_imap_connections", "10000", "int"),
-        Param("max_smtp_connections", "1000", "int"),
-        Param("max_smtp_recipients", "1000", "int"),
-        Param(
-            "push_notification_url",
-            "https://notifications.delta.chat/notify",
-            "str",
-        ),
-        Param("push_token_expiry_days", "90", "int"),
-        Param("push_retry_max_seconds", "3600", "int"),
-        Param("turn_server", "", "str", per_domain=True),
-        Param("turn_secret", "", "str", per_domain=True),
-        Param(
-            "tls_mode",
-            "auto",
-            "choice",
-            per_domain=True,
-            choices=("auto", "acme", "self", "external"),
-        ),
-        Param("www_folder", "", "str", per_domain=True),
-        Param("disable_ipv6", "false", "bool"),
-        Param("acme_email", "", "str", per_domain=True),
-        Param("mtail_address", "", "str"),
-        # the daemons write their counters to <metrics_dir>/<daemon>.prom
-        # (Prometheus textfile format); empty or a missing directory: no export
-        Param("metrics_dir", "/var/lib/chatmail-metrics", "str"),
-        Param("iroh_relay", "", "str", per_domain=True),
-        Param("imap_rawlog", "false", "bool"),
-        Param("imap_compress", "false", "bool"),
-        Param("privacy_postal", "", "str", per_domain=True),
-        Param("privacy_mail", "", "str", per_domain=True),
-        Param("privacy_pdo", "", "str", per_domain=True),
-        Param("privacy_supervisor", "", "str", per_domain=True),
-    ]
-}
+PARAMS = load_schema()
 
 # Keys of chatmail/relay that this package accepts but does not use.
 IGNORED_KEYS = {
@@ -192,6 +165,8 @@ def _convert(param: Param, raw: str, where: str):
             if value not in param.choices:
                 raise ValueError(f"must be one of {', '.join(param.choices)}")
             return value
+        if param.kind == "path" and not raw.strip().startswith("/"):
+            raise ValueError("must be an absolute path")
         return raw.strip()
     except ValueError as exc:
         raise ConfigError(f"{where} {param.name} = {raw!r}: {exc}") from None
@@ -210,6 +185,7 @@ class DomainConfig:
         self.is_ip = is_ip_domain(domain)
         self.__dict__.update(values)
         self.max_mailbox_size_raw = raw["max_mailbox_size"].strip()
+        self._turn_secret_cache = None
         if self.tls_mode == "auto":
             self.tls_mode = "self" if is_self_signed_domain(domain) else "acme"
 
@@ -221,6 +197,35 @@ class DomainConfig:
     @property
     def mailboxes_path(self) -> Path:
         return Path(self.mailboxes_dir) / self.mail_domain
+
+    def turn_secret_value(self) -> str:
+        """The TURN secret: ``turn_secret_file``'s content (first line, read on
+        first use, so daemons that never need it never open it), else
+        ``turn_secret``; empty when neither is set or the file cannot be read
+        (logged)."""
+        if not self.turn_secret_file:
+            return self.turn_secret
+        if self._turn_secret_cache is None:
+            path = Path(self.turn_secret_file)
+            if not path.is_absolute():
+                creds = os.environ.get("CREDENTIALS_DIRECTORY", "")
+                if not creds:
+                    log.error(
+                        "%s: turn_secret_file %r is relative but $CREDENTIALS_DIRECTORY"
+                        " is not set (LoadCredential= in the unit)",
+                        self.mail_domain,
+                        self.turn_secret_file,
+                    )
+                    return ""
+                path = Path(creds) / path
+            try:
+                text = path.read_text("utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                log.error("%s: cannot read the TURN secret: %s", self.mail_domain, exc)
+                return ""
+            lines = text.splitlines()
+            self._turn_secret_cache = lines[0].strip() if lines else ""
+        return self._turn_secret_cache
 
     def __repr__(self):
         return f"<DomainConfig {self.mail_domain}>"

@@ -11,16 +11,25 @@ Connections are kept open and reused (like Postfix's own connection cache):
 a new TCP connection, greeting and EHLO per message would cost more than the
 filtering itself.  A cached connection that the server has closed meanwhile is
 noticed at MAIL and the message is retried once on a fresh connection.
+
+On relays the reinjection listeners are UNIX sockets that only filtermail's
+group may reach (a TCP port on 127.0.0.1 takes mail from any local process
+past the filter): ``socket_path``, or the environment variable
+``CHATMAILD_REINJECT_SOCKET`` that each filtermail unit sets, replaces
+host and port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 
 # Below Postfix's smtpd_proxy_timeout (100 s), so our 451 reaches the client.
 TIMEOUT = 60.0
+# A UNIX socket to reinject to instead of host:port (set by the systemd unit).
+SOCKET_ENV = "CHATMAILD_REINJECT_SOCKET"
 _LEADING_DOT = re.compile(rb"(^|\n)\.", re.MULTILINE)
 
 
@@ -74,11 +83,26 @@ class _Connection:
 
 
 class ReinjectClient:
-    """Sends messages to one SMTP server, reusing up to ``max_idle`` connections."""
+    """Sends messages to one SMTP server, reusing up to ``max_idle`` connections.
 
-    def __init__(self, host: str, port: int, max_idle=16, idle_seconds=30.0, timeout=TIMEOUT):
+    The server is ``socket_path`` (a UNIX socket) if given, else the one in
+    ``$CHATMAILD_REINJECT_SOCKET`` if set, else ``host``:``port``."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        max_idle=16,
+        idle_seconds=30.0,
+        timeout=TIMEOUT,
+        socket_path: str | None = None,
+    ):
         self.host = host
         self.port = port
+        if socket_path is None:
+            socket_path = os.environ.get(SOCKET_ENV) or None
+        self.socket_path = socket_path
+        self.target = socket_path or f"{host}:{port}"
         self.max_idle = max_idle
         self.idle_seconds = idle_seconds
         self.timeout = timeout
@@ -102,7 +126,7 @@ class ReinjectClient:
             )
         except (TimeoutError, OSError, ReinjectError) as exc:
             reason = str(exc) or type(exc).__name__
-            return f"451 4.4.0 reinjection to {self.host}:{self.port} failed: {reason}"
+            return f"451 4.4.0 reinjection to {self.target} failed: {reason}"
 
     def close(self):
         while self._idle:
@@ -125,7 +149,10 @@ class ReinjectClient:
             conn.close()
 
     async def _connect(self) -> _Connection:
-        reader, writer = await asyncio.open_connection(self.host, self.port)
+        if self.socket_path:
+            reader, writer = await asyncio.open_unix_connection(self.socket_path)
+        else:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
         conn = _Connection(reader, writer)
         try:
             code, text = await conn.reply()

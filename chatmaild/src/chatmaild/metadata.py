@@ -24,7 +24,9 @@ the extra prefix ``vendor/vendor.dovecot/pvt/server/``.  What we serve:
 ``shared/<guid>/[vendor/vendor.dovecot/pvt/server/]vendor/deltachat/<name>``
     lookup of what the relay advertises: ``maxsmtprecipients``,
     ``turn`` (``host:port:user:password``, coturn REST API credentials
-    derived from ``turn_secret``) and ``irohrelay`` when configured.
+    derived from ``turn_secret``, or from ``turn_secret_file``: on relays a
+    systemd credential only this daemon can read) and ``irohrelay`` when
+    configured.
 
 Usage: ``chatmail-metadata <chatmail.ini> <socket>`` (the reference's order,
 socket first, is accepted too).
@@ -198,9 +200,13 @@ class MetadataDict(DictProxy):
         dc = self._domain_config(user)
         if name == "maxsmtprecipients":
             return str(self.config.max_smtp_recipients)
-        if name == "turn" and dc.turn_server and dc.turn_secret:
+        if name == "turn" and dc.turn_server:
+            # turn_secret_file (a systemd credential of this daemon) or turn_secret
+            secret = dc.turn_secret_value()
+            if not secret:
+                return None
             host, port = split_host_port(dc.turn_server, DEFAULT_TURN_PORT)
-            tuser, password = turn_credentials(dc.turn_secret)
+            tuser, password = turn_credentials(secret)
             return f"{host}:{port}:{tuser}:{password}"
         if name == "irohrelay" and dc.iroh_relay:
             return dc.iroh_relay

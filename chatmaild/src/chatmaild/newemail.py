@@ -11,7 +11,11 @@ is JSON::
 plus ``"dclogin_url"`` when the domain uses self-signed TLS
 (``tls_mode = self``: IP relays, ``_name`` and ``.test`` domains), so a
 Delta Chat client can scan it and accept the certificate.  Nothing is
-stored: the account is created by doveauth on the first login.
+stored: the account is created by doveauth on the first login.  When
+doveauth would refuse to create it (the kill switch ``nocreate_file``
+exists, the host is short of resources, ...), ``/new`` answers
+``503`` with ``{"error": "..."}`` instead of credentials that cannot log in.
+nginx limits the requests per client IP (``limit_req``).
 
 Usage: ``chatmail-newemail [<chatmail.ini>]`` (default: ``$CHATMAIL_INI`` or
 ``/etc/chatmail/chatmail.ini``).
@@ -20,6 +24,7 @@ Usage: ``chatmail-newemail [<chatmail.ini>]`` (default: ``$CHATMAIL_INI`` or
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import string
@@ -27,6 +32,9 @@ import sys
 from urllib.parse import quote
 
 from .config import ConfigError, read_config
+from .doveauth import creation_refusal
+
+log = logging.getLogger("chatmaild.newemail")
 
 DEFAULT_INI = "/etc/chatmail/chatmail.ini"
 LOCALPART_CHARS = string.ascii_lowercase + string.digits
@@ -94,6 +102,12 @@ def respond(status: str | None, body: dict | str) -> str:
     return "\n".join(lines) + "\n\n" + payload + "\n"
 
 
+# What the client is told when doveauth would refuse to create the account
+# (the reason itself goes to the log only).
+DISABLED = "account creation is disabled on this relay"
+BUSY = "this relay cannot create accounts right now, try again later"
+
+
 def handle(config, environ) -> str:
     method = environ.get("REQUEST_METHOD", "").upper()
     dc = config.for_domain(host_from_environ(environ))
@@ -101,7 +115,15 @@ def handle(config, environ) -> str:
         return respond("404 Not Found", "unknown chatmail domain")
     if method != "POST":
         return respond("405 Method Not Allowed", "use POST")
-    return respond(None, new_account(dc))
+    account = new_account(dc)
+    # Never hand out credentials that doveauth refuses at the first login:
+    # the same creation policy (kill switch, resource brakes, name rules).
+    reason = creation_refusal(config, account["email"], account["password"])
+    if reason:
+        log.warning("/new refused for %s: %s", dc.mail_domain, reason)
+        message = DISABLED if os.path.exists(config.nocreate_file) else BUSY
+        return respond("503 Service Unavailable", {"error": message})
+    return respond(None, account)
 
 
 def main(argv=None) -> int:

@@ -2,6 +2,7 @@
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import chatmail with context %}
 
+{#- cmd.run: written in place (see service.sls, resolv.conf may be a bind mount). #}
 chatmail-base-clean-resolv-conf-cmd-run:
   cmd.run:
     - name: cat /etc/resolv.conf.chatmail-saved > /etc/resolv.conf && rm /etc/resolv.conf.chatmail-saved
@@ -12,8 +13,9 @@ chatmail-base-clean-journald-config-file-absent:
     - name: {{ chatmail.lookup.paths.journald_dropin }}
 
 chatmail-base-clean-journald-service-restarted:
-  cmd.run:
-    - name: systemctl restart systemd-journald
+  module.run:
+    - service.restart:
+      - name: systemd-journald
     - onchanges:
       - file: chatmail-base-clean-journald-config-file-absent
 
@@ -22,7 +24,8 @@ chatmail-base-clean-unbound-config-file-absent:
     - name: /etc/unbound/unbound.conf.d/chatmail.conf
 
 {#- Back to Debian's config, which cannot start on hosts without IPv6 (it
-    binds ::1); that is the distribution's state, not a failed clean. #}
+    binds ::1); that is the distribution's state, not a failed clean: hence
+    cmd.run with "|| true" rather than a service state that would fail. #}
 chatmail-base-clean-unbound-service-restarted:
   cmd.run:
     - name: systemctl try-restart unbound || true

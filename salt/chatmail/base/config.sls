@@ -25,6 +25,19 @@ chatmail-base-vmail-user-present:
     - require:
       - group: chatmail-base-vmail-group-present
 
+{#- The readers of chatmail.ini get this group explicitly (chatmaild units,
+    dovecot's quota-warning service, fcgiwrap); it has no members. #}
+chatmail-base-config-group-present:
+  group.present:
+    - name: {{ chatmail.lookup.users.config_group }}
+    - system: true
+
+{#- The TURN secrets' group: only the chatmail-metadata unit gets it. #}
+chatmail-base-metadata-group-present:
+  group.present:
+    - name: {{ chatmail.lookup.users.metadata_group }}
+    - system: true
+
 chatmail-base-vmail-home-directory:
   file.directory:
     - name: {{ paths.vmail_home }}

@@ -5,14 +5,16 @@ include:
   - .config
 
 chatmail-base-journald-service-restarted:
-  cmd.run:
-    - name: systemctl restart systemd-journald
+  module.run:
+    - service.restart:
+      - name: systemd-journald
     - onchanges:
       - file: chatmail-base-journald-config-file-managed
 
 {#- Debian's own unbound config also binds ::1, which fails on hosts without
     IPv6 and may leave the unit in its start limit: clear that before the
-    restart with our config. #}
+    restart with our config.  cmd.run: Salt's service functions have no
+    reset-failed, and a unit that never failed is fine (|| true). #}
 chatmail-base-unbound-reset-failed-cmd-run:
   cmd.run:
     - name: systemctl reset-failed unbound.service || true
@@ -31,8 +33,9 @@ chatmail-base-unbound-service-running:
 {%- if chatmail.dns.manage_resolv_conf %}
 
 {#- Written in place, never replaced: in containers /etc/resolv.conf is often
-    a bind mount that cannot be renamed over.  Only once unbound answers.
-    The previous content is kept for chatmail.base.clean. #}
+    a bind mount that cannot be renamed over (file.managed renames), hence
+    cmd.run.  Only once unbound answers.  The previous content is kept for
+    chatmail.base.clean. #}
 chatmail-base-resolv-conf-cmd-run:
   cmd.run:
     - name: >-

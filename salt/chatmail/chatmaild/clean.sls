@@ -39,8 +39,8 @@ chatmail-chatmaild-clean-files-absent:
       - service: chatmail-chatmaild-{{ name }}-service-dead
 {%- endfor %}
 
-chatmail-chatmaild-clean-daemon-reload-cmd-run:
-  cmd.run:
-    - name: systemctl daemon-reload
+chatmail-chatmaild-clean-daemon-reloaded:
+  module.run:
+    - service.systemctl_reload: []
     - onchanges:
       - file: chatmail-chatmaild-clean-files-absent

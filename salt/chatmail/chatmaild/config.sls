@@ -3,23 +3,80 @@
 {%- from tplroot ~ "/map.jinja" import chatmail with context %}
 {%- from tplroot ~ "/chatmaild/units.jinja" import units, timers with context %}
 {%- set paths = chatmail.lookup.paths %}
+{%- set config_group = chatmail.lookup.users.config_group %}
+{%- set metadata_group = chatmail.lookup.users.metadata_group %}
+{%- set secrets = salt['chatmail_config.turn_secret_files'](chatmail) %}
 
 include:
   - {{ tplroot }}.base.config
 
+{#- chatmail.ini holds no secret, but only its readers get it: the chatmaild
+    units (SupplementaryGroups), dovecot's quota-warning script (extra_groups)
+    and fcgiwrap for /new (drop-in below), through the group made by base. #}
 chatmail-chatmaild-config-file-managed:
   file.managed:
     - name: {{ paths.ini }}
     - source: salt://{{ tpldir }}/files/chatmail.ini.jinja
     - template: jinja
     - user: root
-    - group: root
-    # read by the daemons (vmail) and by chatmail-newemail under fcgiwrap (www-data)
-    - mode: "0644"
+    - group: {{ config_group }}
+    - mode: "0640"
     - context:
         chatmail: {{ chatmail | json }}
     - require:
       - file: chatmail-base-config-directory
+      - group: chatmail-base-config-group-present
+
+{#- TURN secrets: one file per domain that has one, readable by root and
+    the group that only the chatmail-metadata unit gets (units.jinja);
+    chatmail.ini names the file (turn_secret_file).  show_changes: false
+    keeps the secret out of the highstate's output. #}
+chatmail-chatmaild-secrets-directory:
+  file.directory:
+    - name: {{ paths.secrets_dir }}
+    - user: root
+    - group: {{ metadata_group }}
+    - mode: "0750"
+    - require:
+      - file: chatmail-base-config-directory
+      - group: chatmail-base-metadata-group-present
+{%- for domain, path in secrets | dictsort %}
+
+chatmail-chatmaild-turn-secret-{{ domain }}-file-managed:
+  file.managed:
+    - name: {{ path }}
+    - contents: {{ chatmail.domains[domain].turn_secret | json }}
+    - user: root
+    - group: {{ metadata_group }}
+    - mode: "0640"
+    - show_changes: false
+    - require:
+      - file: chatmail-chatmaild-secrets-directory
+{%- endfor %}
+{%- if salt['file.directory_exists'](paths.secrets_dir) %}
+{%-   for entry in salt['file.readdir'](paths.secrets_dir) | sort
+        if entry.startswith('turn_secret.')
+        and (paths.secrets_dir ~ '/' ~ entry) not in secrets.values() %}
+
+chatmail-chatmaild-stale-{{ entry }}-file-absent:
+  file.absent:
+    - name: {{ paths.secrets_dir }}/{{ entry }}
+{%-   endfor %}
+{%- endif %}
+
+{#- /new: fcgiwrap (www-data) runs chatmail-newemail, which reads chatmail.ini;
+    only that service gets the group, not nginx's workers. #}
+chatmail-chatmaild-fcgiwrap-dropin-file-managed:
+  file.managed:
+    - name: {{ paths.systemd_dir }}/fcgiwrap.service.d/chatmail.conf
+    - makedirs: true
+    - mode: "0644"
+    - contents: |
+        # Managed by Salt (chatmail-salt): chatmail-newemail reads chatmail.ini
+        [Service]
+        SupplementaryGroups={{ config_group }}
+    - require:
+      - group: chatmail-base-config-group-present
 
 {%- for name, unit in units.items() %}
 

@@ -3,14 +3,17 @@
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import chatmail with context %}
 {%- from tplroot ~ "/chatmaild/units.jinja" import units, timers with context %}
+{%- set secrets = salt['chatmail_config.turn_secret_files'](chatmail) %}
 
 include:
   - .package
   - .config
+  # filtermail's units get postfix's group postdrop (its reinject sockets)
+  - {{ tplroot }}.postfix.package
 
-chatmail-chatmaild-daemon-reload-cmd-run:
-  cmd.run:
-    - name: systemctl daemon-reload
+chatmail-chatmaild-daemon-reloaded:
+  module.run:
+    - service.systemctl_reload: []
     - onchanges:
 {%- for name in units.keys() | list + timers.keys() | list %}
       - file: chatmail-chatmaild-{{ name }}-unit-file-managed
@@ -18,6 +21,7 @@ chatmail-chatmaild-daemon-reload-cmd-run:
 {%- for name in timers %}
       - file: chatmail-chatmaild-{{ name }}-timer-file-managed
 {%- endfor %}
+      - file: chatmail-chatmaild-fcgiwrap-dropin-file-managed
 
 {%- for name in units %}
 
@@ -28,11 +32,17 @@ chatmail-chatmaild-{{ name }}-service-running:
     - watch:
       - file: chatmail-chatmaild-config-file-managed
       - file: chatmail-chatmaild-{{ name }}-unit-file-managed
-      - cmd: chatmail-chatmaild-pip-cmd-run
+      - chatmail_venv: chatmail-chatmaild-venv-installed
+{%-   if name == 'chatmail-metadata' %}
+{%-     for domain in secrets | sort %}
+      - file: chatmail-chatmaild-turn-secret-{{ domain }}-file-managed
+{%-     endfor %}
+{%-   endif %}
     - require:
-      - cmd: chatmail-chatmaild-daemon-reload-cmd-run
+      - module: chatmail-chatmaild-daemon-reloaded
       - file: chatmail-base-mailboxes-directory
       - file: chatmail-base-state-directory
+      - pkg: chatmail-postfix-package-pkg-installed
 {%- endfor %}
 
 {%- for name in timers %}
@@ -44,8 +54,8 @@ chatmail-chatmaild-{{ name }}-timer-running:
     - watch:
       - file: chatmail-chatmaild-{{ name }}-timer-file-managed
     - require:
-      - cmd: chatmail-chatmaild-daemon-reload-cmd-run
-      - cmd: chatmail-chatmaild-pip-cmd-run
+      - module: chatmail-chatmaild-daemon-reloaded
+      - chatmail_venv: chatmail-chatmaild-venv-installed
 {%- endfor %}
 
 chatmail-chatmaild-fcgiwrap-socket-running:
@@ -54,3 +64,15 @@ chatmail-chatmaild-fcgiwrap-socket-running:
     - enable: true
     - require:
       - pkg: chatmail-chatmaild-pkgs-installed
+
+{#- fcgiwrap.service is started by its socket; a running one picks up the
+    group of its drop-in only when restarted (one not running: nothing to do). #}
+chatmail-chatmaild-fcgiwrap-restarted:
+  module.run:
+    - service.restart:
+      - name: fcgiwrap.service
+    - onlyif: systemctl is-active --quiet fcgiwrap.service
+    - onchanges:
+      - file: chatmail-chatmaild-fcgiwrap-dropin-file-managed
+    - require:
+      - module: chatmail-chatmaild-daemon-reloaded

@@ -25,16 +25,15 @@ chatmail-dns-{{ domain }}-zone-fragment-managed:
       - sls: {{ tplroot }}.opendkim.config
 {%- endfor %}
 
-{#- A domain removed from the pillar loses its zone fragment on the next run.
-    Only *.zone files of domains no longer listed are removed; with nothing
-    stale no state is rendered, so a repeat run reports no changes. #}
-{%- set zone_dir = chatmail.lookup.paths.zone_dir %}
-{%- if salt['file.directory_exists'](zone_dir) %}
-{%-   for entry in salt['file.readdir'](zone_dir) | sort
-        if entry.endswith('.zone') and entry[:-5] not in chatmail.domain_list %}
+{#- A domain removed from the pillar loses its zone fragment on the next run:
+    only *.zone files of domains no longer listed are removed. #}
+{%- set zones = [] %}
+{%- for domain in chatmail.domain_list %}
+{%-   do zones.append(domain ~ '.zone') %}
+{%- endfor %}
 
-chatmail-dns-{{ entry[:-5] }}-stale-zone-fragment-absent:
-  file.absent:
-    - name: {{ zone_dir }}/{{ entry }}
-{%-   endfor %}
-{%- endif %}
+chatmail-dns-stale-zone-fragments-pruned:
+  chatmail_files.pruned:
+    - name: {{ chatmail.lookup.paths.zone_dir }}
+    - match: '*.zone'
+    - keep: {{ zones | json }}

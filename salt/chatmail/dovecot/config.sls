@@ -5,6 +5,8 @@ include:
   - .package
   # the LMTP and auth sockets live in postfix's queue directory, owned by postfix
   - {{ tplroot }}.postfix.package
+  # the vmail account and the group of chatmail.ini's readers (quota-warning)
+  - {{ tplroot }}.base.config
 
 {#- dovecot.conf is complete on its own (Debian's conf.d is not included);
     it is checked with doveconf before it replaces the running file. #}
@@ -22,6 +24,7 @@ chatmail-dovecot-config-file-managed:
     - require:
       - pkg: chatmail-dovecot-package-pkg-installed
       - pkg: chatmail-postfix-package-pkg-installed
+      - group: chatmail-base-config-group-present
 
 chatmail-dovecot-config-auth-file-managed:
   file.managed:

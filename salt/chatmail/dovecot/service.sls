@@ -5,7 +5,8 @@ include:
   - .config
 
 {#- dovecot.conf was already checked before it was written (check_cmd);
-    this checks the whole set once more, as dovecot itself will read it. #}
+    this checks the whole set once more, as dovecot itself will read it
+    (cmd.run: no Salt state validates a dovecot configuration). #}
 chatmail-dovecot-service-config-checked:
   cmd.run:
     - name: doveconf -n >/dev/null

@@ -6,6 +6,7 @@
 chatmail-nginx-clean-files-absent:
   file.absent:
     - names:
+      - /etc/nginx/conf.d/chatmail.conf
 {%- for domain in chatmail.domain_list %}
       - /etc/nginx/sites-enabled/chatmail-{{ domain }}.conf
       - {{ chatmail.lookup.paths.www_root }}/{{ domain }}
@@ -17,9 +18,11 @@ chatmail-nginx-clean-default-site-symlink:
     - target: /etc/nginx/sites-available/default
     - onlyif: test -e /etc/nginx/sites-available/default
 
-chatmail-nginx-clean-service-reload-cmd-run:
-  cmd.run:
-    - name: systemctl try-reload-or-restart nginx
+chatmail-nginx-clean-service-reloaded:
+  module.run:
+    - service.reload:
+      - name: nginx
+    - onlyif: systemctl is-active --quiet nginx
     - onchanges:
       - file: chatmail-nginx-clean-files-absent
       - file: chatmail-nginx-clean-default-site-symlink

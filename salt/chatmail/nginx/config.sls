@@ -12,6 +12,17 @@ chatmail-nginx-pkgs-installed:
   pkg.installed:
     - pkgs: {{ (chatmail.lookup.pkgs.nginx + chatmail.lookup.pkgs.web) | json }}
 
+chatmail-nginx-http-conf-file-managed:
+  file.managed:
+    - name: /etc/nginx/conf.d/chatmail.conf
+    - source: salt://{{ tpldir }}/files/chatmail-http.conf.jinja
+    - template: jinja
+    - mode: "0644"
+    - context:
+        chatmail: {{ chatmail | json }}
+    - require:
+      - pkg: chatmail-nginx-pkgs-installed
+
 chatmail-nginx-default-site-file-absent:
   file.absent:
     - name: /etc/nginx/sites-enabled/default
@@ -89,6 +100,7 @@ chatmail-nginx-{{ domain }}-mta-sts-file-managed:
 
 {%-   if not d.is_ip %}
 
+{#- cmd.run: no Salt state draws a QR code; made once (creates). #}
 chatmail-nginx-{{ domain }}-qr-cmd-run:
   cmd.run:
     - name: >-
@@ -106,28 +118,23 @@ chatmail-nginx-{{ domain }}-qr-cmd-run:
     Only chatmail-<domain>.conf vhosts and <www_root>/<domain> directories of
     domains no longer listed are touched.  Mailboxes and DKIM keys are data
     and are never removed here: re-adding the domain finds them again. #}
-{%- set sites = '/etc/nginx/sites-enabled' %}
-{%- if salt['file.directory_exists'](sites) %}
-{%-   for entry in salt['file.readdir'](sites) | sort
-        if entry.startswith('chatmail-') and entry.endswith('.conf')
-        and entry[9:-5] not in chatmail.domain_list %}
+{%- set vhosts = [] %}
+{%- for domain in chatmail.domain_list %}
+{%-   do vhosts.append('chatmail-' ~ domain ~ '.conf') %}
+{%- endfor %}
 
-chatmail-nginx-{{ entry[9:-5] }}-stale-vhost-file-absent:
-  file.absent:
-    - name: {{ sites }}/{{ entry }}
+chatmail-nginx-stale-vhosts-pruned:
+  chatmail_files.pruned:
+    - name: /etc/nginx/sites-enabled
+    - match: 'chatmail-*.conf'
+    - keep: {{ vhosts | json }}
     - onchanges_in:
       - cmd: chatmail-nginx-config-test-cmd-run
     - watch_in:
       - service: chatmail-nginx-service-running
-{%-   endfor %}
-{%- endif %}
-{%- if salt['file.directory_exists'](www) %}
-{%-   for entry in salt['file.readdir'](www) | sort
-        if entry not in ['.', '..'] and entry not in chatmail.domain_list
-        and salt['file.directory_exists'](www ~ '/' ~ entry) %}
 
-chatmail-nginx-{{ entry }}-stale-www-directory-absent:
-  file.absent:
-    - name: {{ www }}/{{ entry }}
-{%-   endfor %}
-{%- endif %}
+chatmail-nginx-stale-www-directories-pruned:
+  chatmail_files.pruned:
+    - name: {{ www }}
+    - kind: dir
+    - keep: {{ chatmail.domain_list | json }}

@@ -4,10 +4,13 @@
 include:
   - .config
 
+{#- cmd.run: no Salt state validates an nginx configuration; a failing
+    "nginx -t" keeps the running nginx from reloading into it. #}
 chatmail-nginx-config-test-cmd-run:
   cmd.run:
     - name: nginx -t -q
     - onchanges:
+      - file: chatmail-nginx-http-conf-file-managed
       - file: chatmail-nginx-default-site-file-absent
 {%- for domain in chatmail.domain_list %}
       - file: chatmail-nginx-{{ domain }}-vhost-file-managed
@@ -21,6 +24,7 @@ chatmail-nginx-service-running:
     - require:
       - cmd: chatmail-nginx-config-test-cmd-run
     - watch:
+      - file: chatmail-nginx-http-conf-file-managed
       - file: chatmail-nginx-default-site-file-absent
 {%- for domain in chatmail.domain_list %}
       - file: chatmail-nginx-{{ domain }}-vhost-file-managed

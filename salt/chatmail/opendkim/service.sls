@@ -4,7 +4,8 @@
 include:
   - .config
 
-{#- Refuse to restart with a config that opendkim itself rejects. #}
+{#- Refuse to restart with a config that opendkim itself rejects (cmd.run:
+    no Salt state validates an opendkim configuration). #}
 chatmail-opendkim-service-config-checked:
   cmd.run:
     - name: opendkim -n -x /etc/opendkim.conf

@@ -14,7 +14,7 @@ include:
 
 {#- Files postfix reads directly (regexp tables need no postmap). #}
 {%- for name in ['main.cf', 'master.cf', 'submission_header_cleanup', 'lmtp_header_cleanup',
-                 'login_map', 'smtp_tls_policy_map'] %}
+                 'login_map', 'smtp_tls_policy_map', 'mx_command_filter'] %}
 
 chatmail-postfix-config-{{ name | replace('.', '-') | replace('_', '-') }}-file-managed:
   file.managed:
@@ -34,7 +34,8 @@ chatmail-postfix-config-{{ name | replace('.', '-') | replace('_', '-') }}-file-
 
 {#- SNI: domain -> key + chain.  "postmap -F" copies the files' content into
     the .db, so it is rebuilt when this list changes or when any of the
-    certificates or keys is newer than the .db (e.g. after a renewal). #}
+    certificates or keys is newer than the .db (e.g. after a renewal).
+    cmd.run: the map is built by "postmap -F", which no Salt state runs. #}
 chatmail-postfix-config-tls-server-sni-file-managed:
   file.managed:
     - name: /etc/postfix/tls_server_sni

@@ -11,7 +11,8 @@ chatmail-postfix-package-exim4-service-dead:
 
 {#- Its init script matches the daemon by executable, which fails where
     /proc/<pid>/exe of the (non-dumpable) daemon is unreadable, e.g. in a
-    container: the daemon survives "stop".  Match it by process name. #}
+    container: the daemon survives "stop".  Match it by process name
+    (cmd.run: service.dead would use that init script). #}
 chatmail-postfix-package-exim4-cmd-run:
   cmd.run:
     - name: start-stop-daemon --stop --oknodo --retry 10 --name exim4

@@ -3,13 +3,14 @@
 {%- set ns = namespace(sni=false) %}
 {%- for d in chatmail.domain_list if not chatmail.domains[d].is_ip %}{% set ns.sni = true %}{% endfor %}
 {%- set files = ['main-cf', 'master-cf', 'submission-header-cleanup', 'lmtp-header-cleanup',
-                 'login-map', 'smtp-tls-policy-map'] %}
+                 'login-map', 'smtp-tls-policy-map', 'mx-command-filter'] %}
 
 include:
   - .config
 
 {#- A configuration postfix does not accept never gets as far as a restart:
-    "postfix check" plus any warning postconf prints about main.cf/master.cf. #}
+    "postfix check" plus any warning postconf prints about main.cf/master.cf.
+    cmd.run: Salt has no state that validates a postfix configuration. #}
 chatmail-postfix-service-config-checked:
   cmd.run:
     - name: >-

@@ -30,18 +30,16 @@ chatmail-tls-clean-files-absent:
 chatmail-tls-clean-ca-directory-absent:
   file.absent:
     - name: {{ chatmail.lookup.paths.tls_dir }}/ca
-{%- set trust_dir = '/usr/local/share/ca-certificates' %}
-{%- set trusted = salt['file.find'](trust_dir, name='chatmail-*.crt', type='f', maxdepth=1)
-      if salt['file.directory_exists'](trust_dir) else [] %}
-{%- if trusted %}
 
-chatmail-tls-clean-trusted-cas-file-absent:
-  file.absent:
-    - names: {{ trusted | json }}
+chatmail-tls-clean-trusted-cas-pruned:
+  chatmail_files.pruned:
+    - name: /usr/local/share/ca-certificates
+    - match: 'chatmail-*.crt'
+    - kind: file
 
+{#- cmd.run: Salt has no state for the system trust store. #}
 chatmail-tls-clean-trusted-cas-update-cmd-run:
   cmd.run:
     - name: update-ca-certificates --fresh
     - onchanges:
-      - file: chatmail-tls-clean-trusted-cas-file-absent
-{%- endif %}
+      - chatmail_files: chatmail-tls-clean-trusted-cas-pruned

@@ -37,6 +37,9 @@ chatmail-tls-{{ domain }}-directory:
     - require:
       - file: chatmail-tls-directory
 
+{#- cmd.run, not x509.certificate_managed: the x509 states (python
+    cryptography) refuse DNS names with "_" labels (IDNA), and "_" domains
+    are exactly the self-signed ones Delta Chat accepts.  Made once. #}
 chatmail-tls-{{ domain }}-selfsigned-cmd-run:
   cmd.run:
     - name: >-
@@ -169,29 +172,25 @@ chatmail-tls-trusted-ca-{{ loop.index }}-file-managed:
     - group: root
     - mode: "0644"
 {%- endfor %}
-{%- set stale = salt['file.find'](trust_dir, name='chatmail-*.crt', type='f', maxdepth=1)
-      | reject('in', trusted) | list if salt['file.directory_exists'](trust_dir) else [] %}
-{%- if stale %}
 
-chatmail-tls-trusted-ca-stale-file-absent:
-  file.absent:
-    - names: {{ stale | json }}
-{%- endif %}
-{%- if trusted or stale %}
+chatmail-tls-trusted-ca-stale-files-pruned:
+  chatmail_files.pruned:
+    - name: {{ trust_dir }}
+    - match: 'chatmail-*.crt'
+    - kind: file
+    - keep: {{ trusted | map('regex_replace', '^.*/', '') | list | json }}
 
 {#- Rebuilds /etc/ssl/certs (hash links read by postfix's smtp_tls_CApath,
-    ca-certificates.crt read by Python and most other clients). #}
+    ca-certificates.crt read by Python and most other clients).  cmd.run:
+    Salt has no state for the system trust store. #}
 chatmail-tls-trusted-cas-update-cmd-run:
   cmd.run:
     - name: update-ca-certificates
     - onchanges:
-{%-   for path in trusted %}
+      - chatmail_files: chatmail-tls-trusted-ca-stale-files-pruned
+{%- for path in trusted %}
       - file: chatmail-tls-trusted-ca-{{ loop.index }}-file-managed
-{%-   endfor %}
-{%-   if stale %}
-      - file: chatmail-tls-trusted-ca-stale-file-absent
-{%-   endif %}
-{%- endif %}
+{%- endfor %}
 {%- if 'acme' in modes %}
 {%-   set acme_email = chatmail.domains.values() | map(attribute='acme_email') | select | first | default('') %}
 {%-   set acme_domains = [] %}
@@ -288,6 +287,10 @@ chatmail-tls-acme-order-file-managed:
 {%-     do order_requires.append('cmd: chatmail-tls-trusted-cas-update-cmd-run') %}
 {%-   endif %}
 
+{#- cmd.run: acmetool has no Salt state; chatmail-acme-order wraps its
+    reconcile (see files/chatmail-acme-order.jinja).  The first state orders
+    when the configuration changed, the second whenever a certificate is
+    missing, expired or from another directory. #}
 chatmail-tls-acme-reconcile-cmd-run:
   cmd.run:
     - name: /usr/local/sbin/chatmail-acme-order
@@ -338,26 +341,17 @@ chatmail-tls-external-service-unit-file-managed:
     memory until then.  Only entries named after
     domains no longer listed are touched (never the CA directory, never
     desired files not written by this tree). #}
-{%- if salt['file.directory_exists'](paths.tls_dir) %}
-{%-   for entry in salt['file.readdir'](paths.tls_dir) | sort
-        if entry not in ['.', '..', 'ca'] and entry not in chatmail.domain_list
-        and salt['file.directory_exists'](paths.tls_dir ~ '/' ~ entry) %}
 
-chatmail-tls-{{ entry }}-stale-directory-absent:
-  file.absent:
-    - name: {{ paths.tls_dir }}/{{ entry }}
+chatmail-tls-stale-directories-pruned:
+  chatmail_files.pruned:
+    - name: {{ paths.tls_dir }}
+    - kind: dir
+    - keep: {{ (chatmail.domain_list + ['ca']) | json }}
     - order: last
-{%-   endfor %}
-{%- endif %}
-{%- set desired = '/var/lib/acme/desired' %}
-{%- if salt['file.directory_exists'](desired) %}
-{%-   for entry in salt['file.readdir'](desired) | sort
-        if entry not in ['.', '..'] and entry not in chatmail.domain_list
-        and salt['file.file_exists'](desired ~ '/' ~ entry)
-        and salt['file.search'](desired ~ '/' ~ entry, 'Managed by Salt \\(chatmail-salt\\)') %}
 
-chatmail-tls-{{ entry }}-stale-acme-desired-file-absent:
-  file.absent:
-    - name: {{ desired }}/{{ entry }}
-{%-   endfor %}
-{%- endif %}
+chatmail-tls-stale-acme-desired-files-pruned:
+  chatmail_files.pruned:
+    - name: /var/lib/acme/desired
+    - kind: file
+    - keep: {{ chatmail.domain_list | json }}
+    - containing: 'Managed by Salt \(chatmail-salt\)'

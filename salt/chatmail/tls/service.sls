@@ -10,17 +10,23 @@ include:
 {%- endfor %}
 {%- if ca_domains %}
 
-{#- A (re)issued certificate: the TLS users reload (not yet installed on the
-    first run: nothing to reload then). #}
-chatmail-tls-ca-reload-cmd-run:
-  cmd.run:
-    - name: >-
-        for svc in postfix dovecot nginx; do
-        systemctl try-reload-or-restart "$svc" 2>/dev/null || true; done
+{#- A certificate (re)issued by the pillar CA: the services that serve it
+    reload, which keeps their connections (also when only chatmail.tls is
+    applied).  A service not running yet (the first run installs it later)
+    has nothing to reload.  ACME certificates reload through acmetool's hook,
+    self-signed ones are made once, before the services start. #}
+{%-   for unit in ['postfix@-', 'dovecot', 'nginx'] %}
+
+chatmail-tls-{{ unit.rstrip('@-') }}-reloaded:
+  module.run:
+    - service.reload:
+      - name: {{ unit }}
+    - onlyif: systemctl is-active --quiet {{ unit }}
     - onchanges:
-{%-   for domain in ca_domains %}
+{%-     for domain in ca_domains %}
       - x509: chatmail-tls-{{ domain }}-ca-certificate-managed
       - x509: chatmail-tls-{{ domain }}-ca-private-key-managed
+{%-     endfor %}
 {%-   endfor %}
 {%- endif %}
 {%- if 'acme' in modes %}
@@ -34,9 +40,9 @@ chatmail-tls-acme-timer-running:
 {%- endif %}
 {%- if 'external' in modes %}
 
-chatmail-tls-external-daemon-reload-cmd-run:
-  cmd.run:
-    - name: systemctl daemon-reload
+chatmail-tls-external-daemon-reloaded:
+  module.run:
+    - service.systemctl_reload: []
     - onchanges:
       - file: chatmail-tls-external-path-unit-file-managed
       - file: chatmail-tls-external-service-unit-file-managed
@@ -48,5 +54,5 @@ chatmail-tls-external-path-service-running:
     - watch:
       - file: chatmail-tls-external-path-unit-file-managed
     - require:
-      - cmd: chatmail-tls-external-daemon-reload-cmd-run
+      - module: chatmail-tls-external-daemon-reloaded
 {%- endif %}
