@@ -401,6 +401,7 @@ def _build(defaults, osfamily, pillar, check_files, schema):
         errors.add(
             ["chatmail", "journald", "max_retention"], f"not a time span such as 2day: {ret!r}"
         )
+    _check_metrics(merged["metrics"], params, kinds, errors)
     for key, value in merged["lookup"]["paths"].items():
         if not str(value).startswith("/"):
             errors.add(["chatmail", "lookup", "paths", key], f"must be an absolute path: {value!r}")
@@ -466,6 +467,79 @@ def _build(defaults, osfamily, pillar, check_files, schema):
     merged["primary"] = primary
     merged["per_domain_params"] = per_domain
     return merged
+
+
+def _check_metrics(metrics, params, kinds, errors):
+    path = ["chatmail", "metrics"]
+    addr = metrics["listen_address"]
+    if not _is_ip(addr):
+        errors.add(path + ["listen_address"], f"not an IP address: {addr!r}")
+    chatmaild_ports = {params[k]: k for k, kind in kinds.items() if kind == "port" and k in params}
+    seen = {}
+    for name, port in sorted(metrics["ports"].items()):
+        ppath = path + ["ports", name]
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            errors.add(ppath, f"not a TCP port: {port!r}")
+        elif port in SERVICE_PORTS:
+            errors.add(ppath, f"port {port} clashes with the {SERVICE_PORTS[port]} service")
+        elif port in chatmaild_ports:
+            errors.add(ppath, f"port {port} clashes with params:{chatmaild_ports[port]}")
+        elif port in seen:
+            errors.add(ppath, f"port {port} clashes with metrics:ports:{seen[port]}")
+        else:
+            seen[port] = name
+    for key in ("fsreport_interval", "status_interval"):
+        value = str(metrics[key])
+        if not _SYSTEMD_TIME_RE.match(value) or not any(c.isdigit() and c != "0" for c in value):
+            errors.add(path + [key], f"not a positive time span such as 15min: {value!r}")
+
+
+# Settings of the fleet's Prometheus server (salt/fleet/prometheus.sls).
+_PROM_DURATION_RE = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
+
+
+def prometheus_settings(defaults, pillar=None):
+    """Merge the fleet Prometheus defaults with pillar ``fleet:prometheus``
+    and validate them; raises :class:`ChatmailConfigError` naming each bad
+    key (``fleet:prometheus:<key>``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call chatmail_config.prometheus_settings "$(cat defaults.yaml)" "{port: 9090}"
+    """
+    errors = _Errors()
+    path = ["fleet", "prometheus"]
+    free = (("prometheus", "static_relays"),)
+    merged = _merge_checked(defaults, pillar or {}, path, errors, free=free)
+    if errors:
+        raise ChatmailConfigError(errors)
+    if not _is_ip(merged["listen_address"]):
+        errors.add(path + ["listen_address"], f"not an IP address: {merged['listen_address']!r}")
+    if not 0 < merged["port"] < 65536:
+        errors.add(path + ["port"], f"not a TCP port: {merged['port']}")
+    for key in ("scrape_interval", "retention"):
+        if not _PROM_DURATION_RE.match(merged[key]):
+            errors.add(path + [key], f"not a Prometheus duration such as 30d: {merged[key]!r}")
+    if not merged["targets"]:
+        errors.add(path + ["targets"], "must be a salt target such as '*'")
+    for relay, targets in merged["static_relays"].items():
+        if not isinstance(targets, dict):
+            errors.add(path + ["static_relays", relay], "must map exporter names to host:port")
+            continue
+        for kind, target in targets.items():
+            if kind not in METRICS_EXPORTERS or not isinstance(target, str) or ":" not in target:
+                errors.add(
+                    path + ["static_relays", relay, kind],
+                    f"must be one of {', '.join(METRICS_EXPORTERS)} with a host:port value",
+                )
+    if errors:
+        raise ChatmailConfigError(errors)
+    return merged
+
+
+METRICS_EXPORTERS = ("node", "postfix", "mtail", "dovecot")
 
 
 def _not_a_param(key, schema):

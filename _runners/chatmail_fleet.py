@@ -1,7 +1,9 @@
 """
 Fleet view of chatmail relays for the salt master, built from the salt mine
 (published by every minion, see pillar/fleet/mine.sls) and the master's job
-cache (results of the scheduled highstates).
+cache (results of the scheduled highstates), read through Salt's returner
+interface (``get_jids``/``get_jid`` of the configured ``master_job_cache`` or
+``ext_job_cache``, as ``salt-run jobs.*`` does), so any job cache works.
 
 - ``records``: the DNS records of every chatmail domain in the fleet
 - ``dns``: the live DNS check result per domain
@@ -12,11 +14,10 @@ cache (results of the scheduled highstates).
 The master finds this module through ``runner_dirs`` (etc/salt/master.d).
 """
 
-import glob
+import contextlib
 import logging
-import os
 
-import salt.payload
+import salt.minion
 
 log = logging.getLogger(__name__)
 
@@ -191,11 +192,69 @@ def _jid_time(jid):
     return f"{jid[0:4]}-{jid[4:6]}-{jid[6:8]} {jid[8:10]}:{jid[10:12]}:{jid[12:14]}"
 
 
+@contextlib.contextmanager
+def _job_cache():
+    """(returner functions, name of the job cache) as ``salt-run jobs.*`` use
+    them: ``ext_job_cache`` when set, else ``master_job_cache``."""
+    name = __opts__.get("ext_job_cache") or __opts__.get("master_job_cache") or "local_cache"
+    mminion = salt.minion.MasterMinion(__opts__, states=False, rend=False)
+    try:
+        yield mminion.returners, name
+    finally:
+        mminion.destroy()
+
+
+def _load_fun_args(load):
+    """(function, arguments) of a job as get_jids or get_load give it."""
+    if not isinstance(load, dict):
+        return None, []
+    fun = load.get("Function") or load.get("fun")
+    args = load.get("Arguments")
+    if args is None:
+        args = load.get("arg")
+    return fun, list(args or [])
+
+
+def _is_highstate_job(fun, args):
+    if fun not in HIGHSTATE_FUNS:
+        return False
+    # state.apply with named SLS is not a highstate
+    return not (
+        fun == "state.apply"
+        and any(isinstance(arg, str) and "=" not in arg and arg != "" for arg in args)
+    )
+
+
+def _highstate_jids(returners, cache):
+    """Highstate jids in the job cache, newest first."""
+    jids = returners[f"{cache}.get_jids"]() or {}
+    if isinstance(jids, dict):
+        entries = jids.items()
+    else:  # returners that list jids only
+        entries = ((jid, returners[f"{cache}.get_load"](jid)) for jid in jids)
+    found = []
+    for jid, load in entries:
+        fun, args = _load_fun_args(load)
+        if _is_highstate_job(fun, args):
+            found.append(str(jid))
+    return sorted(found, reverse=True)
+
+
+def _minion_return(value):
+    """The function's return from a get_jid entry ({"return": ...} or bare)."""
+    if isinstance(value, dict) and "return" in value:
+        return value["return"]
+    return value
+
+
 def last_highstates(tgt="*", tgt_type="glob"):
     """
     Return ``{minion: {"jid", "time", "result", "states", "failed", "changed",
     "errors"}}``: the newest highstate each minion returned to the master,
-    scheduled or started from the master (read from the local job cache).
+    scheduled or started from the master, read from the master's job cache
+    through the returner interface (any ``master_job_cache``).  Jobs are read
+    newest first and the search stops once every relay in the mine has its
+    result.
 
     CLI Example:
 
@@ -204,45 +263,21 @@ def last_highstates(tgt="*", tgt_type="glob"):
         salt-run chatmail_fleet.last_highstates
     """
     minions = set(_mine(MINE_STATUS, tgt, tgt_type)) | set(_mine(MINE_ZONES, tgt, tgt_type))
-    jobs_dir = os.path.join(__opts__["cachedir"], "jobs")
     latest = {}
-    for jid_file in glob.glob(os.path.join(jobs_dir, "*", "*", "jid")):
-        jid_dir = os.path.dirname(jid_file)
-        try:
-            with open(jid_file, encoding="utf-8") as fh:
-                jid = fh.read().strip()
-        except OSError:
-            continue
-        try:
-            with open(os.path.join(jid_dir, ".load.p"), "rb") as fh:
-                load = salt.payload.load(fh) or {}
-        except (OSError, ValueError):
-            continue
-        if load.get("fun") not in HIGHSTATE_FUNS:
-            continue
-        # state.apply with named SLS is not a highstate
-        if load["fun"] == "state.apply" and any(
-            isinstance(arg, str) and "=" not in arg for arg in load.get("arg") or []
-        ):
-            continue
-        for minion in os.listdir(jid_dir):
-            ret_file = os.path.join(jid_dir, minion, "return.p")
-            if minion.startswith(".") or not os.path.exists(ret_file):
-                continue
-            if minions and minion not in minions:
-                continue
-            if minion in latest and latest[minion]["jid"] >= jid:
-                continue
-            try:
-                with open(ret_file, "rb") as fh:
-                    ret = (salt.payload.load(fh) or {}).get("return")
-            except (OSError, ValueError, AttributeError):
-                continue
-            if _is_busy(ret) or not _is_highstate_return(ret):
-                continue
-            entry = {"jid": jid, "time": _jid_time(jid)}
-            entry.update(_state_summary(ret))
-            latest[minion] = entry
+    with _job_cache() as (returners, cache):
+        for jid in _highstate_jids(returners, cache):
+            if minions and minions <= set(latest):
+                break
+            returns = returners[f"{cache}.get_jid"](jid) or {}
+            for minion, value in returns.items():
+                if minion in latest or (minions and minion not in minions):
+                    continue
+                ret = _minion_return(value)
+                if _is_busy(ret) or not _is_highstate_return(ret):
+                    continue
+                entry = {"jid": jid, "time": _jid_time(jid)}
+                entry.update(_state_summary(ret))
+                latest[minion] = entry
     return dict(sorted(latest.items()))
 
 

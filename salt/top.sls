@@ -1,3 +1,7 @@
 base:
   '*':
     - chatmail
+  # the fleet's Prometheus on the host whose pillar switches it on
+  'I@fleet:prometheus:enabled:True':
+    - match: compound
+    - fleet.prometheus

@@ -23,7 +23,10 @@ SHARED_RELAY = (
     "tests/hosts/test_relay.py",
     "tests/hosts/test_status.py",
     "tests/hosts/test_smoke.py",
+    "tests/hosts/test_metrics.py",
 )
+# modules sharing the fleet suite's master and relays
+SHARED_FLEET = ("tests/fleet/test_fleet.py", "tests/fleet/test_fleet_metrics.py")
 # Suites by how long they take alone (longest first); the rest follow in
 # collection order.
 SLOW = [
@@ -47,6 +50,8 @@ def suite_of(nodeid):
         return "acceptance"
     if path in SHARED_RELAY:
         return "hosts-relay"
+    if path in SHARED_FLEET:
+        return SHARED_FLEET[0]
     return path
 
 

@@ -123,6 +123,8 @@ chatmail:
     disable_ipv6: false
     # per domain; contact address of the ACME (Let's Encrypt) account
     acme_email: ''
+    # the daemons write their counters to <metrics_dir>/<daemon>.prom (Prometheus text files, read by the node exporter of chatmail:metrics); empty or a missing directory: no export
+    metrics_dir: /var/lib/chatmail-metrics
     # log every IMAP session's protocol to files in the mailbox (debugging only)
     imap_rawlog: false
     # offer IMAP COMPRESS (keeps sessions from hibernating)
@@ -231,6 +233,24 @@ chatmail:
   journald:
     max_retention: 2day  # journald MaxRetentionSec (logs are kept in memory only)
 
+  # Prometheus metrics of this relay (docs/fleet-operations.md): Debian's
+  # node exporter (system, plus the chatmaild counters, fsreport and status
+  # text files in params:metrics_dir), postfix exporter (queue), mtail on the
+  # journal (deliveries, deferrals) and Dovecot's stats endpoint (logins).
+  # Each listens on listen_address only; nothing is public unless a fleet
+  # Prometheus needs it (then name an address only it can reach).
+  metrics:
+    enabled: true
+    listen_address: 127.0.0.1
+    ports:
+      node: 9100
+      postfix: 9154
+      mtail: 3903
+      dovecot: 9900
+    fsreport_interval: 15min   # accounts, activity, storage (systemd time span)
+    status_interval: 10min     # certificate expiry, DNS check, services
+    public: false              # https://<domain>/metrics: that domain's account total only
+
   # Thresholds of the on-demand health check: salt-call state.apply chatmail.status
   status:
     days_left: 14         # a certificate (served or on disk) expiring sooner is a problem
@@ -260,6 +280,7 @@ chatmail:
       fcgiwrap: [fcgiwrap]
       web: [qrencode]
       acme: [acmetool]
+      metrics: [prometheus-node-exporter, prometheus-postfix-exporter, mtail]
     paths:
       config_dir: /etc/chatmail
       secrets_dir: /etc/chatmail/secrets

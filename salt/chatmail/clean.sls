@@ -1,6 +1,7 @@
 # Undo the relay in reverse order (mailboxes, DKIM keys and certificates are
 # data and stay unless their component's clean removes them explicitly).
 include:
+  - .metrics.clean
   - .dns.clean
   - .nginx.clean
   - .postfix.clean

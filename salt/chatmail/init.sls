@@ -12,3 +12,4 @@ include:
   - .postfix
   - .nginx
   - .dns
+  - .metrics

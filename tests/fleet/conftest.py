@@ -27,8 +27,17 @@ def pillar_file(minion_id):
     return "hosts/" + minion_id.replace(".", "_") + ".sls"
 
 
+# The fleet's Prometheus runs on the first relay (pillar fleet:prometheus),
+# scraping every relay's exporters on its test-network address.
+PROMETHEUS = MINIONS[0]
+# minion id -> its test-network address, known once the hosts are booted
+ADDRESSES = {}
+
+
 def relay_pillar(domain, extra_params=None):
-    """The pillar of one fleet relay: its own domain, DNS through the test nsd."""
+    """The pillar of one fleet relay: its own domain, DNS through the test nsd;
+    once booted, its metrics exporters on its own address (and on the first
+    relay the fleet's Prometheus)."""
     lines = [
         f"# pillar of the fleet test relay {domain}",
         "chatmail:",
@@ -37,11 +46,21 @@ def relay_pillar(domain, extra_params=None):
         "  dns:",
         f"    forwarders: [{GATEWAY}]",
     ]
+    if domain in ADDRESSES:
+        lines += ["  metrics:", f"    listen_address: {ADDRESSES[domain]}"]
     # The hosts share the CI machine's load average (2 cores, several suites):
     # keep account creation from being refused as "overloaded".
     params = {"max_load_1m": 1000, **(extra_params or {})}
     lines.append("  params:")
     lines += [f"    {key}: {value}" for key, value in params.items()]
+    if domain == PROMETHEUS and domain in ADDRESSES:
+        lines += [
+            "fleet:",
+            "  prometheus:",
+            "    enabled: true",
+            f"    listen_address: {ADDRESSES[domain]}",
+            "    scrape_interval: 5s",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -85,6 +104,9 @@ def fleet(master):
     """{minion id: Host}: three booted hosts, bootstrapped as minions, keys accepted."""
     specs = [{"name": _name(m), "fqdn": m, "keep": KEEP} for m in MINIONS]
     booted = hosts.boot_many(specs)
+    ADDRESSES.update({h.fqdn: h.ip for h in booted})
+    for host in booted:
+        write_pillar(master.pillar_dir, host.fqdn)
     # The relays' resolver (unbound, forwarding to the slot's nsd) asks for their
     # domains from the first highstate on: nsd must answer for them from the start,
     # or unbound backs off from it and later checks time out.
@@ -104,8 +126,17 @@ def fleet(master):
 
 @pytest.fixture(scope="session")
 def fleet_converged(master, fleet):
-    """The first highstate of all three relays, started from the master."""
-    return fleet_master.highstate(master, MINIONS)
+    """The first highstate of all three relays, started from the master.
+
+    The Prometheus host's scrape targets come from the other relays' mine
+    entries, which exist only after their own first highstate: once the mine
+    is updated, fleet.prometheus runs there again, so the fleet is converged
+    (a later scheduled highstate finds nothing to change)."""
+    results = fleet_master.highstate(master, MINIONS)
+    if all(r.ok for r in results.values()):
+        master.salt(MINIONS, "mine.update")
+        master.salt([PROMETHEUS], "state.apply", "fleet.prometheus", "queue=True", timeout=900)
+    return results
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,13 @@
-"""The fleet runner's logic on given mine data and a real local job cache
-layout (no master, no hosts): records, DNS view, last highstates, status."""
+"""The fleet runner's logic on given mine data and real job caches written
+through Salt's returner interface (local_cache and salt_cache, as a master
+would; no master, no hosts): records, DNS view, last highstates, status."""
 
+import contextlib
 import importlib.util
-import os
 
 import pytest
-import salt.payload
+import salt.config
+import salt.loader
 
 from tests.harness import REPO
 
@@ -16,8 +18,11 @@ opendkim._domainkey.a.test. 3600 IN TXT "v=DKIM1;k=rsa;p=AAAA" "BBBB"
 """
 
 
-@pytest.fixture
-def runner(tmp_path):
+JOB_CACHES = ["local_cache", "salt_cache"]
+
+
+@pytest.fixture(params=JOB_CACHES)
+def runner(tmp_path, request):
     spec = importlib.util.spec_from_file_location(
         "chatmail_fleet_under_test", REPO / "_runners" / "chatmail_fleet.py"
     )
@@ -65,21 +70,33 @@ def runner(tmp_path):
         },
     }
     module.__salt__ = {"mine.get": lambda tgt, fun, tgt_type="glob": mine.get(fun, {})}
-    module.__opts__ = {"cachedir": str(tmp_path)}
+    opts = salt.config.master_config(None)
+    opts.update(
+        {
+            "root_dir": str(tmp_path),
+            "cachedir": str(tmp_path / "cache"),
+            "pki_dir": str(tmp_path / "pki"),
+            "sock_dir": str(tmp_path / "sock"),
+            "extension_modules": str(tmp_path / "extmods"),
+            "master_job_cache": request.param,
+        }
+    )
+    module.__opts__ = opts
+    module.job_writer = salt.loader.returners(opts, {})
     return module
 
 
-def write_job(cachedir, jid, fun, returns, arg=()):
-    jid_dir = os.path.join(cachedir, "jobs", jid[:2], jid)
-    os.makedirs(jid_dir)
-    with open(os.path.join(jid_dir, "jid"), "w") as fh:
-        fh.write(jid)
-    with open(os.path.join(jid_dir, ".load.p"), "wb") as fh:
-        salt.payload.dump({"fun": fun, "arg": list(arg), "jid": jid}, fh)
+def write_job(runner, jid, fun, returns, arg=()):
+    """Store a job as the master does, through the job cache's returner."""
+    cache = runner.__opts__["master_job_cache"]
+    returners = runner.job_writer
+    returners[f"{cache}.prep_jid"](passed_jid=jid)
+    load = {"fun": fun, "arg": list(arg), "jid": jid, "tgt": "*", "tgt_type": "glob"}
+    returners[f"{cache}.save_load"](jid, load)
     for minion, ret in returns.items():
-        os.makedirs(os.path.join(jid_dir, minion))
-        with open(os.path.join(jid_dir, minion, "return.p"), "wb") as fh:
-            salt.payload.dump({"return": ret, "retcode": 0}, fh)
+        returners[f"{cache}.returner"](
+            {"jid": jid, "id": minion, "fun": fun, "return": ret, "retcode": 0}
+        )
 
 
 def state(sid, result=True, changes=None):
@@ -109,18 +126,18 @@ def test_dns_view(runner):
 
 
 def test_last_highstates_newest_real_run(runner, tmp_path):
-    write_job(tmp_path, "20261122040000000000", "state.highstate", {"m1": state("a")})
+    write_job(runner, "20261122040000000000", "state.highstate", {"m1": state("a")})
     write_job(
-        tmp_path,
+        runner,
         "20261122050000000000",
         "state.highstate",
         {"m1": {**state("a"), **state("b", changes={"diff": "x"})}},
     )
     busy = ['The function "state.highstate" is running as PID 7 and was started at ...']
-    write_job(tmp_path, "20261122060000000000", "state.highstate", {"m1": busy})
-    write_job(tmp_path, "20261122070000000000", "state.apply", {"m1": state("c")}, arg=["fleet"])
-    write_job(tmp_path, "20261122080000000000", "test.ping", {"m1": True})
-    write_job(tmp_path, "20261122030000000000", "state.highstate", {"m2": ["Pillar failed"]})
+    write_job(runner, "20261122060000000000", "state.highstate", {"m1": busy})
+    write_job(runner, "20261122070000000000", "state.apply", {"m1": state("c")}, arg=["fleet"])
+    write_job(runner, "20261122080000000000", "test.ping", {"m1": True})
+    write_job(runner, "20261122030000000000", "state.highstate", {"m2": ["Pillar failed"]})
     last = runner.last_highstates()
     assert last["m1"]["jid"] == "20261122050000000000"
     assert last["m1"]["time"] == "2026-11-22 05:00:00"
@@ -130,7 +147,7 @@ def test_last_highstates_newest_real_run(runner, tmp_path):
 
 
 def test_status_table(runner, tmp_path):
-    write_job(tmp_path, "20261122050000000000", "state.highstate", {"m1": state("a")})
+    write_job(runner, "20261122050000000000", "state.highstate", {"m1": state("a")})
     data = runner.status(text=False)
     row = data["m1"]["row"]
     assert row["highstate"] == "ok 2026-11-22 05:00:00"
@@ -150,3 +167,40 @@ def test_status_table(runner, tmp_path):
     assert "m1" in text
     report = runner.report()
     assert "=== DNS records ===" in report and "=== Fleet status ===" in report
+
+
+def test_last_highstates_through_any_returner(runner):
+    """A job cache whose get_jids lists jids only and whose get_jid gives bare
+    returns (no {"return": ...} wrapper) is read as well."""
+    jobs = {
+        "20261122050000000000": ("state.highstate", {"m1": state("a"), "m2": state("b")}),
+        "20261122060000000000": ("state.apply", {"m1": state("c", result=False)}),
+        "20261122070000000000": ("state.apply", {"m2": ["SLS x not found"]}),
+    }
+    fake = {
+        "fake.get_jids": lambda: sorted(jobs),
+        "fake.get_load": lambda jid: {"fun": jobs[jid][0], "arg": []},
+        "fake.get_jid": lambda jid: dict(jobs[jid][1]),
+    }
+    runner._job_cache = lambda: contextlib.nullcontext((fake, "fake"))
+    last = runner.last_highstates()
+    assert last["m1"]["jid"] == "20261122060000000000" and last["m1"]["result"] is False
+    assert last["m2"]["jid"] == "20261122070000000000"
+    assert last["m2"]["errors"] == ["SLS x not found"]
+
+
+def test_last_highstates_stops_when_every_relay_is_found(runner):
+    calls = []
+    jobs = {f"202611220{h}0000000000": {"m1": state("a"), "m2": state("b")} for h in range(1, 8)}
+    listing = {jid: {"Function": "state.highstate", "Arguments": []} for jid in jobs}
+    fake = {
+        "fake.get_jids": lambda: listing,
+        "fake.get_jid": lambda jid: calls.append(jid) or jobs[jid],
+    }
+    runner._job_cache = lambda: contextlib.nullcontext((fake, "fake"))
+    last = runner.last_highstates()
+    assert {m: e["jid"] for m, e in last.items()} == {
+        "m1": "20261122070000000000",
+        "m2": "20261122070000000000",
+    }
+    assert calls == ["20261122070000000000"]

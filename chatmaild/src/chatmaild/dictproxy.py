@@ -531,6 +531,9 @@ def run_dict_daemon(name: str, factory, argv=None, mode=0o660) -> int:
         config = read_config(inipath)
     except ConfigError as exc:
         return main_config_error(exc)
+    from . import metrics
+
+    metrics.start(config, name)
     proxy = factory(config)
     proxy.serve_forever(socket_path, mode=mode)
     return 0

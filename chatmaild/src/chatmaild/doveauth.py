@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 
+from . import metrics
 from .address import is_account_localpart
 from .dictproxy import DictProxy, run_dict_daemon
 from .syslimits import resource_shortage
@@ -173,12 +174,14 @@ class AuthDictProxy(DictProxy):
         reason = creation_refusal(self.config, addr, password)
         if reason:
             log.warning("refused to create %s: %s", addr, reason)
+            metrics.inc("chatmail_account_creations_refused_total")
             return None
         with self._lock_for(addr):
             stored = user.read_password()
             if stored is None:
                 if user.create(encrypt_password(password)):
                     log.info("created account %s", addr)
+                    metrics.inc("chatmail_accounts_created_total", domain=addr.rsplit("@", 1)[1])
                 stored = user.read_password()
         if stored is None:
             raise Refused("account vanished during creation")

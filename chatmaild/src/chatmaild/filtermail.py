@@ -46,6 +46,7 @@ from email.policy import compat32
 import dkim.util
 from aiosmtpd.smtp import SMTP, syntax
 
+from . import metrics
 from .address import AddressError, normalize_domain, normalize_recipient
 from .config import ConfigError, main_config_error, read_config
 from .dsn import bounce_problem
@@ -84,7 +85,19 @@ SINGLE_HEADERS = ("content-type", "content-transfer-encoding")
 
 
 class Reject(Exception):
-    """A check failed; ``args[0]`` is the SMTP reply for the client."""
+    """A check failed; ``args[0]`` is the SMTP reply for the client,
+    ``reason`` the label under which the refusal is counted."""
+
+    def __init__(self, reply: str, reason: str = "other"):
+        super().__init__(reply)
+        self.reason = reason
+
+
+MESSAGES = "chatmail_filtermail_messages_total"
+
+
+def count(direction: str, result: str, reason: str):
+    metrics.inc(MESSAGES, direction=direction, result=result, reason=reason)
 
 
 def safe_reply(reply: str) -> str:
@@ -361,25 +374,35 @@ class BaseHandler:
             extra = await self.prepare(content)
             check = functools.partial(self.check, *args, **extra)
             if len(content) <= self.inline_check_limit:
-                check()
+                kind = check()
             else:
-                await loop.run_in_executor(self.executor, check)
+                kind = await loop.run_in_executor(self.executor, check)
         except Reject as exc:
             log.info("%s from %r refused: %s", self.direction, mail_from, exc.args[0])
+            count(self.direction, "rejected", exc.reason)
             return safe_reply(exc.args[0])
         except Exception:
             log.exception("%s from %r: check failed", self.direction, mail_from)
+            count(self.direction, "rejected", "malformed")
             return "554 5.6.0 Malformed message"
+        count(self.direction, "accepted", kind or "encrypted")
         options = tuple(o for o in envelope.mail_options if o.upper() in FORWARDED_OPTIONS)
         reply = await self.reinjector.send(mail_from, rcpt_tos, content, options)
+        metrics.inc(
+            "chatmail_filtermail_reinjected_total",
+            direction=self.direction,
+            reply=(reply[:1] + "xx") if reply[:1] in "245" and reply else "none",
+        )
         # Postfix logs every delivered mail; only trouble is worth a line here.
         level = logging.DEBUG if reply.startswith("2") else logging.WARNING
         log.log(level, "%s from %r reinjected: %s", self.direction, mail_from, reply)
         return reply
 
     def check(self, mail_from: str, rcpt_tos: list[str], content: bytes, client_ip=None):
-        """Raise :class:`Reject` unless the mail may pass.  ``client_ip`` is
-        the SMTP client Postfix reported (XFORWARD), if any."""
+        """Raise :class:`Reject` unless the mail may pass; return what let it
+        pass (``encrypted``, ``securejoin``, ...: the label it is counted
+        under).  ``client_ip`` is the SMTP client Postfix reported
+        (XFORWARD), if any."""
         raise NotImplementedError
 
 
@@ -400,37 +423,42 @@ class OutgoingHandler(BaseHandler):
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         if address.count("@") != 1:
+            count(self.direction, "rejected", "sender")
             return safe_reply(f"553 5.1.7 Invalid sender address <{address}>")
         dc = self.domain_config(address)
         key = address.lower()
         if not self.limiter.allow(key, dc.max_user_send_per_minute, dc.max_user_send_burst_size):
             log.info("rate limit hit by %s", address)
+            count(self.direction, "rejected", "rate_limit")
             return safe_reply(f"450 4.7.1 Too much mail from {address}")
         return await super().handle_MAIL(server, session, envelope, address, mail_options)
 
     def check(self, mail_from, rcpt_tos, content, client_ip=None):
         fast_from = encrypted_sender(content, outgoing=True)
         if fast_from is not None and fast_from.lower() == mail_from.lower():
-            return
+            return "encrypted"
         msg = parse_message(content)
         from_addr = single_from_address(msg)
         if from_addr is None or from_addr.lower() != mail_from.lower():
-            raise Reject(f"554 5.7.1 From header {from_addr!r} does not match sender <{mail_from}>")
+            raise Reject(
+                f"554 5.7.1 From header {from_addr!r} does not match sender <{mail_from}>",
+                "from_mismatch",
+            )
         if is_encrypted(msg):
             problem = outer_headers_problem(msg.items())
             if problem:
-                raise Reject(f"523 Encryption Needed: {problem}")
-            return
+                raise Reject(f"523 Encryption Needed: {problem}", "encryption_needed")
+            return "encrypted"
         if is_securejoin_request(msg):
-            return
+            return "securejoin"
         if is_autocrypt_setup_message(msg, mail_from, rcpt_tos):
-            return
+            return "autocrypt_setup"
         dc = self.domain_config(mail_from)
         if matches_passthrough(mail_from, dc.passthrough_senders):
-            return
+            return "passthrough"
         if all(matches_passthrough(r, dc.passthrough_recipients) for r in rcpt_tos):
-            return
-        raise Reject(ENCRYPTION_NEEDED)
+            return "passthrough"
+        raise Reject(ENCRYPTION_NEEDED, "encryption_needed")
 
 
 class IncomingHandler(BaseHandler):
@@ -487,7 +515,8 @@ class IncomingHandler(BaseHandler):
                 literal = None
             if literal is None or literal != client_ip:
                 raise Reject(
-                    f"550 5.7.1 DKIM check failed: sender {domain} is not the client {client_ip}"
+                    f"550 5.7.1 DKIM check failed: sender {domain} is not the client {client_ip}",
+                    "dkim",
                 )
             return
         dnsfunc = self.dnsfunc
@@ -498,9 +527,9 @@ class IncomingHandler(BaseHandler):
 
         problem = check_dkim(content, domain, dnsfunc)
         if problem and dkim_timed_out:
-            raise Reject("451 4.4.3 DKIM key lookup timed out, try again later")
+            raise Reject("451 4.4.3 DKIM key lookup timed out, try again later", "dkim_timeout")
         if problem:
-            raise Reject(f"550 5.7.1 DKIM check failed: {problem}")
+            raise Reject(f"550 5.7.1 DKIM check failed: {problem}", "dkim")
 
     @property
     def reinject_port(self) -> int:
@@ -513,9 +542,9 @@ class IncomingHandler(BaseHandler):
         try:
             account = normalize_recipient(rcpt)
         except AddressError as exc:
-            raise Reject(f"553 5.1.3 Bad recipient address syntax: {exc}") from None
+            raise Reject(f"553 5.1.3 Bad recipient address syntax: {exc}", "recipient") from None
         if self.config.for_address(account) is None:
-            raise Reject("550 5.1.2 Recipient domain is not served here")
+            raise Reject("550 5.1.2 Recipient domain is not served here", "recipient")
         return account
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -523,6 +552,7 @@ class IncomingHandler(BaseHandler):
             self.recipient_account(address)
         except Reject as exc:
             log.info("incoming recipient %r refused: %s", address, exc.args[0])
+            metrics.inc("chatmail_filtermail_recipients_refused_total", direction=self.direction)
             return safe_reply(exc.args[0])
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
@@ -535,25 +565,28 @@ class IncomingHandler(BaseHandler):
         fast_from = encrypted_sender(content)
         if fast_from is not None:
             self.check_dkim(content, fast_from, client_ip, **dkim)
-            return
+            return "encrypted"
         msg = parse_message(content)
         from_addr = single_from_address(msg)
         if from_addr is None:
-            raise Reject("550 5.7.1 Message needs exactly one From address")
+            raise Reject("550 5.7.1 Message needs exactly one From address", "from_mismatch")
         self.check_dkim(content, from_addr, client_ip, **dkim)
-        if is_encrypted(msg, allow_armor_headers=True) or is_securejoin_request(msg):
-            return
+        if is_encrypted(msg, allow_armor_headers=True):
+            return "encrypted"
+        if is_securejoin_request(msg):
+            return "securejoin"
         if is_bounce(msg, mail_from, len(content)):
-            return
+            return "bounce"
         for account in accounts:
             try:
                 marker = self.config.user_dir(account) / E2EE_MARKER
             except ValueError:
                 # Served domain, but no name account creation would allow
                 # (an alias such as postmaster is still a valid name).
-                raise Reject(f"550 5.1.1 No such account <{account}>") from None
+                raise Reject(f"550 5.1.1 No such account <{account}>", "no_account") from None
             if marker.exists():
-                raise Reject(ENCRYPTION_NEEDED)
+                raise Reject(ENCRYPTION_NEEDED, "encryption_needed")
+        return "cleartext"
 
 
 # --- server ---
@@ -629,6 +662,7 @@ def main(argv=None) -> int:
         config = read_config(args.config)
     except ConfigError as exc:
         return main_config_error(exc)
+    metrics.start(config, f"filtermail-{args.mode}")
     asyncio.run(serve(config, args.mode, args.dns_server))
     return 0
 

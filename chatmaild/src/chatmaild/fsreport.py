@@ -5,7 +5,10 @@ within the last 1/7/30/90 days (mtime of ``password``), bytes and number of
 messages, a histogram of message sizes and the largest mailboxes.  With
 ``--textfile PATH`` the same numbers are also written as Prometheus
 textfile-collector metrics (written to a temporary file and renamed, so the
-node exporter never reads half a file).
+node exporter never reads half a file).  ``--public-dir DIR`` writes, per
+domain, ``DIR/<domain>.prom`` with the account total only: the small,
+privacy-safe subset a relay may publish at ``https://<domain>/metrics``.
+``--quiet`` leaves out the table (for timers that only feed the metrics).
 """
 
 from __future__ import annotations
@@ -129,6 +132,15 @@ def format_metrics(all_stats: list[DomainStats]) -> str:
     return "\n".join(out) + "\n"
 
 
+def format_public(stats: DomainStats) -> str:
+    """The account total of one domain, nothing that tells about one account."""
+    name = "chatmail_accounts"
+    return (
+        f"# HELP {name} Number of accounts.\n# TYPE {name} gauge\n"
+        f'{name}{{domain="{_label(stats.domain)}"}} {stats.accounts}\n'
+    )
+
+
 def write_atomic(path: Path, text: str):
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -152,6 +164,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--textfile", type=Path, help="also write Prometheus textfile metrics to this path"
     )
+    parser.add_argument(
+        "--public-dir",
+        type=Path,
+        help="also write each domain's account total to DIR/<domain>.prom (public subset)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="do not print the table")
     args = parser.parse_args(argv)
     try:
         config = read_config(args.config)
@@ -159,9 +177,13 @@ def main(argv=None) -> int:
         return main_config_error(exc)
     now = time.time()
     all_stats = [collect(config.domains[d], now) for d in config.mail_domains]
-    sys.stdout.write(format_table(all_stats))
+    if not args.quiet:
+        sys.stdout.write(format_table(all_stats))
     if args.textfile:
         write_atomic(args.textfile, format_metrics(all_stats))
+    if args.public_dir:
+        for stats in all_stats:
+            write_atomic(args.public_dir / f"{stats.domain}.prom", format_public(stats))
     return 0
 
 

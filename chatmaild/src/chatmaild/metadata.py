@@ -42,6 +42,7 @@ import threading
 import time
 from pathlib import Path
 
+from . import metrics
 from .dictproxy import DictProxy, run_dict_daemon
 from .notifier import QUEUE_DIRNAME, Notifier, write_file_atomic
 
@@ -280,6 +281,7 @@ def build(config) -> MetadataDict:
         remove_token=tokens.remove,
     )
     notifier.start()
+    metrics.set_gauge("chatmail_push_queued", notifier.pending)
     return MetadataDict(config, tokens, notifier)
 
 

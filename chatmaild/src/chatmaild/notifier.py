@@ -41,9 +41,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import metrics
+
 log = logging.getLogger("chatmaild.notifier")
 
 QUEUE_DIRNAME = "pending_notifications"
+PUSH = "chatmail_push_requests_total"
 
 
 @dataclass
@@ -141,6 +144,7 @@ class Notifier:
             except BaseException:
                 self._release(req)
                 raise
+            metrics.inc(PUSH, result="queued")
             self._schedule(req, now)
 
     def _admit(self, req: PushRequest) -> bool:
@@ -150,11 +154,13 @@ class Notifier:
         with self._cond:
             if key in self._waiting:
                 self.coalesced += 1
+                metrics.inc(PUSH, result="coalesced")
                 return False
             if self._held.get(req.addr, 0) >= self.max_per_account or (
                 self._total >= self.max_total
             ):
                 self.dropped += 1
+                metrics.inc(PUSH, result="dropped")
                 self._dropped_unlogged += 1
                 now = time.monotonic()
                 if now >= self._next_drop_log:
@@ -291,9 +297,11 @@ class Notifier:
             self._retry_or_drop(req, f"{type(exc).__name__}: {exc}")
             return
         if 200 <= status < 300:
+            metrics.inc(PUSH, result="sent")
             req.remove()
             self._release(req)
         elif status == 410:
+            metrics.inc(PUSH, result="gone")
             log.info("push gateway: token of %s is gone, removing it", req.addr)
             if self.remove_token is not None:
                 try:
@@ -312,6 +320,7 @@ class Notifier:
             log.error(
                 "push request for %s dropped after %d attempts (%s)", req.addr, req.attempts, why
             )
+            metrics.inc(PUSH, result="dropped")
             req.remove()
             self._release(req)
             return
@@ -326,4 +335,5 @@ class Notifier:
             self._release(req)
             return
         log.warning("push request for %s failed (%s), retry in %.0fs", req.addr, why, delay)
+        metrics.inc(PUSH, result="retried")
         self._schedule(req, due)
