@@ -54,16 +54,8 @@ import subprocess
 import tarfile
 import tempfile
 import zlib
-from configparser import ConfigParser
-from configparser import Error as ConfigParserError
 
-try:
-    from salt.exceptions import CommandExecutionError
-except ImportError:  # pragma: no cover - only outside salt
-
-    class CommandExecutionError(Exception):
-        pass
-
+from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 try:
     from cryptography.hazmat.primitives import serialization
@@ -85,21 +77,20 @@ QUEUE_DIRNAME = "pending_notifications"
 # What stops taking mail during the export (see export()).
 INTAKE_UNITS = ("postfix", "dovecot", "chatmail-metadata")
 
+# Settings that are not in the merged map's lookup (the paths ini and
+# dkim_dir, the vmail user and acmetool's state directory come from there, see
+# _settings); mailboxes_dir and state_dir are read from chatmail.ini first.
 DEFAULTS = {
-    "ini": "/etc/chatmail/chatmail.ini",
-    "dkim_dir": "/etc/dkimkeys",
     "keytable": "/etc/opendkim/KeyTable",
     "mailboxes_dir": "/home/vmail/mail",
     "state_dir": "/var/lib/chatmaild",
-    "acme_dir": "/var/lib/acme",
-    "vmail_user": "vmail",
     "dkim_user": "opendkim",
     "acme_user": "root",
 }
-
-_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?$")
-_IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
-_SELECTOR = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+# What a caller may override (keyword arguments of export, import and inspect).
+# acme_state_dir is acmetool's whole state directory (/var/lib/acme), the
+# parent of lookup:paths:acme_dir (its live/ directory).
+SETTINGS = ("ini", "dkim_dir", "vmail_user", "acme_state_dir", *DEFAULTS)
 _LOCALPART = re.compile(r"^[^\x00-\x20/@\x7f]+$")
 
 
@@ -124,7 +115,7 @@ def _acme_hostnames(domains):
     names (the domain, mta-sts. and www.)."""
     names = set()
     for domain in domains:
-        if not _IPV4.match(domain):
+        if not __utils__["chatmail_util.is_ip"](domain):
             names.update((domain, f"mta-sts.{domain}", f"www.{domain}"))
     return names
 
@@ -180,63 +171,57 @@ def __virtual__():
 # ---------------------------------------------------------------- settings
 
 
-def _pillar(key, default):
-    """A pillar value as default for an argument (see _utils/chatmail_util.py)."""
-    return __utils__["chatmail_util.pillar_get"](__salt__, key, default)
-
-
 def _valid_domain(domain):
-    domain = str(domain).strip().lower().rstrip(".").strip("[]")
-    if _IPV4.match(domain):
-        return domain
-    labels = domain.split(".")
-    if len(domain) > 253 or len(labels) < 2 or not all(_LABEL.match(x) for x in labels):
-        raise CommandExecutionError(f"invalid chatmail domain: {domain!r}")
-    return domain
+    """The canonical domain (the rule of _utils/chatmail_util.py)."""
+    try:
+        return __utils__["chatmail_util.normalize_domain"](str(domain))
+    except ValueError as exc:
+        raise SaltInvocationError(f"invalid chatmail domain: {exc}") from None
+
+
+def _valid_selector(selector):
+    try:
+        __utils__["chatmail_util.check_selector"](selector)
+    except ValueError:
+        return False
+    return True
 
 
 def _read_ini(path):
-    """(domains, params, tls modes) of a chatmail.ini, or None when absent."""
-    if not os.path.isfile(path):
-        return None
-    parser = ConfigParser(interpolation=None)
+    """chatmail.ini as _utils/chatmail_util.py reads it, or None when absent."""
     try:
-        parser.read(path, encoding="utf-8")
-    except ConfigParserError as exc:
-        raise CommandExecutionError(f"{path}: {exc}") from None
-    params = dict(parser["params"]) if parser.has_section("params") else {}
-    domains = [d for d in re.split(r"[\s,]+", params.get("mail_domain", "")) if d]
-    modes = {}
-    for section in parser.sections():
-        if section.startswith("domain:"):
-            modes[section[len("domain:") :]] = parser[section].get("tls_mode", "")
-    return [_valid_domain(d) for d in domains], params, modes
+        return __utils__["chatmail_util.read_ini"](path)
+    except ValueError as exc:
+        raise CommandExecutionError(str(exc)) from None
 
 
 def _settings(overrides):
     """Paths and accounts: keyword overrides, else the host's chatmail.ini and
-    pillar ``chatmail:lookup``, else the tree's defaults."""
+    ``lookup`` of the merged map (chatmail_config.lookup), else DEFAULTS."""
     # salt adds __pub_* keyword arguments when called from the command line
     overrides = {k: v for k, v in overrides.items() if not k.startswith("__")}
-    unknown = set(overrides) - set(DEFAULTS)
+    unknown = set(overrides) - set(SETTINGS)
     if unknown:
-        raise CommandExecutionError(f"unknown argument(s): {', '.join(sorted(unknown))}")
+        raise SaltInvocationError(f"unknown argument(s): {', '.join(sorted(unknown))}")
+    lookup = __utils__["chatmail_util.lookup"](__salt__)
     s = dict(DEFAULTS)
-    s["ini"] = overrides.get("ini") or _pillar("chatmail:lookup:paths:ini", DEFAULTS["ini"])
-    s["dkim_dir"] = _pillar("chatmail:lookup:paths:dkim_dir", DEFAULTS["dkim_dir"])
-    s["vmail_user"] = _pillar("chatmail:lookup:users:vmail", DEFAULTS["vmail_user"])
+    s["ini"] = overrides.get("ini") or lookup["paths"]["ini"]
+    s["dkim_dir"] = lookup["paths"]["dkim_dir"]
+    s["vmail_user"] = lookup["users"]["vmail"]
+    s["acme_state_dir"] = os.path.dirname(lookup["paths"]["acme_dir"].rstrip("/"))
     ini = _read_ini(s["ini"])
     s["domains"], s["tls_modes"] = [], {}
     if ini:
-        s["domains"], params, s["tls_modes"] = ini
-        for key in ("mailboxes_dir", "state_dir"):
-            if params.get(key):
-                s[key] = params[key]
+        s["domains"], s["tls_modes"] = ini["domains"], ini["tls_modes"]
+        if ini["mailboxes_dir"]:
+            s["mailboxes_dir"] = ini["mailboxes_dir"]
+        if ini["params"].get("state_dir"):
+            s["state_dir"] = ini["params"]["state_dir"]
     s["has_ini"] = ini is not None
     s.update({k: v for k, v in overrides.items() if v})
-    for key in ("dkim_dir", "keytable", "mailboxes_dir", "state_dir", "acme_dir"):
+    for key in ("dkim_dir", "keytable", "mailboxes_dir", "state_dir", "acme_state_dir"):
         if not os.path.isabs(str(s[key])):
-            raise CommandExecutionError(f"{key} must be an absolute path: {s[key]!r}")
+            raise SaltInvocationError(f"{key} must be an absolute path: {s[key]!r}")
         s[key] = os.path.normpath(str(s[key]))
     return s
 
@@ -418,7 +403,7 @@ def _collect(s, domains):
             if name.startswith(prefix) and name.endswith(".private"):
                 selector = name[len(prefix) : -len(".private")]
                 path = os.path.join(s["dkim_dir"], name)
-                if _SELECTOR.match(selector) and os.path.isfile(path):
+                if _valid_selector(selector) and os.path.isfile(path):
                     if not os.path.islink(path):
                         info["dkim_selectors"].append(selector)
                         entries.append((f"dkim/{name}", path))
@@ -449,7 +434,7 @@ def _collect(s, domains):
         info["tls_mode"] = mode or None
         if mode == "external":
             info["note"] = "external TLS files are not in the archive: copy them yourself"
-        found = _acme_entries(s["acme_dir"], domain)
+        found = _acme_entries(s["acme_state_dir"], domain)
         if found:
             info["tls_mode"] = "acme"
             acme.update(found)
@@ -476,7 +461,7 @@ def _collect(s, domains):
                 pending += 1
     hostnames = _acme_hostnames(manifest_domains)
     for rel in sorted(x for x in acme if x):
-        full = os.path.join(s["acme_dir"], rel)
+        full = os.path.join(s["acme_state_dir"], rel)
         try:
             st = os.lstat(full)
         except FileNotFoundError:
@@ -524,9 +509,9 @@ def export(path, domains=None, stop_intake=True, restart=False, **kwargs):
         Start the stopped services again after the archive is written (a
         backup rather than a move).
 
-    Paths default to the host's ``chatmail.ini`` and pillar
-    ``chatmail:lookup`` (``ini``, ``dkim_dir``, ``keytable``, ``mailboxes_dir``,
-    ``state_dir``, ``acme_dir`` may be given as keyword arguments).
+    Paths default to the host's ``chatmail.ini`` and the merged map's
+    ``lookup`` (``ini``, ``dkim_dir``, ``keytable``, ``mailboxes_dir``,
+    ``state_dir``, ``acme_state_dir`` may be given as keyword arguments).
 
     CLI Example:
 
@@ -541,7 +526,7 @@ def export(path, domains=None, stop_intake=True, restart=False, **kwargs):
         raise CommandExecutionError(f"{path} exists; refusing to overwrite it")
     if not os.path.isdir(os.path.dirname(path)):
         raise CommandExecutionError(f"directory {os.path.dirname(path)} does not exist")
-    for key in ("dkim_dir", "mailboxes_dir", "state_dir", "acme_dir"):
+    for key in ("dkim_dir", "mailboxes_dir", "state_dir", "acme_state_dir"):
         if path.startswith(s[key].rstrip("/") + "/"):
             raise CommandExecutionError(f"{path} is inside {key} {s[key]}; write it elsewhere")
     if domains is None:
@@ -649,8 +634,8 @@ def _check_manifest(path, data):
     for domain in domains:
         try:
             if _valid_domain(domain) != domain:
-                raise CommandExecutionError(domain)
-        except CommandExecutionError:
+                raise SaltInvocationError(domain)
+        except SaltInvocationError:
             _fail(path, f"manifest names an invalid domain {domain!r}")
     return manifest
 
@@ -716,7 +701,7 @@ def _check_section(arch, path, section, rel, member):
         if len(rel) != 1 or not member.isreg() or not rel[0].endswith(".private"):
             _fail(path, f"unexpected member {name!r} in dkim/")
         domain, _, selector = rel[0][: -len(".private")].rpartition(".")
-        if domain not in domains or not _SELECTOR.match(selector):
+        if domain not in domains or not _valid_selector(selector):
             _fail(path, f"{name!r} is no DKIM key of a domain in the manifest")
     elif section == "mail":
         if rel[0] not in domains:
@@ -796,7 +781,7 @@ def _section_root(s, section):
         "dkim": s["dkim_dir"],
         "mail": s["mailboxes_dir"],
         "state": s["state_dir"],
-        "acme": s["acme_dir"],
+        "acme": s["acme_state_dir"],
     }[section]
 
 
