@@ -360,15 +360,36 @@ def lookup():
 
 
 def _build(defaults, osfamily, pillar, check_files, schema):
+    kinds = {n: e["kind"] for n, e in schema.items() if e.get("pillar", True)}
+    per_domain = sorted(n for n in kinds if schema[n].get("per_domain"))
+    errors = _Errors()
+    merged, raw_domains = _merge_globals(defaults, osfamily, pillar, schema, kinds, errors)
+    _check_globals(merged, kinds, errors)
+    domains = _build_domains(raw_domains, merged, errors, check_files, kinds, per_domain, schema)
+    domain_list, primary = _primary(merged, domains, errors)
+    tls_ca = merged["tls_ca"]
+    if errors:
+        raise ChatmailConfigError(errors)
+
+    # The CA key is read from the pillar by the tls state only; it must not
+    # travel in the map every template receives.
+    tls_ca["has_key"] = bool(tls_ca.pop("key").strip())
+    merged["domains"] = domains
+    merged["domain_list"] = domain_list
+    merged["primary"] = primary
+    merged["per_domain_params"] = per_domain
+    return merged
+
+
+def _merge_globals(defaults, osfamily, pillar, schema, kinds, errors):
+    """defaults <- os family <- pillar outside ``domains``, checked: (the
+    merged map, the raw ``chatmail:domains``)."""
     defaults = copy.deepcopy(defaults or {})
     if set(defaults) == {"chatmail"}:
         defaults = defaults["chatmail"]
-    kinds = {n: e["kind"] for n, e in schema.items() if e.get("pillar", True)}
-    per_domain = sorted(n for n in kinds if schema[n].get("per_domain"))
     base = _util("deep_merge")(defaults, osfamily)
     base["params"] = {n: copy.deepcopy(schema[n]["default"]) for n in kinds}
     base.setdefault("primary", "")
-    errors = _Errors()
     if pillar is not None and not isinstance(pillar, dict):
         raise ChatmailConfigError([f"chatmail: must be a mapping, not {_type_name(pillar)}"])
     pillar = copy.deepcopy(pillar or {})
@@ -410,7 +431,13 @@ def _build(defaults, osfamily, pillar, check_files, schema):
         if not errors and params[key] <= 0:
             errors.add(["chatmail", "params", key], "must be positive")
 
-    # Other global sections.
+    return merged, raw_domains
+
+
+def _check_globals(merged, kinds, errors):
+    """The global sections besides params (dns, limits, imap, journald,
+    metrics, lookup paths, tls trust, acme, dovecot)."""
+    params = merged["params"]
     if merged["dns"]["check"] not in DNS_CHECK_MODES:
         errors.add(
             ["chatmail", "dns", "check"],
@@ -448,7 +475,9 @@ def _build(defaults, osfamily, pillar, check_files, schema):
     _check_acme(merged, errors)
     _check_dovecot(merged, errors)
 
-    # Domains.
+
+def _build_domains(raw_domains, merged, errors, check_files, kinds, per_domain, schema):
+    """{canonical domain: its resolved entry} of ``chatmail:domains``."""
     domains = {}
     seen = {}
     if raw_domains is None or raw_domains == {}:
@@ -472,6 +501,12 @@ def _build(defaults, osfamily, pillar, check_files, schema):
             dom, dpillar, merged, dpath, errors, check_files, kinds, per_domain, schema
         )
 
+    return domains
+
+
+def _primary(merged, domains, errors):
+    """(the sorted domain list, the primary domain); also checks that tls
+    mode ca has the CA it needs."""
     domain_list = sorted(domains)
     primary = merged.get("primary") or ""
     if primary:
@@ -495,17 +530,7 @@ def _build(defaults, osfamily, pillar, check_files, schema):
                 f"required by tls mode ca (domains: {', '.join(ca_domains)})",
             )
 
-    if errors:
-        raise ChatmailConfigError(errors)
-
-    # The CA key is read from the pillar by the tls state only; it must not
-    # travel in the map every template receives.
-    tls_ca["has_key"] = bool(tls_ca.pop("key").strip())
-    merged["domains"] = domains
-    merged["domain_list"] = domain_list
-    merged["primary"] = primary
-    merged["per_domain_params"] = per_domain
-    return merged
+    return domain_list, primary
 
 
 def _check_metrics(metrics, params, kinds, errors):
