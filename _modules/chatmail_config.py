@@ -630,13 +630,45 @@ def _check_ports(params, kinds, errors):
 
 
 def _build_domain(dom, dpillar, merged, dpath, errors, check_files, kinds, per_domain, schema):
+    """The resolved entry of one domain: its params (per-domain overrides of
+    ``chatmail:params``) and its sections (``domain_defaults`` <- its pillar)."""
+    values, extra = _split_domain_pillar(dpillar, merged, dpath, errors, kinds, per_domain, schema)
+    if values["username_min_length"] > values["username_max_length"]:
+        errors.add(
+            dpath + ["username_min_length"],
+            f"{values['username_min_length']} is greater than username_max_length"
+            f" {values['username_max_length']}",
+        )
+    if values["username_min_length"] < 1:
+        errors.add(dpath + ["username_min_length"], "must be at least 1")
+
+    paths = merged["lookup"]["paths"]
+    is_ip = _is_ip(dom)
+    extra["tls"] = _domain_tls(dom, extra["tls"], paths, dpath, errors, check_files)
+    _check_domain_sections(dom, extra, paths, dpath, errors)
+
+    domain = {"name": dom}
+    domain.update(values)
+    domain.update(extra)
+    domain["is_ip"] = is_ip
+    domain["address_domain"] = f"[{dom}]" if is_ip else dom
+    # where the tree keeps the domain's TURN secret (see turn_secret_files)
+    domain["turn_secret_file"] = (
+        f"{paths['secrets_dir']}/turn_secret.{dom}" if values["turn_secret"] else ""
+    )
+    domain["mailboxes_path"] = f"{merged['params']['mailboxes_dir'].rstrip('/')}/{dom}"
+    return domain
+
+
+def _split_domain_pillar(dpillar, merged, dpath, errors, kinds, per_domain, schema):
+    """(params, sections) of a domain's pillar, each checked against its kind
+    or default; params start from ``chatmail:params``."""
     if dpillar is None:
         dpillar = {}
     if not isinstance(dpillar, dict):
         errors.add(dpath, f"must be a mapping, not {_type_name(dpillar)}")
         dpillar = {}
     dpillar = copy.deepcopy(dpillar)
-    is_ip = _is_ip(dom)
     values = {k: copy.deepcopy(v) for k, v in merged["params"].items() if k in per_domain}
     sub = {}
     for key, value in dpillar.items():
@@ -653,18 +685,12 @@ def _build_domain(dom, dpillar, merged, dpath, errors, check_files, kinds, per_d
         else:
             errors.add(dpath + [key], _not_a_param(key, schema))
     extra = _merge_checked(merged["domain_defaults"], sub, dpath, errors)
+    return values, extra
 
-    if values["username_min_length"] > values["username_max_length"]:
-        errors.add(
-            dpath + ["username_min_length"],
-            f"{values['username_min_length']} is greater than username_max_length"
-            f" {values['username_max_length']}",
-        )
-    if values["username_min_length"] < 1:
-        errors.add(dpath + ["username_min_length"], "must be at least 1")
 
-    paths = merged["lookup"]["paths"]
-    tls = extra["tls"]
+def _domain_tls(dom, tls, paths, dpath, errors, check_files):
+    """{"mode", "cert", "key"}: ``auto`` resolved and the certificate files
+    the mode uses (checked to exist for ``external``)."""
     mode = tls["mode"]
     if mode not in TLS_MODES:
         errors.add(dpath + ["tls", "mode"], f"must be one of {', '.join(TLS_MODES)}, not {mode!r}")
@@ -675,7 +701,7 @@ def _build_domain(dom, dpillar, merged, dpath, errors, check_files, kinds, per_d
         cert = f"{paths['tls_dir']}/{dom}/fullchain.pem"
         key = f"{paths['tls_dir']}/{dom}/privkey.pem"
     elif mode == "acme":
-        if is_ip:
+        if _is_ip(dom):
             errors.add(dpath + ["tls", "mode"], "acme is not possible for an IP address domain")
         cert = f"{paths['acme_dir']}/{dom}/fullchain"
         key = f"{paths['acme_dir']}/{dom}/privkey"
@@ -688,8 +714,12 @@ def _build_domain(dom, dpillar, merged, dpath, errors, check_files, kinds, per_d
                 errors.add(dpath + ["tls", what], f"must be an absolute path: {path!r}")
             elif check_files and not _file_exists(path):
                 errors.add(dpath + ["tls", what], f"file does not exist on the host: {path}")
-    extra["tls"] = {"mode": mode, "cert": cert, "key": key}
+    return {"mode": mode, "cert": cert, "key": key}
 
+
+def _check_domain_sections(dom, extra, paths, dpath, errors):
+    """DKIM selector and key path, MTA-STS, DNS addresses, web title."""
+    is_ip = _is_ip(dom)
     selector = extra["dkim"]["selector"]
     try:
         _util("check_selector")(selector)
@@ -711,18 +741,6 @@ def _build_domain(dom, dpillar, merged, dpath, errors, check_files, kinds, per_d
         extra["dns"]["ipv4"] = dom
     if not extra["web"]["title"]:
         extra["web"]["title"] = dom
-
-    domain = {"name": dom}
-    domain.update(values)
-    domain.update(extra)
-    domain["is_ip"] = is_ip
-    domain["address_domain"] = f"[{dom}]" if is_ip else dom
-    # where the tree keeps the domain's TURN secret (see turn_secret_files)
-    domain["turn_secret_file"] = (
-        f"{paths['secrets_dir']}/turn_secret.{dom}" if values["turn_secret"] else ""
-    )
-    domain["mailboxes_path"] = f"{merged['params']['mailboxes_dir'].rstrip('/')}/{dom}"
-    return domain
 
 
 def _pem_blocks(text):
