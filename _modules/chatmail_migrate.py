@@ -398,38 +398,10 @@ def _collect(s, domains):
     acme = set()
     for domain in domains:
         info = {"accounts": 0, "files": 0, "bytes": 0, "dkim_selectors": []}
-        for name in dkim_names:
-            prefix = f"{domain}."
-            if name.startswith(prefix) and name.endswith(".private"):
-                selector = name[len(prefix) : -len(".private")]
-                path = os.path.join(s["dkim_dir"], name)
-                if _valid_selector(selector) and os.path.isfile(path):
-                    if not os.path.islink(path):
-                        info["dkim_selectors"].append(selector)
-                        entries.append((f"dkim/{name}", path))
+        _collect_dkim(s, domain, dkim_names, info, entries)
         info["active_selector"] = active.get(domain)
         base = os.path.join(s["mailboxes_dir"], domain)
-        if os.path.isdir(base):
-            entries.append((f"mail/{domain}", base))
-            for account in sorted(os.listdir(base)):
-                top = os.path.join(base, account)
-                if not _account_name_ok(account, domain) or os.path.islink(top):
-                    skipped.append(top)
-                    continue
-                if not os.path.isdir(top):
-                    skipped.append(top)
-                    continue
-                info["accounts"] += 1
-                entries.append((f"mail/{domain}/{account}", top))
-                for rel, st in _walk(top):
-                    full = os.path.join(top, rel)
-                    if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
-                        entries.append((f"mail/{domain}/{account}/{rel}", full))
-                        if stat.S_ISREG(st.st_mode):
-                            info["files"] += 1
-                            info["bytes"] += st.st_size
-                    else:
-                        skipped.append(full)
+        _collect_mail(base, domain, info, entries, skipped)
         mode = s["tls_modes"].get(domain, "")
         info["tls_mode"] = mode or None
         if mode == "external":
@@ -443,7 +415,63 @@ def _collect(s, domains):
                 f"nothing to export for {domain}: no DKIM key in {s['dkim_dir']} and no {base}"
             )
         manifest_domains[domain] = info
-    queue = os.path.join(s["state_dir"], QUEUE_DIRNAME)
+    pending = _collect_queue(s["state_dir"], manifest_domains, entries)
+    _collect_acme(s["acme_state_dir"], acme, manifest_domains, entries, skipped)
+    manifest = {
+        "format": FORMAT,
+        "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "source": {"id": _minion_id(), "chatmail_salt": _tree_version()},
+        "domains": manifest_domains,
+        "pending_notifications": pending,
+        "acme_files": len(acme),
+        "skipped": skipped,
+    }
+    return entries, manifest
+
+
+def _collect_dkim(s, domain, dkim_names, info, entries):
+    """The domain's DKIM key files (no links) into ``entries``."""
+    for name in dkim_names:
+        prefix = f"{domain}."
+        if name.startswith(prefix) and name.endswith(".private"):
+            selector = name[len(prefix) : -len(".private")]
+            path = os.path.join(s["dkim_dir"], name)
+            if _valid_selector(selector) and os.path.isfile(path):
+                if not os.path.islink(path):
+                    info["dkim_selectors"].append(selector)
+                    entries.append((f"dkim/{name}", path))
+
+
+def _collect_mail(base, domain, info, entries, skipped):
+    """The mailboxes below ``base`` (<mailboxes_dir>/<domain>): account
+    directories, their directories and regular files; anything else skipped."""
+    if not os.path.isdir(base):
+        return
+    entries.append((f"mail/{domain}", base))
+    for account in sorted(os.listdir(base)):
+        top = os.path.join(base, account)
+        if not _account_name_ok(account, domain) or os.path.islink(top):
+            skipped.append(top)
+            continue
+        if not os.path.isdir(top):
+            skipped.append(top)
+            continue
+        info["accounts"] += 1
+        entries.append((f"mail/{domain}/{account}", top))
+        for rel, st in _walk(top):
+            full = os.path.join(top, rel)
+            if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
+                entries.append((f"mail/{domain}/{account}/{rel}", full))
+                if stat.S_ISREG(st.st_mode):
+                    info["files"] += 1
+                    info["bytes"] += st.st_size
+            else:
+                skipped.append(full)
+
+
+def _collect_queue(state_dir, domains, entries):
+    """The push notification queue entries of ``domains``; returns their number."""
+    queue = os.path.join(state_dir, QUEUE_DIRNAME)
     pending = 0
     if os.path.isdir(queue):
         entries.append((f"state/{QUEUE_DIRNAME}", queue))
@@ -456,12 +484,17 @@ def _collect(s, domains):
                     addr = str(json.load(fh)["addr"])
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-            if addr.rpartition("@")[2].strip("[]").lower() in manifest_domains:
+            if addr.rpartition("@")[2].strip("[]").lower() in domains:
                 entries.append((f"state/{QUEUE_DIRNAME}/{name}", path))
                 pending += 1
-    hostnames = _acme_hostnames(manifest_domains)
+    return pending
+
+
+def _collect_acme(acme_state_dir, acme, domains, entries, skipped):
+    """acmetool's files of the domains' certificates that import would accept."""
+    hostnames = _acme_hostnames(domains)
     for rel in sorted(x for x in acme if x):
-        full = os.path.join(s["acme_state_dir"], rel)
+        full = os.path.join(acme_state_dir, rel)
         try:
             st = os.lstat(full)
         except FileNotFoundError:
@@ -475,16 +508,6 @@ def _collect(s, domains):
             skipped.append(full)
             continue
         entries.append((f"acme/{rel}", full))
-    manifest = {
-        "format": FORMAT,
-        "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "source": {"id": _minion_id(), "chatmail_salt": _tree_version()},
-        "domains": manifest_domains,
-        "pending_notifications": pending,
-        "acme_files": len(acme),
-        "skipped": skipped,
-    }
-    return entries, manifest
 
 
 def export(path, domains=None, stop_intake=True, restart=False, **kwargs):
@@ -540,35 +563,11 @@ def export(path, domains=None, stop_intake=True, restart=False, **kwargs):
     domains = sorted({_valid_domain(d) for d in domains})
 
     stopped = _stop_intake() if stop_intake else []
-    tmp = None
     try:
         entries, manifest = _collect(s, domains)
         manifest["intake"] = {"stopped": stopped, "restarted": bool(restart and stopped)}
-        fd, tmp = tempfile.mkstemp(prefix=".chatmail-export-", dir=os.path.dirname(path))
-        os.fchmod(fd, 0o600)
-        vanished = 0
-        with os.fdopen(fd, "wb") as raw:
-            with tarfile.open(fileobj=raw, mode="w:gz") as tar:
-                data = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
-                info = tarfile.TarInfo(MANIFEST)
-                info.size, info.mode = len(data), 0o600
-                info.mtime = int(datetime.datetime.now().timestamp())
-                tar.addfile(info, io.BytesIO(data))
-                for arcname, source in entries:
-                    try:
-                        tar.add(source, arcname=arcname, recursive=False)
-                    except FileNotFoundError:
-                        vanished += 1
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.rename(tmp, path)
-        tmp = None
+        vanished = _write_archive(path, manifest, entries)
     except BaseException:
-        if tmp:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
         _start(stopped)
         raise
     if restart:
@@ -590,6 +589,39 @@ def export(path, domains=None, stop_intake=True, restart=False, **kwargs):
     elif stopped:
         result["intake"] = f"{', '.join(stopped)} were stopped during the export and run again"
     return result
+
+
+def _write_archive(path, manifest, entries):
+    """Write ``manifest`` and then ``entries`` ([(arcname, source path)]) as
+    a gzip tar to ``path`` (mode 0600, through a temporary file renamed into
+    place, removed on any error).  Returns how many sources vanished while
+    they were written."""
+    fd, tmp = tempfile.mkstemp(prefix=".chatmail-export-", dir=os.path.dirname(path))
+    try:
+        os.fchmod(fd, 0o600)
+        vanished = 0
+        with os.fdopen(fd, "wb") as raw:
+            with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+                data = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
+                info = tarfile.TarInfo(MANIFEST)
+                info.size, info.mode = len(data), 0o600
+                info.mtime = int(datetime.datetime.now().timestamp())
+                tar.addfile(info, io.BytesIO(data))
+                for arcname, source in entries:
+                    try:
+                        tar.add(source, arcname=arcname, recursive=False)
+                    except FileNotFoundError:
+                        vanished += 1
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return vanished
 
 
 # ---------------------------------------------------------------- reading archives
