@@ -1284,21 +1284,7 @@ def import_(path, force=False, reload=True, **kwargs):
                 f"staging the import failed, nothing changed: {exc}"
             ) from None
 
-        result = {
-            "domains": sorted(arch.manifest["domains"]),
-            "dkim": {"added": [], "same": [], "replaced": []},
-        }
-        if "dkim" in stages:
-            _install_keys(stages["dkim"], roots["dkim"], s, replaced_keys, result)
-        for section in ("mail", "state", "acme"):
-            if section not in stages:
-                continue
-            report = {"added": 0, "same": 0, "replaced": [], "kept": []}
-            stage = stages[section]
-            root = _section_root(s, section)
-            for name in sorted(os.listdir(stage.fd)):
-                _merge(stage.fd, roots[section], name, os.path.join(root, name), force, report)
-            result[section] = report
+        result = _install_stages(arch, s, roots, stages, replaced_keys, force)
     finally:
         for stage in stages.values():
             stage.close()
@@ -1307,16 +1293,42 @@ def import_(path, force=False, reload=True, **kwargs):
                 os.close(fd)
 
     result["accounts"] = accounts
+    result["restarted"] = _restart(_units_to_restart(result)) if reload else []
+    return result
+
+
+def _install_stages(arch, s, roots, stages, replaced_keys, force):
+    """Move the staged sections into place: DKIM keys (see _install_keys),
+    then mail, state and acme merged file by file.  Returns the result
+    without ``accounts`` and ``restarted``."""
+    result = {
+        "domains": sorted(arch.manifest["domains"]),
+        "dkim": {"added": [], "same": [], "replaced": []},
+    }
+    if "dkim" in stages:
+        _install_keys(stages["dkim"], roots["dkim"], s, replaced_keys, result)
+    for section in ("mail", "state", "acme"):
+        if section not in stages:
+            continue
+        report = {"added": 0, "same": 0, "replaced": [], "kept": []}
+        stage = stages[section]
+        root = _section_root(s, section)
+        for name in sorted(os.listdir(stage.fd)):
+            _merge(stage.fd, roots[section], name, os.path.join(root, name), force, report)
+        result[section] = report
+    return result
+
+
+def _units_to_restart(result):
+    """The running services that read what an import changed."""
     units = []
     if result["dkim"]["added"] or result["dkim"]["replaced"]:
         units.append("opendkim")
-    mail = result.get("mail", {})
-    if mail.get("replaced"):
+    if result.get("mail", {}).get("replaced"):
         units.append("dovecot")
     if result.get("state", {}).get("added"):
         units.append("chatmail-metadata")
     acme = result.get("acme", {})
     if acme.get("added") or acme.get("replaced"):
         units += [u for u in ("postfix", "dovecot", "nginx") if u not in units]
-    result["restarted"] = _restart(units) if reload else []
-    return result
+    return units
