@@ -49,10 +49,7 @@ def __virtual__():
 def _check_name(domain, selector):
     """The canonical domain and the selector (the rules of
     _utils/chatmail_util.py), refusing names that could escape keydir."""
-    try:
-        domain = __utils__["chatmail_util.normalize_domain"](str(domain))
-    except ValueError as exc:
-        raise SaltInvocationError(f"invalid DKIM domain: {exc}") from None
+    domain = __utils__["chatmail_util.domain_arg"](domain, "DKIM domain")
     try:
         selector = __utils__["chatmail_util.check_selector"](selector)
     except ValueError as exc:

@@ -69,10 +69,7 @@ def _pillar(key, default):
 
 def _domain(domain):
     """The canonical domain (the rule of _utils/chatmail_util.py)."""
-    try:
-        return __utils__["chatmail_util.normalize_domain"](str(domain))
-    except ValueError as exc:
-        raise SaltInvocationError(f"chatmail_dns: {exc}") from None
+    return __utils__["chatmail_util.domain_arg"](domain, "domain name")
 
 
 def is_ip_domain(domain):

@@ -173,10 +173,7 @@ def __virtual__():
 
 def _valid_domain(domain):
     """The canonical domain (the rule of _utils/chatmail_util.py)."""
-    try:
-        return __utils__["chatmail_util.normalize_domain"](str(domain))
-    except ValueError as exc:
-        raise SaltInvocationError(f"invalid chatmail domain: {exc}") from None
+    return __utils__["chatmail_util.domain_arg"](domain, "chatmail domain")
 
 
 def _valid_selector(selector):

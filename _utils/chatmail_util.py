@@ -85,6 +85,17 @@ def normalize_domain(name):
     return dom
 
 
+def domain_arg(name, what="domain"):
+    """:func:`normalize_domain` for a module argument: a bad name raises
+    Salt's ``SaltInvocationError`` saying ``invalid <what>: ...``."""
+    from salt.exceptions import SaltInvocationError
+
+    try:
+        return normalize_domain(str(name))
+    except ValueError as exc:
+        raise SaltInvocationError(f"invalid {what}: {exc}") from None
+
+
 def auto_tls_mode(domain):
     """The TLS mode ``auto`` stands for: ``self`` for an IP address, a name
     starting with ``_`` and the ``.test`` names, which no public CA can

@@ -164,3 +164,11 @@ def test_lookup_is_the_merged_map(cc):
 
     defaults = yaml.safe_load((REPO / "salt" / "chatmail" / "defaults.yaml").read_text())
     assert cc.lookup() == defaults["chatmail"]["lookup"]
+
+
+def test_domain_arg(util):
+    from salt.exceptions import SaltInvocationError
+
+    assert util.domain_arg("A.test.") == "a.test"
+    with pytest.raises(SaltInvocationError, match="invalid DKIM domain: invalid label"):
+        util.domain_arg("../etc", "DKIM domain")
