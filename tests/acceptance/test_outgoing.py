@@ -129,13 +129,25 @@ def test_delivered_signed_and_scrubbed(relay1, sink):
     """What relay1 hands to a remote MX (the sink on the gateway, over STARTTLS)."""
     sender, sender_pw = account(relay1)
     rcpt = f"someone{random.randrange(10**9)}@{SINK_DOMAIN}"
+    # What filtermail lets pass of a client's outer headers (docs/security-
+    # chatmaild.md) still leaves scrubbed: Thunderbird's "..." subject, a
+    # User-Agent, the client's own Received line.
     msg = encrypted_message(sender, rcpt).replace(
         "Subject: [...]",
-        "Subject: secret subject\r\nX-Mailer: LeakyMailer 1.0\r\nUser-Agent: Leaky/2"
-        f"\r\nX-Originating-IP: [{GATEWAY}]\r\nReceived: from laptop (laptop [10.9.9.9])",
+        "Subject: ...\r\nUser-Agent: Leaky/2\r\nReceived: from laptop (laptop [10.9.9.9])",
         1,
     )
     submit(relay1.ip, sender, sender_pw, [rcpt], msg)
+    # a cleartext subject or headers beyond those are refused, not scrubbed
+    for extra in (
+        "Subject: secret subject",
+        "Subject: [...]\r\nX-Mailer: LeakyMailer 1.0",
+        f"Subject: [...]\r\nX-Originating-IP: [{GATEWAY}]",
+    ):
+        leaky = encrypted_message(sender, rcpt).replace("Subject: [...]", extra, 1)
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            submit(relay1.ip, sender, sender_pw, [rcpt], leaky)
+        assert refused.value.smtp_code == 523, extra
     got = sink.wait(lambda m: rcpt in m[1], timeout=90)
     assert got, "relay1 did not deliver to the sink MX"
     _mail_from, _rcpts, raw, peer, tls = got
