@@ -401,6 +401,20 @@ def _build(defaults, osfamily, pillar, check_files, schema):
         errors.add(
             ["chatmail", "journald", "max_retention"], f"not a time span such as 2day: {ret!r}"
         )
+    # chatmail/relay's mtail_address: where its mtail (port 3903) listens;
+    # here the address of every metrics exporter.
+    mtail = params.get("mtail_address", "")
+    if mtail:
+        given = (pillar.get("metrics") or {}).get("listen_address")
+        if not _is_ip(mtail):
+            errors.add(["chatmail", "params", "mtail_address"], f"not an IP address: {mtail!r}")
+        elif given and given != mtail:
+            errors.add(
+                ["chatmail", "params", "mtail_address"],
+                f"differs from chatmail:metrics:listen_address {given!r}; set one of them",
+            )
+        else:
+            merged["metrics"]["listen_address"] = mtail
     _check_metrics(merged["metrics"], params, kinds, errors)
     for key, value in merged["lookup"]["paths"].items():
         if not str(value).startswith("/"):
@@ -601,6 +615,23 @@ def _build_domain(dom, dpillar, merged, dpath, errors, check_files, kinds, per_d
 
     paths = merged["lookup"]["paths"]
     tls = extra["tls"]
+    file_paths = {what: dpath + ["tls", what] for what in ("cert", "key")}
+    # chatmail/relay's tls_external_cert_and_key = CERT KEY is tls mode
+    # external with those two files.
+    ext_key = "tls_external_cert_and_key"
+    ext_path = dpath + [ext_key] if ext_key in dpillar else ["chatmail", "params", ext_key]
+    ext = values[ext_key].split()
+    if ext and len(ext) != 2:
+        errors.add(ext_path, f"expected two paths 'CERT KEY', not {values[ext_key]!r}")
+    elif ext:
+        given = [tls[what] for what in ("cert", "key") if tls[what]]
+        if tls["mode"] not in ("auto", "external"):
+            errors.add(ext_path, f"names external certificate files, but tls:mode is {tls['mode']}")
+        elif given and given != ext:
+            errors.add(ext_path, "differs from tls:cert and tls:key; set one of them")
+        else:
+            tls = dict(tls, mode="external", cert=ext[0], key=ext[1])
+            file_paths = {"cert": ext_path, "key": ext_path}
     mode = tls["mode"]
     if mode not in TLS_MODES:
         errors.add(dpath + ["tls", "mode"], f"must be one of {', '.join(TLS_MODES)}, not {mode!r}")
@@ -619,12 +650,19 @@ def _build_domain(dom, dpillar, merged, dpath, errors, check_files, kinds, per_d
         cert, key = tls["cert"], tls["key"]
         for what, path in (("cert", cert), ("key", key)):
             if not path:
-                errors.add(dpath + ["tls", what], "external TLS mode needs a file path")
+                errors.add(file_paths[what], "external TLS mode needs a file path")
             elif not path.startswith("/"):
-                errors.add(dpath + ["tls", what], f"must be an absolute path: {path!r}")
+                errors.add(file_paths[what], f"must be an absolute path: {path!r}")
             elif check_files and not _file_exists(path):
-                errors.add(dpath + ["tls", what], f"file does not exist on the host: {path}")
+                errors.add(file_paths[what], f"file does not exist on the host: {path}")
+        # the daemons' chatmail.ini names the files as chatmail/relay does
+        values[ext_key] = f"{cert} {key}"
     extra["tls"] = {"mode": mode, "cert": cert, "key": key}
+    extra["www"] = _www(dom, values["www_folder"], paths, dpath, dpillar, errors, check_files)
+    iroh = values["iroh_relay"]
+    if iroh and not re.match(r"^https?://[^/\s]+(/\S*)?$", iroh):
+        where = dpath if "iroh_relay" in dpillar else ["chatmail", "params"]
+        errors.add(where + ["iroh_relay"], f"not an http(s) URL: {iroh!r}")
 
     selector = extra["dkim"]["selector"]
     if not _SELECTOR_RE.match(str(selector)):
@@ -657,6 +695,44 @@ def _build_domain(dom, dpillar, merged, dpath, errors, check_files, kinds, per_d
     )
     domain["mailboxes_path"] = f"{merged['params']['mailboxes_dir'].rstrip('/')}/{dom}"
     return domain
+
+
+def _www(dom, folder, paths, dpath, dpillar, errors, check_files):
+    """What a domain's web root holds (``www_folder``, chatmail/relay's key).
+
+    ``generated``: the tree's home/info/privacy pages; ``disabled``: no
+    pages; ``salt``: the files of a salt:// directory copied into the web
+    root; ``path``: a directory on the host served for every page.  The
+    generated autoconfig, MTA-STS policy, QR code and /new stay in all modes.
+    """
+    where = (dpath if "www_folder" in dpillar else ["chatmail", "params"]) + ["www_folder"]
+    root = f"{paths['www_root']}/{dom}"
+    www = {"mode": "generated", "source": "", "root": root}
+    if not folder:
+        return www
+    if folder == "disabled":
+        return dict(www, mode="disabled")
+    if folder.startswith("salt://"):
+        if folder.rstrip("/") == "salt:":
+            errors.add(where, f"names no directory: {folder!r}")
+        return dict(www, mode="salt", source=folder.rstrip("/"))
+    if not folder.startswith("/"):
+        errors.add(
+            where,
+            f"must be 'disabled', a salt:// directory or an absolute path on the host: {folder!r}",
+        )
+        return www
+    folder = folder.rstrip("/") or "/"
+    if check_files and not _dir_exists(folder):
+        errors.add(where, f"directory does not exist on the host: {folder}")
+    return dict(www, mode="path", source=folder, root=folder)
+
+
+def _dir_exists(path):
+    try:
+        return __salt__["file.directory_exists"](path)
+    except (NameError, KeyError):
+        return os.path.isdir(path)
 
 
 def _pem_blocks(text):
@@ -933,8 +1009,6 @@ def ini_text(chatmail):
     ]
     for key in sorted(params):
         value = params[key]
-        if key == "passthrough_recipients" and not value:
-            continue  # chatmaild then defaults to echo@<domain>
         if key in SECRET_PARAMS:
             continue  # in a file of its own, see turn_secret_files()
         lines.append(f"{key} = {_ini_value(value)}".rstrip())
