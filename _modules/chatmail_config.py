@@ -14,6 +14,7 @@ that it also works through salt-ssh.
 
 import base64
 import binascii
+import configparser
 import copy
 import ipaddress
 import json
@@ -1062,3 +1063,126 @@ def size_bytes(value):
         salt-call chatmail_config.size_bytes 500M
     """
     return _size_bytes(value)
+
+
+# chatmail/relay keys that name its own implementation; they have no
+# meaning in this tree (its daemons and sockets are laid out differently).
+REFERENCE_INTERNAL_KEYS = (
+    "passdb_path",
+    "turn_socket_path",
+    "filtermail_http_port_incoming",
+    "filtermail_lmtp_port_transport",
+)
+
+
+def _ini_to_pillar_value(kind, raw):
+    """The pillar value of a chatmail.ini text; raises ValueError."""
+    raw = raw.strip()
+    if kind in ("int", "port"):
+        return int(raw)
+    if kind == "float":
+        number = float(raw)
+        return int(number) if number.is_integer() and "." not in raw else number
+    if kind == "bool":
+        low = raw.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"not a boolean: {raw!r}")
+    if kind == "list":
+        return [item for item in re.split(r"[\s,]+", raw) if item]
+    if kind == "size":
+        return int(raw) if raw.isdigit() else raw
+    return raw
+
+
+def from_ini(text, schema=None):
+    """Convert a chatmail/relay ``chatmail.ini`` into this tree's pillar.
+
+    Returns the text of a pillar file (``chatmail:`` with ``domains`` from
+    ``mail_domain`` and ``params`` holding every key that differs from its
+    default); keys that cannot be carried over are listed as comments at
+    the top with the reason.  ``[domain:<name>]`` sections (this tree's own
+    multi-domain chatmail.ini) become per-domain values.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        ./cmsalt import-ini chatmail.ini > pillar/hosts/relay.sls
+    """
+    import yaml  # pylint: disable=import-outside-toplevel
+
+    entries = _load_schema(schema)
+    kinds = {n: e["kind"] for n, e in entries.items() if e.get("pillar", True)}
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str
+    parser.read_string(text)
+    if not parser.has_section("params"):
+        raise ValueError("no [params] section: not a chatmail.ini")
+    notes = []
+
+    def convert(items, where, domain=None):
+        out = {}
+        for key, raw in items:
+            value = raw.strip()
+            if key == "mail_domain":
+                continue
+            if key in REFERENCE_INTERNAL_KEYS:
+                notes.append(f"{where} {key} = {value}: chatmail/relay internal, not used here")
+                continue
+            if key == "tls_mode" and domain:
+                if value not in ("auto", ""):
+                    out["tls"] = {"mode": value}
+                continue
+            if key not in kinds:
+                notes.append(f"{where} {key} = {value}: unknown key, left out")
+                continue
+            if key == "www_folder" and value and value != "disabled" and not value.startswith("/"):
+                notes.append(
+                    f"{where} www_folder = {value}: a folder on the deploying machine; copy it"
+                    " into the salt file tree and set www_folder: salt://<that folder>"
+                )
+                continue
+            try:
+                converted = _ini_to_pillar_value(kinds[key], value)
+            except ValueError as exc:
+                notes.append(f"{where} {key} = {value}: {exc}, left out")
+                continue
+            if kinds[key] == "str" and not value:
+                converted = ""
+            default = entries[key]["default"]
+            if converted == default or (kinds[key] == "size" and str(converted) == str(default)):
+                continue
+            out[key] = converted
+        return out
+
+    params = parser["params"]
+    domains = [d for d in re.split(r"[\s,]+", params.get("mail_domain", "")) if d]
+    if not domains or any("{" in d for d in domains):
+        raise ValueError("[params] mail_domain names no domain")
+    pillar_params = convert(params.items(), "[params]")
+    pillar_domains = {d: {} for d in domains}
+    for section in parser.sections():
+        if section.startswith("domain:"):
+            dom = section.split(":", 1)[1].strip()
+            pillar_domains[dom] = convert(parser[section].items(), f"[{section}]", domain=dom)
+    # one domain: its values read best next to it, as chatmail/relay has them
+    chatmail = {}
+    if pillar_params:
+        chatmail["params"] = pillar_params
+    chatmail["domains"] = pillar_domains
+    head = [
+        "# chatmail pillar converted from a chatmail.ini (./cmsalt import-ini);",
+        "# keys at their default are left out (see pillar.example for all of them).",
+    ]
+    if "iroh_relay" not in params:
+        head.append(
+            "# iroh_relay: chatmail/relay runs its own iroh relay by default; this tree"
+            " runs none: set iroh_relay to a relay you run or trust, or clients use"
+            " their default."
+        )
+    head += [f"# not converted: {note}" for note in notes]
+    body = yaml.safe_dump({"chatmail": chatmail}, default_flow_style=False, sort_keys=False)
+    return "\n".join(head) + "\n" + body
