@@ -14,6 +14,7 @@ that it also works through salt-ssh.
 
 import base64
 import binascii
+import configparser
 import copy
 import ipaddress
 import json
@@ -364,7 +365,7 @@ def _build(defaults, osfamily, pillar, check_files, schema):
     per_domain = sorted(n for n in kinds if schema[n].get("per_domain"))
     errors = _Errors()
     merged, raw_domains = _merge_globals(defaults, osfamily, pillar, schema, kinds, errors)
-    _check_globals(merged, kinds, errors)
+    _check_globals(merged, pillar or {}, kinds, errors)
     domains = _build_domains(raw_domains, merged, errors, check_files, kinds, per_domain, schema)
     domain_list, primary = _primary(merged, domains, errors)
     tls_ca = merged["tls_ca"]
@@ -434,9 +435,10 @@ def _merge_globals(defaults, osfamily, pillar, schema, kinds, errors):
     return merged, raw_domains
 
 
-def _check_globals(merged, kinds, errors):
+def _check_globals(merged, pillar, kinds, errors):
     """The global sections besides params (dns, limits, imap, journald,
-    metrics, lookup paths, tls trust, acme, dovecot)."""
+    metrics, lookup paths, tls trust, acme, dovecot); ``pillar`` tells what
+    the operator set explicitly."""
     params = merged["params"]
     if merged["dns"]["check"] not in DNS_CHECK_MODES:
         errors.add(
@@ -467,6 +469,20 @@ def _check_globals(merged, kinds, errors):
         errors.add(
             ["chatmail", "journald", "max_retention"], f"not a time span such as 2day: {ret!r}"
         )
+    # chatmail/relay's mtail_address: where its mtail (port 3903) listens;
+    # here the address of every metrics exporter.
+    mtail = params.get("mtail_address", "")
+    if mtail:
+        given = (pillar.get("metrics") or {}).get("listen_address")
+        if not _is_ip(mtail):
+            errors.add(["chatmail", "params", "mtail_address"], f"not an IP address: {mtail!r}")
+        elif given and given != mtail:
+            errors.add(
+                ["chatmail", "params", "mtail_address"],
+                f"differs from chatmail:metrics:listen_address {given!r}; set one of them",
+            )
+        else:
+            merged["metrics"]["listen_address"] = mtail
     _check_metrics(merged["metrics"], params, kinds, errors)
     for key, value in merged["lookup"]["paths"].items():
         if not str(value).startswith("/"):
@@ -644,7 +660,13 @@ def _build_domain(dom, dpillar, merged, dpath, errors, check_files, kinds, per_d
 
     paths = merged["lookup"]["paths"]
     is_ip = _is_ip(dom)
-    extra["tls"] = _domain_tls(dom, extra["tls"], paths, dpath, errors, check_files)
+    given = dpillar if isinstance(dpillar, dict) else {}  # keys the domain sets itself
+    extra["tls"] = _domain_tls(dom, extra["tls"], values, given, paths, dpath, errors, check_files)
+    extra["www"] = _www(dom, values["www_folder"], paths, dpath, given, errors, check_files)
+    iroh = values["iroh_relay"]
+    if iroh and not re.match(r"^https?://[^/\s]+(/\S*)?$", iroh):
+        where = dpath if "iroh_relay" in given else ["chatmail", "params"]
+        errors.add(where + ["iroh_relay"], f"not an http(s) URL: {iroh!r}")
     _check_domain_sections(dom, extra, paths, dpath, errors)
 
     domain = {"name": dom}
@@ -688,9 +710,26 @@ def _split_domain_pillar(dpillar, merged, dpath, errors, kinds, per_domain, sche
     return values, extra
 
 
-def _domain_tls(dom, tls, paths, dpath, errors, check_files):
+def _domain_tls(dom, tls, values, dpillar, paths, dpath, errors, check_files):
     """{"mode", "cert", "key"}: ``auto`` resolved and the certificate files
-    the mode uses (checked to exist for ``external``)."""
+    the mode uses (checked to exist for ``external``).  chatmail/relay's
+    ``tls_external_cert_and_key = CERT KEY`` is mode external with those two
+    files (and chatmail.ini names them so, as the reference does)."""
+    file_paths = {what: dpath + ["tls", what] for what in ("cert", "key")}
+    ext_key = "tls_external_cert_and_key"
+    ext_path = dpath + [ext_key] if ext_key in dpillar else ["chatmail", "params", ext_key]
+    ext = values[ext_key].split()
+    if ext and len(ext) != 2:
+        errors.add(ext_path, f"expected two paths 'CERT KEY', not {values[ext_key]!r}")
+    elif ext:
+        given = [tls[what] for what in ("cert", "key") if tls[what]]
+        if tls["mode"] not in ("auto", "external"):
+            errors.add(ext_path, f"names external certificate files, but tls:mode is {tls['mode']}")
+        elif given and given != ext:
+            errors.add(ext_path, "differs from tls:cert and tls:key; set one of them")
+        else:
+            tls = dict(tls, mode="external", cert=ext[0], key=ext[1])
+            file_paths = {"cert": ext_path, "key": ext_path}
     mode = tls["mode"]
     if mode not in TLS_MODES:
         errors.add(dpath + ["tls", "mode"], f"must be one of {', '.join(TLS_MODES)}, not {mode!r}")
@@ -709,11 +748,12 @@ def _domain_tls(dom, tls, paths, dpath, errors, check_files):
         cert, key = tls["cert"], tls["key"]
         for what, path in (("cert", cert), ("key", key)):
             if not path:
-                errors.add(dpath + ["tls", what], "external TLS mode needs a file path")
+                errors.add(file_paths[what], "external TLS mode needs a file path")
             elif not path.startswith("/"):
-                errors.add(dpath + ["tls", what], f"must be an absolute path: {path!r}")
+                errors.add(file_paths[what], f"must be an absolute path: {path!r}")
             elif check_files and not _file_exists(path):
-                errors.add(dpath + ["tls", what], f"file does not exist on the host: {path}")
+                errors.add(file_paths[what], f"file does not exist on the host: {path}")
+        values[ext_key] = f"{cert} {key}"
     return {"mode": mode, "cert": cert, "key": key}
 
 
@@ -741,6 +781,44 @@ def _check_domain_sections(dom, extra, paths, dpath, errors):
         extra["dns"]["ipv4"] = dom
     if not extra["web"]["title"]:
         extra["web"]["title"] = dom
+
+
+def _www(dom, folder, paths, dpath, dpillar, errors, check_files):
+    """What a domain's web root holds (``www_folder``, chatmail/relay's key).
+
+    ``generated``: the tree's home/info/privacy pages; ``disabled``: no
+    pages; ``salt``: the files of a salt:// directory copied into the web
+    root; ``path``: a directory on the host served for every page.  The
+    generated autoconfig, MTA-STS policy, QR code and /new stay in all modes.
+    """
+    where = (dpath if "www_folder" in dpillar else ["chatmail", "params"]) + ["www_folder"]
+    root = f"{paths['www_root']}/{dom}"
+    www = {"mode": "generated", "source": "", "root": root}
+    if not folder:
+        return www
+    if folder == "disabled":
+        return dict(www, mode="disabled")
+    if folder.startswith("salt://"):
+        if folder.rstrip("/") == "salt:":
+            errors.add(where, f"names no directory: {folder!r}")
+        return dict(www, mode="salt", source=folder.rstrip("/"))
+    if not folder.startswith("/"):
+        errors.add(
+            where,
+            f"must be 'disabled', a salt:// directory or an absolute path on the host: {folder!r}",
+        )
+        return www
+    folder = folder.rstrip("/") or "/"
+    if check_files and not _dir_exists(folder):
+        errors.add(where, f"directory does not exist on the host: {folder}")
+    return dict(www, mode="path", source=folder, root=folder)
+
+
+def _dir_exists(path):
+    try:
+        return __salt__["file.directory_exists"](path)
+    except (NameError, KeyError):
+        return os.path.isdir(path)
 
 
 def _pem_blocks(text):
@@ -1017,8 +1095,6 @@ def ini_text(chatmail):
     ]
     for key in sorted(params):
         value = params[key]
-        if key == "passthrough_recipients" and not value:
-            continue  # chatmaild then defaults to echo@<domain>
         if key in SECRET_PARAMS:
             continue  # in a file of its own, see turn_secret_files()
         lines.append(f"{key} = {_ini_value(value)}".rstrip())
@@ -1072,3 +1148,126 @@ def size_bytes(value):
         salt-call chatmail_config.size_bytes 500M
     """
     return _size_bytes(value)
+
+
+# chatmail/relay keys that name its own implementation; they have no
+# meaning in this tree (its daemons and sockets are laid out differently).
+REFERENCE_INTERNAL_KEYS = (
+    "passdb_path",
+    "turn_socket_path",
+    "filtermail_http_port_incoming",
+    "filtermail_lmtp_port_transport",
+)
+
+
+def _ini_to_pillar_value(kind, raw):
+    """The pillar value of a chatmail.ini text; raises ValueError."""
+    raw = raw.strip()
+    if kind in ("int", "port"):
+        return int(raw)
+    if kind == "float":
+        number = float(raw)
+        return int(number) if number.is_integer() and "." not in raw else number
+    if kind == "bool":
+        low = raw.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"not a boolean: {raw!r}")
+    if kind == "list":
+        return [item for item in re.split(r"[\s,]+", raw) if item]
+    if kind == "size":
+        return int(raw) if raw.isdigit() else raw
+    return raw
+
+
+def from_ini(text, schema=None):
+    """Convert a chatmail/relay ``chatmail.ini`` into this tree's pillar.
+
+    Returns the text of a pillar file (``chatmail:`` with ``domains`` from
+    ``mail_domain`` and ``params`` holding every key that differs from its
+    default); keys that cannot be carried over are listed as comments at
+    the top with the reason.  ``[domain:<name>]`` sections (this tree's own
+    multi-domain chatmail.ini) become per-domain values.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        ./cmsalt import-ini chatmail.ini > pillar/hosts/relay.sls
+    """
+    import yaml  # pylint: disable=import-outside-toplevel
+
+    entries = _load_schema(schema)
+    kinds = {n: e["kind"] for n, e in entries.items() if e.get("pillar", True)}
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str
+    parser.read_string(text)
+    if not parser.has_section("params"):
+        raise ValueError("no [params] section: not a chatmail.ini")
+    notes = []
+
+    def convert(items, where, domain=None):
+        out = {}
+        for key, raw in items:
+            value = raw.strip()
+            if key == "mail_domain":
+                continue
+            if key in REFERENCE_INTERNAL_KEYS:
+                notes.append(f"{where} {key} = {value}: chatmail/relay internal, not used here")
+                continue
+            if key == "tls_mode" and domain:
+                if value not in ("auto", ""):
+                    out["tls"] = {"mode": value}
+                continue
+            if key not in kinds:
+                notes.append(f"{where} {key} = {value}: unknown key, left out")
+                continue
+            if key == "www_folder" and value and value != "disabled" and not value.startswith("/"):
+                notes.append(
+                    f"{where} www_folder = {value}: a folder on the deploying machine; copy it"
+                    " into the salt file tree and set www_folder: salt://<that folder>"
+                )
+                continue
+            try:
+                converted = _ini_to_pillar_value(kinds[key], value)
+            except ValueError as exc:
+                notes.append(f"{where} {key} = {value}: {exc}, left out")
+                continue
+            if kinds[key] == "str" and not value:
+                converted = ""
+            default = entries[key]["default"]
+            if converted == default or (kinds[key] == "size" and str(converted) == str(default)):
+                continue
+            out[key] = converted
+        return out
+
+    params = parser["params"]
+    domains = [d for d in re.split(r"[\s,]+", params.get("mail_domain", "")) if d]
+    if not domains or any("{" in d for d in domains):
+        raise ValueError("[params] mail_domain names no domain")
+    pillar_params = convert(params.items(), "[params]")
+    pillar_domains = {d: {} for d in domains}
+    for section in parser.sections():
+        if section.startswith("domain:"):
+            dom = section.split(":", 1)[1].strip()
+            pillar_domains[dom] = convert(parser[section].items(), f"[{section}]", domain=dom)
+    # one domain: its values read best next to it, as chatmail/relay has them
+    chatmail = {}
+    if pillar_params:
+        chatmail["params"] = pillar_params
+    chatmail["domains"] = pillar_domains
+    head = [
+        "# chatmail pillar converted from a chatmail.ini (./cmsalt import-ini);",
+        "# keys at their default are left out (see pillar.example for all of them).",
+    ]
+    if "iroh_relay" not in params:
+        head.append(
+            "# iroh_relay: chatmail/relay runs its own iroh relay by default; this tree"
+            " runs none: set iroh_relay to a relay you run or trust, or clients use"
+            " their default."
+        )
+    head += [f"# not converted: {note}" for note in notes]
+    body = yaml.safe_dump({"chatmail": chatmail}, default_flow_style=False, sort_keys=False)
+    return "\n".join(head) + "\n" + body

@@ -40,7 +40,8 @@ def test_defaults(tmp_path):
     assert dc.delete_inactive_users_after == 90
     assert dc.max_user_send_per_minute == 60
     assert dc.max_user_send_burst_size == 10
-    assert dc.passthrough_recipients == ["echo@chat.example.org"]
+    # chatmail/relay dropped passthrough_recipients (and its echo@ default)
+    assert dc.passthrough_recipients == []
     assert dc.passthrough_senders == []
     assert dc.tls_mode == "acme"
     assert not dc.is_ip
@@ -112,7 +113,7 @@ passthrough_recipients = a@other.example.net b@other.example.net
     assert (a.username_min_length, a.username_max_length) == (9, 9)
     assert (b.username_min_length, b.username_max_length) == (5, 12)
     assert b.passthrough_recipients == ["a@other.example.net", "b@other.example.net"]
-    assert a.passthrough_recipients == ["echo@chat.example.org"]
+    assert a.passthrough_recipients == []
     assert config.for_address("x@other.example.net") is b
     assert config.for_address("x@third.example.com") is None
     assert config.for_address("x@y@chat.example.org") is None
@@ -250,3 +251,24 @@ def test_conftest_ini_is_valid(config, tmp_path):
     assert config.mailboxes_dir == str(tmp_path / "mailboxes")
     assert config.nocreate_file == str(tmp_path / "nocreate")
     assert config.primary.mailboxes_path.parent.exists()
+
+
+def test_tls_external_cert_and_key(tmp_path):
+    # chatmail/relay's key: two paths, and tls_mode auto becomes external
+    text = (
+        "[params]\nmail_domain = chat.example.org _other.test\n"
+        "tls_external_cert_and_key = /certs/fullchain.pem /certs/privkey.pem\n"
+    )
+    config = read_config(write(tmp_path, text))
+    for dom in ("chat.example.org", "_other.test"):
+        dc = config.domains[dom]
+        assert dc.tls_mode == "external"
+        assert (dc.tls_cert_path, dc.tls_key_path) == ("/certs/fullchain.pem", "/certs/privkey.pem")
+    plain = read_config(write(tmp_path, "[params]\nmail_domain = chat.example.org\n"))
+    assert plain.primary.tls_mode == "acme" and plain.primary.tls_cert_path is None
+
+
+def test_tls_external_cert_and_key_needs_two_paths(tmp_path):
+    text = "[params]\nmail_domain = chat.example.org\ntls_external_cert_and_key = /only/one.pem\n"
+    with pytest.raises(ConfigError, match="tls_external_cert_and_key: expected two paths"):
+        read_config(write(tmp_path, text))

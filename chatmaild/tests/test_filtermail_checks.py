@@ -188,7 +188,7 @@ def test_check_dkim_strict_alignment(keys):
     assert check_dkim(sign(raw, "other.example.net"), "other.example.net", dnsfunc) is None
     assert check_dkim(sign(raw, "other.example.net"), "OTHER.example.net", dnsfunc) is None
     assert "example.net" in check_dkim(sign(raw, "example.net"), "other.example.net", dnsfunc)
-    assert check_dkim(raw, "other.example.net", dnsfunc) == "no valid DKIM signature"
+    assert check_dkim(raw, "other.example.net", dnsfunc) == "No DKIM signature found"
     assert check_dkim(sign(raw, "unpublished.org"), "unpublished.org", dnsfunc)
 
 

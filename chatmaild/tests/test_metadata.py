@@ -212,6 +212,33 @@ def test_vendor_values(metadata, tmp_path):
     assert base64.b64decode(password) == expected
 
 
+def test_irohrelay_and_appversions(metadata):
+    iroh = "https://iroh.other.example.net"
+    d = metadata.start(domains=[DOMAIN, OTHER], sections={OTHER: {"iroh_relay": iroh}})
+    # iroh_relay is per domain: advertised only to the domain that names one
+    assert d.client.lookup(vendor_key("irohrelay"), user=f"bobby1234@{OTHER}") == ("O", iroh)
+    assert d.client.lookup(vendor_key("irohrelay"), user=ADDR) == ("N", "")
+    # appversions: the packaged list of client releases, one line of JSON
+    for key in (vendor_key("appversions"), vendor_key("appversions", server=False)):
+        status, value = d.client.lookup(key, user=ADDR)
+        assert status == "O" and "\n" not in value
+        client = json.loads(value)["clients"][0]
+        assert client["clientId"] == "deltachat"
+        assert {"sourceId", "versionInteger", "versionString", "downloadUrl"} <= set(
+            client["sources"][0]
+        )
+
+
+def test_read_appversions(tmp_path):
+    from chatmaild.metadata import read_appversions
+
+    assert read_appversions(tmp_path / "missing.json") is None
+    (tmp_path / "bad.json").write_text("{not json")
+    assert read_appversions(tmp_path / "bad.json") is None
+    (tmp_path / "ok.json").write_text('{\n  "a": [1, 2]\n}\n')
+    assert read_appversions(tmp_path / "ok.json") == '{"a":[1,2]}'
+
+
 def test_turn_port_from_config(metadata):
     d = metadata.start(turn_server="turn.chat.example.org:5349", turn_secret="x")
     status, value = d.client.lookup(vendor_key("turn"), user=ADDR)

@@ -75,9 +75,9 @@ chatmail:
     username_max_length: 9
     # per domain; shortest password an account may be created with
     password_min_length: 9
-    # per domain; addresses (or @domain) that may send cleartext
+    # per domain; addresses (or @domain) that may send cleartext (an extension: chatmail/relay dropped this key; empty by default)
     passthrough_senders: []
-    # per domain; addresses (or @domain) that may receive cleartext from this relay's users
+    # per domain; addresses (or @domain) that may receive cleartext from this relay's users (an extension: chatmail/relay dropped this key; empty by default, no echo@ address)
     passthrough_recipients: []
     # 127.0.0.1 port of filtermail outgoing (Postfix's smtpd_proxy_filter for submission)
     filtermail_smtp_port: 10080
@@ -119,12 +119,20 @@ chatmail:
     turn_server: ''
     # per domain; the TURN server's shared secret (REST API) for those credentials
     turn_secret: ''
+    # per domain; 'CERT_PATH KEY_PATH': certificate chain and key files on the host, managed outside the relay (tls mode external, as chatmail:domains:<d>:tls:mode external with cert and key)
+    tls_external_cert_and_key: ''
+    # per domain; the domain's own web pages instead of the generated home/info/privacy pages: a directory on the relay host (absolute path) or a salt:// directory, served as the web root; 'disabled': no pages (/new, autoconfig and MTA-STS stay)
+    www_folder: ''
     # listen on IPv4 only
     disable_ipv6: false
     # per domain; contact address of the ACME (Let's Encrypt) account
     acme_email: ''
     # the daemons write their counters to <metrics_dir>/<daemon>.prom (Prometheus text files, read by the node exporter of chatmail:metrics); empty or a missing directory: no export
     metrics_dir: /var/lib/chatmail-metrics
+    # address the metrics exporters listen on (mtail on port 3903 as in chatmail/relay); sets chatmail:metrics:listen_address where the metrics component is present; empty: loopback
+    mtail_address: ''
+    # per domain; URL of an iroh relay (one the operator runs or trusts) advertised to clients as METADATA /shared/vendor/deltachat/irohrelay; empty: none advertised, clients use their default (this tree runs no iroh relay itself)
+    iroh_relay: ''
     # log every IMAP session's protocol to files in the mailbox (debugging only)
     imap_rawlog: false
     # offer IMAP COMPRESS (keeps sessions from hibernating)

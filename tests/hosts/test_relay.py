@@ -2,6 +2,7 @@
 
 import email
 import imaplib
+import json
 import random
 import re
 import smtplib
@@ -10,6 +11,7 @@ import ssl
 import string
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -361,6 +363,62 @@ def test_web_page_and_new_account(relay):
     assert account["email"].endswith("@" + DOMAIN)
     assert account["dclogin_url"].startswith(f"dclogin:{account['email']}?")
     imap_login(relay.ip, account["email"], account["password"]).logout()
+
+
+def https_get(ip, host, path):
+    """(status, body) of GET https://<host><path> sent to ip."""
+    req = urllib.request.Request(f"https://{ip}{path}", headers={"Host": host})
+    try:
+        with urllib.request.urlopen(req, context=tls_context(), timeout=30) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def test_www_folder_serves_the_operators_pages(relay):
+    # _chat2.test: www_folder = salt://compat-www (tests/hosts/data)
+    other = DOMAINS[1]
+    status, body = https_get(relay.ip, other, "/")
+    assert status == 200 and "compat-www: the operator's own page" in body
+    # no generated page besides the operator's; autoconfig and /new stay
+    assert https_get(relay.ip, other, "/info")[0] == 404
+    status, body = https_get(relay.ip, other, "/.well-known/autoconfig/mail/config-v1.1.xml")
+    assert status == 200 and other in body
+    account = new_account(relay.ip, other)
+    assert isinstance(account, dict) and account["email"].endswith("@" + other), account
+    # the domain without www_folder keeps the generated pages
+    assert https_get(relay.ip, DOMAIN, "/info")[0] == 200
+    assert "compat-www" not in https_get(relay.ip, DOMAIN, "/")[1]
+
+
+def vendor_metadata(ip, domain, name):
+    """The value of METADATA /shared/vendor/deltachat/<name> for a new account
+    of domain: a string, or None for NIL."""
+    addr, password = new_credentials(domain)
+    imap = imap_login(ip, addr, password)
+    try:
+        tag = imap._new_tag().decode()
+        imap.send(f'{tag} GETMETADATA "" /shared/vendor/deltachat/{name}\r\n'.encode())
+        value = None
+        while not (line := imap.readline()).startswith(tag.encode()):
+            assert line, "connection closed"
+            literal = re.search(rb"\{(\d+)\}\r\n$", line)
+            if literal:
+                value = imap.read(int(literal.group(1))).decode()
+            elif quoted := re.search(rb' "([^"]*)"\)\r\n$', line):
+                value = quoted.group(1).decode()
+        assert b"OK" in line, line
+    finally:
+        imap.logout()
+    return value
+
+
+def test_metadata_irohrelay_and_appversions(relay):
+    # iroh_relay is set for _chat2.test only (tests/hosts/pillar/chatmail.sls)
+    assert vendor_metadata(relay.ip, DOMAINS[1], "irohrelay") == "https://iroh.chat2.test"
+    assert vendor_metadata(relay.ip, DOMAIN, "irohrelay") is None
+    value = vendor_metadata(relay.ip, DOMAIN, "appversions")
+    assert json.loads(value)["clients"][0]["clientId"] == "deltachat"
 
 
 def mx_rcpt(ip, rcpt):

@@ -3,6 +3,8 @@ validation that makes a bad pillar fail the whole highstate naming the key."""
 
 import configparser
 import copy
+import re
+from pathlib import Path
 
 import pytest
 
@@ -380,8 +382,8 @@ def test_a_new_key_is_one_edit(cc, chatmaild_config, defaults, tmp_path):
 def test_reference_keys_outside_the_tree_are_named(cc, defaults):
     """A chatmail.ini key this tree does not take from the pillar says so."""
     with pytest.raises(cc.ChatmailConfigError) as err:
-        cc.build(defaults, {}, {"params": {"www_folder": "/srv/www"}, "domains": {"a.test": {}}})
-    assert "chatmail:params:www_folder: not set from the pillar" in str(err.value)
+        cc.build(defaults, {}, {"params": {"tls_mode": "self"}, "domains": {"a.test": {}}})
+    assert "chatmail:params:tls_mode: not set from the pillar" in str(err.value)
 
 
 def test_ini_is_read_back_by_chatmaild(cc, chatmaild_config, defaults, example_pillar, tmp_path):
@@ -411,8 +413,8 @@ def test_ini_is_read_back_by_chatmaild(cc, chatmaild_config, defaults, example_p
     assert chat.privacy_mail == "privacy@example.org"
     assert chat.acme_email == "admin@example.org"
     assert chat.passthrough_senders == ["bot@chat.example.org"]
-    # empty passthrough_recipients keeps chatmaild's echo@<domain> default
-    assert test.passthrough_recipients == ["echo@_test.example.org"]
+    # no passthrough recipient unless the pillar names one (no echo@ default)
+    assert test.passthrough_recipients == []
     # a domain section only lists what differs from [params]
     assert set(parser["domain:_test.example.org"]) == {
         "tls_mode",
@@ -539,3 +541,128 @@ def test_hibernate_timeout_below_the_idle_keepalive(cc, defaults):
         "chatmail:imap:hibernate_timeout: must be below 120 (Dovecot's IDLE keepalive restarts"
         " the wait every 120 s, so sessions would never hibernate): 120"
     ]
+
+
+# --- chatmail/relay's chatmail.ini keys ---------------------------------------
+
+
+def test_tls_external_cert_and_key_is_tls_mode_external(cc, defaults, tmp_path):
+    cert, key = tmp_path / "fullchain.pem", tmp_path / "privkey.pem"
+    cert.write_text("c")
+    key.write_text("k")
+    both = f"{cert} {key}"
+    for pillar in (
+        {"params": {"tls_external_cert_and_key": both}, "domains": {"chat.example.org": {}}},
+        one_domain(tls_external_cert_and_key=both),
+        one_domain(tls_external_cert_and_key=both, tls={"mode": "external"}),
+    ):
+        cm = build(cc, defaults, pillar)
+        dom = cm["domains"]["chat.example.org"]
+        assert dom["tls"] == {"mode": "external", "cert": str(cert), "key": str(key)}
+        # the daemons read it back from chatmail.ini as chatmail/relay writes it
+        parser = configparser.ConfigParser()
+        parser.read_string(cc.ini_text(cm))
+        section = {**parser["params"], **parser["domain:chat.example.org"]}
+        assert section["tls_external_cert_and_key"] == both
+        assert section["tls_mode"] == "external"
+    # tls:mode external with cert/key writes the same line
+    cm = build(
+        cc, defaults, one_domain(tls={"mode": "external", "cert": str(cert), "key": str(key)})
+    )
+    assert cm["domains"]["chat.example.org"]["tls_external_cert_and_key"] == both
+
+
+def test_tls_external_cert_and_key_errors(cc, defaults, tmp_path):
+    where = "chatmail:domains:chat.example.org:tls_external_cert_and_key"
+    errors = errors_of(cc, defaults, one_domain(tls_external_cert_and_key="/one.pem"))
+    assert errors == [f"{where}: expected two paths 'CERT KEY', not '/one.pem'"]
+    errors = errors_of(cc, defaults, one_domain(tls_external_cert_and_key="/c.pem /k.pem"))
+    assert errors == [
+        f"{where}: file does not exist on the host: /c.pem",
+        f"{where}: file does not exist on the host: /k.pem",
+    ]
+    errors = errors_of(
+        cc, defaults, one_domain(tls_external_cert_and_key="/c.pem /k.pem", tls={"mode": "self"})
+    )
+    assert errors == [f"{where}: names external certificate files, but tls:mode is self"]
+    errors = errors_of(
+        cc,
+        defaults,
+        {"params": {"tls_external_cert_and_key": "c.pem k.pem"}, "domains": {"x.test": {}}},
+        check_files=False,
+    )
+    assert errors == [
+        "chatmail:params:tls_external_cert_and_key: must be an absolute path: 'c.pem'",
+        "chatmail:params:tls_external_cert_and_key: must be an absolute path: 'k.pem'",
+    ]
+
+
+def test_www_folder(cc, defaults, tmp_path):
+    root = "/var/www/chatmail/chat.example.org"
+    cm = build(cc, defaults, one_domain())
+    assert cm["domains"]["chat.example.org"]["www"] == {
+        "mode": "generated",
+        "source": "",
+        "root": root,
+    }
+    cm = build(cc, defaults, one_domain(www_folder="disabled"))
+    assert cm["domains"]["chat.example.org"]["www"]["mode"] == "disabled"
+    cm = build(cc, defaults, {"params": {"www_folder": "salt://site/"}, **one_domain()})
+    assert cm["domains"]["chat.example.org"]["www"] == {
+        "mode": "salt",
+        "source": "salt://site",
+        "root": root,
+    }
+    cm = build(cc, defaults, one_domain(www_folder=str(tmp_path)))
+    www = cm["domains"]["chat.example.org"]["www"]
+    assert www == {"mode": "path", "source": str(tmp_path), "root": str(tmp_path)}
+    where = "chatmail:domains:chat.example.org:www_folder"
+    assert errors_of(cc, defaults, one_domain(www_folder="www")) == [
+        f"{where}: must be 'disabled', a salt:// directory or an absolute path on the host: 'www'"
+    ]
+    assert errors_of(cc, defaults, one_domain(www_folder="/no/such/dir")) == [
+        f"{where}: directory does not exist on the host: /no/such/dir"
+    ]
+    assert build(cc, defaults, one_domain(www_folder="/no/such/dir"), check_files=False)
+
+
+def test_mtail_address_is_the_metrics_listen_address(cc, defaults):
+    cm = build(cc, defaults, one_domain())
+    assert cm["metrics"]["listen_address"] == "127.0.0.1"
+    cm = build(cc, defaults, {"params": {"mtail_address": "10.8.0.1"}, **one_domain()})
+    assert cm["metrics"]["listen_address"] == "10.8.0.1"
+    assert cm["metrics"]["ports"]["mtail"] == 3903
+    same = {"params": {"mtail_address": "10.8.0.1"}, "metrics": {"listen_address": "10.8.0.1"}}
+    assert build(cc, defaults, {**same, **one_domain()})
+    errors = errors_of(
+        cc,
+        defaults,
+        {"params": {"mtail_address": "10.8.0.1"}, "metrics": {"listen_address": "10.8.0.2"}}
+        | one_domain(),
+    )
+    assert errors == [
+        "chatmail:params:mtail_address: differs from chatmail:metrics:listen_address"
+        " '10.8.0.2'; set one of them"
+    ]
+    errors = errors_of(cc, defaults, {"params": {"mtail_address": "vpn0"}, **one_domain()})
+    assert errors == ["chatmail:params:mtail_address: not an IP address: 'vpn0'"]
+
+
+def test_iroh_relay(cc, defaults):
+    url = "https://iroh.example.org"
+    cm = build(cc, defaults, one_domain(iroh_relay=url))
+    assert cm["domains"]["chat.example.org"]["iroh_relay"] == url
+    parser = configparser.ConfigParser()
+    parser.read_string(cc.ini_text(cm))
+    assert parser["domain:chat.example.org"]["iroh_relay"] == url
+    errors = errors_of(cc, defaults, {"params": {"iroh_relay": "iroh.example.org"}, **one_domain()})
+    assert errors == ["chatmail:params:iroh_relay: not an http(s) URL: 'iroh.example.org'"]
+
+
+def test_every_reference_ini_key_is_a_pillar_param(cc, defaults):
+    # the keys, set or commented out, of chatmail/relay's chatmail.ini template
+    text = (Path(__file__).parent / "data" / "chatmail-relay.ini.f").read_text()
+    keys = set(re.findall(r"^#? ?([a-z0-9_]+) ?=", text, re.M))
+    assert {"mail_domain", "www_folder", "iroh_relay", "tls_external_cert_and_key"} <= keys
+    cm = build(cc, defaults, one_domain())
+    assert sorted(keys - set(cm["params"]) - {"mail_domain"}) == []

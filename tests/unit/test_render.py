@@ -290,3 +290,41 @@ def test_pillar_top_maps_minion_id_to_host_file(tmp_path, minion_id, has_pillar)
     else:  # CLI output masks pillar values: look at what the map made of them
         assert proc.returncode != 0
         assert "chatmail:domains: must name at least one chatmail domain" in "".join(result)
+
+
+def test_www_folder_in_the_vhost(render, cc, defaults, tmp_path):
+    cmap = cc.build(defaults, {}, {"domains": {"chat.example.org": {"www_folder": str(tmp_path)}}})
+    vhost = render(
+        "chatmail/nginx/files/vhost.conf.jinja",
+        chatmail=cmap,
+        domain="chat.example.org",
+        https=True,
+    )
+    # the operator's host directory serves the pages; autoconfig, MTA-STS and
+    # the QR code stay in the tree's web root
+    assert f"root {tmp_path};" in vhost
+    assert "root /var/www/chatmail/chat.example.org;" in vhost
+    assert "location = /qr-chatmail-invite.svg" in vhost
+    for folder in ("", "disabled", "salt://site"):
+        cmap = cc.build(defaults, {}, {"domains": {"chat.example.org": {"www_folder": folder}}})
+        vhost = render(
+            "chatmail/nginx/files/vhost.conf.jinja",
+            chatmail=cmap,
+            domain="chat.example.org",
+            https=True,
+        )
+        assert vhost.count(" root ") == 1, folder
+
+
+def test_www_folder_states(salt_env, example):
+    pillar = json.loads(json.dumps(example))
+    domains = pillar["chatmail"]["domains"]
+    domains["chat.example.org"]["www_folder"] = "salt://chatmail/nginx/files"
+    domains["_test.example.org"]["www_folder"] = "disabled"
+    proc = salt_env("state.show_sls", "chatmail.nginx", pillar_data=pillar)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ids = set(json.loads(proc.stdout)["local"])
+    assert "chatmail-nginx-chat.example.org-www-folder-recursed" in ids
+    assert "chatmail-nginx-chat.example.org-index-page-file-managed" not in ids
+    assert "chatmail-nginx-_test.example.org-index-page-file-absent" in ids
+    assert "chatmail-nginx-_test.example.org-autoconfig-file-managed" in ids

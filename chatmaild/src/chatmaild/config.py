@@ -133,7 +133,6 @@ PARAMS = load_schema()
 # Keys of chatmail/relay that this package accepts but does not use.
 IGNORED_KEYS = {
     "passdb_path",
-    "tls_external_cert_and_key",
     "turn_socket_path",
     "filtermail_http_port_incoming",
     "filtermail_lmtp_port_transport",
@@ -186,8 +185,19 @@ class DomainConfig:
         self.__dict__.update(values)
         self.max_mailbox_size_raw = raw["max_mailbox_size"].strip()
         self._turn_secret_cache = None
+        # chatmail/relay's way to name certificates managed elsewhere
+        external = self.tls_external_cert_and_key.split()
+        if external and len(external) != 2:
+            raise ConfigError(
+                f"{domain} tls_external_cert_and_key: expected two paths 'CERT KEY',"
+                f" not {raw['tls_external_cert_and_key']!r}"
+            )
+        self.tls_cert_path, self.tls_key_path = external or (None, None)
         if self.tls_mode == "auto":
-            self.tls_mode = "self" if is_self_signed_domain(domain) else "acme"
+            if external:
+                self.tls_mode = "external"
+            else:
+                self.tls_mode = "self" if is_self_signed_domain(domain) else "acme"
 
     @property
     def address_domain(self) -> str:
@@ -295,8 +305,6 @@ class Config:
                         )
                     raw[key] = text
                     values[key] = _convert(param, text, swhere)
-            if not values["passthrough_recipients"] and "passthrough_recipients" not in params:
-                values["passthrough_recipients"] = [f"echo@{dom}"]
             if values["username_min_length"] > values["username_max_length"]:
                 raise ConfigError(
                     f"{inipath}: domain {dom} username_min_length ="

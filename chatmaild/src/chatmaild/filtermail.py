@@ -432,7 +432,8 @@ class OutgoingHandler(BaseHandler):
         if not self.limiter.allow(key, dc.max_user_send_per_minute, dc.max_user_send_burst_size):
             log.info("rate limit hit by %s", address)
             count(self.direction, "rejected", "rate_limit")
-            return safe_reply(f"450 4.7.1 Too much mail from {address}")
+            # chatmail/relay's text, colon included: clients and monitoring match it
+            return safe_reply(f"450 4.7.1: Too much mail from {address}")
         return await super().handle_MAIL(server, session, envelope, address, mail_options)
 
     def check(self, mail_from, rcpt_tos, content, client_ip=None):
@@ -443,7 +444,9 @@ class OutgoingHandler(BaseHandler):
         from_addr = single_from_address(msg)
         if from_addr is None or from_addr.lower() != mail_from.lower():
             raise Reject(
-                f"554 5.7.1 From header {from_addr!r} does not match sender <{mail_from}>",
+                # chatmail/relay's reply (its code 500 included), which its
+                # test suite and monitoring look for
+                f"500 5.7.1 Invalid FROM {from_addr!r} for <{mail_from}>",
                 "from_mismatch",
             )
         if is_encrypted(msg):

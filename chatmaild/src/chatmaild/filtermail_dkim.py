@@ -145,7 +145,8 @@ def check_dkim(message: bytes, from_domain: str, dnsfunc=None, limit=MAX_SIGNATU
     verifier, picked = candidate_signatures(message, from_domain, limit)
     if not picked:
         if not any(name.lower() == b"dkim-signature" for name, _ in verifier.headers):
-            return "no valid DKIM signature"
+            # chatmail/relay's text for a message without any signature
+            return "No DKIM signature found"
         return f"no DKIM signature of {from_domain} (without l=)"
     lookup = dnsfunc
 

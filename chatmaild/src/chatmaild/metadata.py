@@ -23,8 +23,10 @@ the extra prefix ``vendor/vendor.dovecot/pvt/server/``.  What we serve:
     lookup of what the relay advertises: ``maxsmtprecipients``,
     ``turn`` (``host:port:user:password``, coturn REST API credentials
     derived from ``turn_secret``, or from ``turn_secret_file``: on relays a
-    systemd credential only this daemon can read) and ``irohrelay`` when
-    configured.
+    systemd credential only this daemon can read), ``irohrelay`` when
+    configured (``iroh_relay``) and ``appversions`` (the newest Delta Chat
+    releases, :data:`APPVERSIONS`, one line of JSON as chatmail/relay serves
+    it).
 
 Usage: ``chatmail-metadata <chatmail.ini> <socket>`` (the reference's order,
 socket first, is accepted too).
@@ -53,6 +55,8 @@ MESSAGENEW = "messagenew"
 SERVER_PREFIX = "vendor/vendor.dovecot/pvt/server/"
 VENDOR_PREFIX = "vendor/deltachat/"
 DEFAULT_TURN_PORT = 3478
+#: the client releases advertised as ``vendor/deltachat/appversions``
+APPVERSIONS = Path(__file__).with_name("appversions.json")
 TURN_CREDENTIAL_SECONDS = 5 * 86400
 #: tokens stamped further in the future than this are considered invalid
 CLOCK_SKEW = 60
@@ -169,6 +173,19 @@ class TokenStore:
         return [t for t, _ in sorted(tokens.items(), key=lambda kv: (kv[1], kv[0]))]
 
 
+def read_appversions(path: Path) -> str | None:
+    """The JSON of ``path`` on one line (the dict protocol is line-based);
+    None when it is missing or not JSON."""
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        log.exception("cannot read %s", path)
+        return None
+    return json.dumps(data, separators=(",", ":"))
+
+
 class MetadataDict(DictProxy):
     def __init__(self, config, tokens: TokenStore, notifier: Notifier):
         self.config = config
@@ -206,6 +223,8 @@ class MetadataDict(DictProxy):
             return f"{host}:{port}:{tuser}:{password}"
         if name == "irohrelay" and dc.iroh_relay:
             return dc.iroh_relay
+        if name == "appversions":
+            return read_appversions(APPVERSIONS)
         return None
 
     def lookup(self, key, user):

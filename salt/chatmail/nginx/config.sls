@@ -58,7 +58,11 @@ chatmail-nginx-{{ domain }}-www-directory:
     - mode: "0755"
     - makedirs: true
 
+{#-   www_folder (d.www.mode): the generated pages, none (disabled), the
+      operator's salt:// directory copied over the web root, or a host
+      directory the vhost serves instead (path; the generated pages go). #}
 {%-   for page in ['index', 'info', 'privacy'] %}
+{%-     if d.www.mode == 'generated' %}
 
 chatmail-nginx-{{ domain }}-{{ page }}-page-file-managed:
   file.managed:
@@ -72,7 +76,28 @@ chatmail-nginx-{{ domain }}-{{ page }}-page-file-managed:
         page: {{ page }}
     - require:
       - file: chatmail-nginx-{{ domain }}-www-directory
+{%-     elif d.www.mode in ('disabled', 'path') %}
+
+chatmail-nginx-{{ domain }}-{{ page }}-page-file-absent:
+  file.absent:
+    - name: {{ www }}/{{ domain }}/{{ page }}.html
+{%-     endif %}
 {%-   endfor %}
+{%-   if d.www.mode == 'salt' %}
+
+{#-   the operator's files overwrite the generated ones of the same name;
+      others (autoconfig, MTA-STS, QR code) stay (clean: false) #}
+chatmail-nginx-{{ domain }}-www-folder-recursed:
+  file.recurse:
+    - name: {{ www }}/{{ domain }}
+    - source: {{ d.www.source }}
+    - clean: false
+    - dir_mode: "0755"
+    - file_mode: "0644"
+    - include_empty: true
+    - require:
+      - file: chatmail-nginx-{{ domain }}-www-directory
+{%-   endif %}
 
 chatmail-nginx-{{ domain }}-autoconfig-file-managed:
   file.managed:

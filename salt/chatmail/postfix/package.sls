@@ -20,8 +20,22 @@ chatmail-postfix-package-exim4-cmd-run:
     - require:
       - service: chatmail-postfix-package-exim4-service-dead
 
+{#- The package's own configuration (debconf "Internet Site") takes the
+    host's name as myhostname and fails on a numeric one, as an IP-only
+    relay's host may have: install it unconfigured, config.sls writes
+    main.cf.  Only before the first installation (unless). #}
+chatmail-postfix-package-debconf-cmd-run:
+  cmd.run:
+    - name: >-
+        printf '%s\n'
+        'postfix postfix/main_mailer_type select No configuration'
+        'postfix postfix/mailname string {{ chatmail.primary }}'
+        | debconf-set-selections
+    - unless: dpkg-query -W -f='${db:Status-Abbrev}' postfix 2>/dev/null | grep -q '^ii'
+
 chatmail-postfix-package-pkg-installed:
   pkg.installed:
     - pkgs: {{ chatmail.lookup.pkgs.postfix | json }}
     - require:
       - cmd: chatmail-postfix-package-exim4-cmd-run
+      - cmd: chatmail-postfix-package-debconf-cmd-run

@@ -27,10 +27,15 @@ chatmail-postfix-service-config-checked:
 {%- endif %}
 
 {#- Debian's postfix.service is a oneshot wrapper that stays "active" even
-    when the real instance (postfix@-) fails: run and restart the instance. #}
+    when the real instance (postfix@-) fails: run and restart the instance.
+    The wrapper is started too: installed unconfigured (package.sls) it was
+    skipped for want of main.cf. #}
 chatmail-postfix-service-enabled:
-  service.enabled:
+  service.running:
     - name: postfix
+    - enable: true
+    - require:
+      - cmd: chatmail-postfix-service-config-checked
 
 chatmail-postfix-service-running:
   service.running:

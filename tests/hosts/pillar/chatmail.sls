@@ -7,6 +7,10 @@ chatmail:
     chat1.test: {}
     _chat2.test:
       max_mailbox_size: 100M
+      # chatmail/relay's keys (test_relay.py): the operator's own pages from
+      # tests/hosts/data/compat-www and an iroh relay advertised in METADATA
+      www_folder: salt://compat-www
+      iroh_relay: https://iroh.chat2.test
   # hibernate IDLE sessions after 2 s instead of the default 60 s, so that
   # the hibernation tests (test_relay.py) do not wait a minute per session
   imap:
