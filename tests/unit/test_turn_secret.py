@@ -26,11 +26,57 @@ def test_secret_never_in_chatmail_ini(cc, turn_map):
     assert SECRET not in text
     assert "turn_secret =" not in text
     path = "/etc/chatmail/secrets/turn_secret.chat.example.org"
-    assert cc.turn_secret_files(turn_map) == {"chat.example.org": path}
+    generated = "/etc/chatmail/secrets/turn_secret._test.example.org.generated"
+    assert cc.turn_secret_files(turn_map) == {
+        "chat.example.org": path,
+        "_test.example.org": generated,
+    }
     section = text.split("[domain:chat.example.org]")[1].split("[domain:")[0]
     assert f"turn_secret_file = {path}" in section
+    # the other domain uses the relay's own TURN server with the secret
+    # generated on the host (chatmail:turn:enabled)
     other = text.split("[domain:_test.example.org]")[1]
-    assert "turn_secret_file" not in other
+    assert f"turn_secret_file = {generated}" in other
+    assert "turn_server = _test.example.org" in other
+
+
+def test_without_own_turn_no_secret_no_server(cc, defaults, example_pillar):
+    pillar = copy.deepcopy(example_pillar)
+    pillar["turn"] = {"enabled": False}
+    cm = build(cc, defaults, pillar)
+    assert cc.turn_secret_files(cm) == {}
+    assert "turn_" not in cc.ini_text(cm).split("[domain:_test.example.org]")[1]
+
+
+@pytest.mark.parametrize(
+    "turn, key, problem",
+    [
+        ({"port": 25}, "turn:port", "clashes with the smtp service"),
+        ({"tls_port": 3478}, "turn:tls_port", "must differ"),
+        ({"min_port": 60000, "max_port": 50000}, "turn:min_port", "greater than"),
+        ({"min_port": 100}, "turn:min_port", "at least 1024"),
+        ({"port": 50000}, "turn:port", "relay range"),
+        ({"user_quota": -1}, "turn:user_quota", "negative"),
+        ({"denied_peers": ["10.0.0.1/8"]}, "turn:denied_peers:0", "not an IP network"),
+        ({"allowed_peers": ["lan"]}, "turn:allowed_peers:0", "not an IP network"),
+        ({"enabled": "yes"}, "turn:enabled", ""),
+    ],
+)
+def test_bad_turn_pillar_names_the_key(cc, defaults, example_pillar, turn, key, problem):
+    pillar = copy.deepcopy(example_pillar)
+    pillar["turn"] = turn
+    with pytest.raises(cc.ChatmailConfigError) as err:
+        build(cc, defaults, pillar)
+    text = str(err.value)
+    assert f"chatmail:{key}" in text and problem in text, text
+
+
+def test_coturn_ranges(cc):
+    assert cc.coturn_ranges(["10.0.0.0/8", "::1/128", "fe80::/10"]) == [
+        "10.0.0.0-10.255.255.255",
+        "::1",
+        "fe80::-febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    ]
 
 
 def test_a_host_wide_secret_gives_every_domain_its_credential(cc, defaults, example_pillar):
