@@ -403,6 +403,7 @@ def _build(defaults, osfamily, pillar, check_files, schema):
         )
     _check_metrics(merged["metrics"], params, kinds, errors)
     _check_turn(merged["turn"], merged["metrics"], params, kinds, errors)
+    _check_alpn(merged, params, kinds, errors)
     for key, value in merged["lookup"]["paths"].items():
         if not str(value).startswith("/"):
             errors.add(["chatmail", "lookup", "paths", key], f"must be an absolute path: {value!r}")
@@ -538,9 +539,41 @@ def _check_turn(turn, metrics, params, kinds, errors):
     for key in ("denied_peers", "allowed_peers"):
         for i, net in enumerate(turn[key]):
             try:
-                ipaddress.ip_network(str(net), strict=True)
+                network = ipaddress.ip_network(str(net), strict=True)
             except ValueError:
                 errors.add(path + [key, i], f"not an IP network such as 10.0.0.0/8: {net!r}")
+                continue
+            if network.version == 6 and int(network[0]) == 0:
+                # coturn 4.6 reads a range starting at :: as matching every peer
+                errors.add(
+                    path + [key, i], f"an IPv6 range starting at :: matches every peer: {net}"
+                )
+
+
+def _check_alpn(merged, params, kinds, errors):
+    path = ["chatmail", "alpn", "ports"]
+    alpn = merged["alpn"]
+    if not alpn["enabled"]:
+        return
+    taken = {
+        params[k]: f"params:{k}" for k, kind in kinds.items() if kind == "port" and k in params
+    }
+    if merged["metrics"]["enabled"]:
+        taken.update({p: f"metrics:ports:{n}" for n, p in merged["metrics"]["ports"].items()})
+    turn = merged["turn"]
+    if turn["enabled"]:
+        taken.update({turn["port"]: "turn:port", turn["tls_port"]: "turn:tls_port"})
+    for name, port in sorted(alpn["ports"].items()):
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            errors.add(path + [name], f"not a port: {port!r}")
+        elif port in SERVICE_PORTS:
+            errors.add(path + [name], f"port {port} clashes with the {SERVICE_PORTS[port]} service")
+        elif port in taken:
+            errors.add(path + [name], f"port {port} clashes with {taken[port]}")
+        elif turn["enabled"] and turn["min_port"] <= port <= turn["max_port"]:
+            errors.add(path + [name], f"port {port} lies in the TURN relay range")
+        else:
+            taken[port] = f"alpn:ports:{name}"
 
 
 def coturn_ranges(networks):

@@ -251,6 +251,18 @@ chatmail:
     status_interval: 10min     # certificate expiry, DNS check, services
     public: false              # https://<domain>/metrics: that domain's account total only
 
+  # Port 443 for restrictive networks (docs/calls-and-ports.md): nginx's
+  # stream module hands TLS connections with ALPN "imap" to Dovecot, "smtp" to
+  # Postfix (as on 465) and everything else to the web server, each on a
+  # loopback port of its own with the client's address in a PROXY header.
+  # enabled false: the web server listens on 443 itself.
+  alpn:
+    enabled: true
+    ports:
+      https: 8443
+      imap: 10993
+      smtp: 10465
+
   # The relay's own TURN server for calls (Debian's coturn,
   # docs/calls-and-ports.md).  Delta Chat gets time-limited credentials from
   # METADATA /shared/vendor/deltachat/turn, made with a secret generated on
@@ -268,7 +280,7 @@ chatmail:
     # peers no client may reach through the relay (coturn denied-peer-ip)
     denied_peers: [0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16,
                    172.16.0.0/12, 192.0.0.0/24, 192.168.0.0/16, 198.18.0.0/15, 224.0.0.0/4,
-                   240.0.0.0/4, "::/128", "::1/128", "::ffff:0:0/96", "64:ff9b::/96",
+                   240.0.0.0/4, "::1/128", "::ffff:0:0/96", "64:ff9b::/96",
                    "fc00::/7", "fe80::/10", "ff00::/8"]
     allowed_peers: []     # exceptions from denied_peers, e.g. [192.168.10.0/24]
 

@@ -59,6 +59,7 @@ def test_without_own_turn_no_secret_no_server(cc, defaults, example_pillar):
         ({"user_quota": -1}, "turn:user_quota", "negative"),
         ({"denied_peers": ["10.0.0.1/8"]}, "turn:denied_peers:0", "not an IP network"),
         ({"allowed_peers": ["lan"]}, "turn:allowed_peers:0", "not an IP network"),
+        ({"denied_peers": ["::/128"]}, "turn:denied_peers:0", "matches every peer"),
         ({"enabled": "yes"}, "turn:enabled", ""),
     ],
 )
@@ -151,3 +152,31 @@ def test_inline_turn_secret_still_works(chatmaild_config, tmp_path):
     config = chatmaild_config.read_config(ini)
     value = MetadataDict(config, None, None).vendor_value("turn", "a@chat.example.org")
     assert value.startswith("turn.example.org:3478:")
+
+
+@pytest.mark.parametrize(
+    "alpn, key, problem",
+    [
+        ({"ports": {"https": 443}}, "alpn:ports:https", "clashes with the https service"),
+        ({"ports": {"imap": 3478}}, "alpn:ports:imap", "clashes with turn:port"),
+        ({"ports": {"smtp": 10080}}, "alpn:ports:smtp", "clashes with params:"),
+        ({"ports": {"smtp": 8443}}, "alpn:ports:smtp", "clashes with alpn:ports:https"),
+        ({"ports": {"imap": 50000}}, "alpn:ports:imap", "TURN relay range"),
+        ({"ports": {"imap": "x"}}, "alpn:ports:imap", ""),
+        ({"enabled": 1}, "alpn:enabled", ""),
+    ],
+)
+def test_bad_alpn_pillar_names_the_key(cc, defaults, example_pillar, alpn, key, problem):
+    """Port 443 multiplexing (chatmail:alpn): its loopback backend ports must
+    not collide with any other port of the relay."""
+    pillar = copy.deepcopy(example_pillar)
+    pillar["alpn"] = alpn
+    with pytest.raises(cc.ChatmailConfigError) as err:
+        build(cc, defaults, pillar)
+    text = str(err.value)
+    assert f"chatmail:{key}" in text and problem in text, text
+
+
+def test_alpn_backends_render(cc, defaults, example_pillar):
+    cm = build(cc, defaults, example_pillar)
+    assert cm["alpn"] == {"enabled": True, "ports": {"https": 8443, "imap": 10993, "smtp": 10465}}
