@@ -36,6 +36,28 @@ def __virtual__():
     return __virtualname__
 
 
+def _util(name):
+    """A shared helper of _utils/chatmail_util.py: ``__utils__`` under the
+    Salt loader; outside it (unit tests, fuzz targets, tests/paramdocs.py)
+    the file itself, from the checkout this module lives in."""
+    utils = globals().get("__utils__")
+    if utils is not None and f"chatmail_util.{name}" in utils:
+        return utils[f"chatmail_util.{name}"]
+    global _UTIL_MODULE
+    if _UTIL_MODULE is None:
+        import importlib.util
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        path = os.path.join(os.path.dirname(here), "_utils", "chatmail_util.py")
+        spec = importlib.util.spec_from_file_location("chatmail_util_checkout", path)
+        _UTIL_MODULE = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_UTIL_MODULE)
+    return getattr(_UTIL_MODULE, name)
+
+
+_UTIL_MODULE = None
+
+
 class ChatmailConfigError(CommandExecutionError):
     """The pillar is invalid; ``errors`` lists one message per problem."""
 
@@ -98,8 +120,6 @@ _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 IDLE_KEEPALIVE_SECONDS = 120
 
 _SIZE_RE = re.compile(r"^\s*\d+\s*[kKmMgGtT]?[bB]?\s*$")
-_LABEL_RE = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
-_SELECTOR_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _POSTFIX_TIME_RE = re.compile(r"^\d+[smhdw]?$")
 _SYSTEMD_TIME_RE = re.compile(r"^\d+\s*(s|sec|min|m|h|hour|day|d|week|w|month|year|y)?$")
 _PEM_RE = re.compile(
@@ -115,11 +135,7 @@ class _Errors(list):
 
 
 def _is_ip(text):
-    try:
-        ipaddress.ip_address(str(text).strip("[]"))
-    except ValueError:
-        return False
-    return True
+    return _util("is_ip")(text)
 
 
 def normalize_domain(name):
@@ -133,17 +149,7 @@ def normalize_domain(name):
 
         salt-call chatmail_config.normalize_domain Chat.Example.ORG
     """
-    if not isinstance(name, str):
-        raise ValueError(f"not a domain name: {name!r}")
-    dom = name.strip().lower().rstrip(".")
-    if _is_ip(dom):
-        return str(ipaddress.ip_address(dom.strip("[]")))
-    if len(dom) > 253 or "." not in dom:
-        raise ValueError(f"not a fully qualified domain name: {name!r}")
-    for label in dom.split("."):
-        if not _LABEL_RE.match(label):
-            raise ValueError(f"invalid label {label!r} in domain {name!r}")
-    return dom
+    return _util("normalize_domain")(name)
 
 
 def _type_name(value):
@@ -258,15 +264,6 @@ def _check_default_type(default, value):
     return _check_param(kind, value)
 
 
-def _deep_update(base, over):
-    for key, value in (over or {}).items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value)
-        else:
-            base[key] = copy.deepcopy(value)
-    return base
-
-
 def _size_bytes(value):
     m = re.match(r"^\s*(\d+)\s*([kKmMgGtT]?)", str(value))
     return int(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " ")
@@ -280,9 +277,7 @@ def _file_exists(path):
 
 
 def _auto_tls_mode(domain):
-    return (
-        "self" if domain.startswith("_") or domain.endswith(".test") or _is_ip(domain) else "acme"
-    )
+    return _util("auto_tls_mode")(domain)
 
 
 def build(defaults, osfamily=None, pillar=None, check_files=True, schema=None):
@@ -320,16 +315,81 @@ def build(defaults, osfamily=None, pillar=None, check_files=True, schema=None):
     return merged
 
 
+def _tree_yaml(name):
+    """salt://chatmail/<name> (defaults.yaml, osfamilymap.yaml) as data: from
+    the file server on a minion, from the checkout otherwise."""
+    import yaml
+
+    text = None
+    salt_funcs = globals().get("__salt__")
+    if salt_funcs is not None and "cp.get_file_str" in salt_funcs:
+        text = salt_funcs["cp.get_file_str"](f"salt://chatmail/{name}") or None
+    if text is None:
+        here = os.path.dirname(os.path.abspath(__file__))
+        path = os.path.join(os.path.dirname(here), "salt", "chatmail", name)
+        if not os.path.isfile(path):
+            raise CommandExecutionError(f"chatmail_config: salt://chatmail/{name} not found")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    return yaml.safe_load(text) or {}
+
+
+def lookup():
+    """
+    ``chatmail:lookup`` of the merged map -- defaults.yaml <- the os family's
+    overrides <- pillar ``chatmail:lookup``, as map.jinja merges it -- for the
+    modules that need a path, user or socket outside a state run (they read
+    it here instead of repeating the defaults).  Only this section is merged,
+    so it also answers on a minion whose pillar names no domain yet.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call chatmail_config.lookup
+    """
+    defaults = _tree_yaml("defaults.yaml")
+    defaults = defaults.get("chatmail", defaults)
+    grains = globals().get("__grains__") or {}
+    osfamily = (_tree_yaml("osfamilymap.yaml").get(grains.get("os_family")) or {}).get("lookup")
+    salt_funcs = globals().get("__salt__")
+    pillar = _util("pillar_get")(salt_funcs, "chatmail:lookup", {}) if salt_funcs else {}
+    merge = _util("deep_merge")
+    pillar = pillar if isinstance(pillar, dict) else {}
+    return merge(merge(defaults.get("lookup"), osfamily), pillar)
+
+
 def _build(defaults, osfamily, pillar, check_files, schema):
+    kinds = {n: e["kind"] for n, e in schema.items() if e.get("pillar", True)}
+    per_domain = sorted(n for n in kinds if schema[n].get("per_domain"))
+    errors = _Errors()
+    merged, raw_domains = _merge_globals(defaults, osfamily, pillar, schema, kinds, errors)
+    _check_globals(merged, kinds, errors)
+    domains = _build_domains(raw_domains, merged, errors, check_files, kinds, per_domain, schema)
+    domain_list, primary = _primary(merged, domains, errors)
+    tls_ca = merged["tls_ca"]
+    if errors:
+        raise ChatmailConfigError(errors)
+
+    # The CA key is read from the pillar by the tls state only; it must not
+    # travel in the map every template receives.
+    tls_ca["has_key"] = bool(tls_ca.pop("key").strip())
+    merged["domains"] = domains
+    merged["domain_list"] = domain_list
+    merged["primary"] = primary
+    merged["per_domain_params"] = per_domain
+    return merged
+
+
+def _merge_globals(defaults, osfamily, pillar, schema, kinds, errors):
+    """defaults <- os family <- pillar outside ``domains``, checked: (the
+    merged map, the raw ``chatmail:domains``)."""
     defaults = copy.deepcopy(defaults or {})
     if set(defaults) == {"chatmail"}:
         defaults = defaults["chatmail"]
-    kinds = {n: e["kind"] for n, e in schema.items() if e.get("pillar", True)}
-    per_domain = sorted(n for n in kinds if schema[n].get("per_domain"))
-    base = _deep_update(defaults, osfamily or {})
+    base = _util("deep_merge")(defaults, osfamily)
     base["params"] = {n: copy.deepcopy(schema[n]["default"]) for n in kinds}
     base.setdefault("primary", "")
-    errors = _Errors()
     if pillar is not None and not isinstance(pillar, dict):
         raise ChatmailConfigError([f"chatmail: must be a mapping, not {_type_name(pillar)}"])
     pillar = copy.deepcopy(pillar or {})
@@ -371,7 +431,13 @@ def _build(defaults, osfamily, pillar, check_files, schema):
         if not errors and params[key] <= 0:
             errors.add(["chatmail", "params", key], "must be positive")
 
-    # Other global sections.
+    return merged, raw_domains
+
+
+def _check_globals(merged, kinds, errors):
+    """The global sections besides params (dns, limits, imap, journald,
+    metrics, lookup paths, tls trust, acme, dovecot)."""
+    params = merged["params"]
     if merged["dns"]["check"] not in DNS_CHECK_MODES:
         errors.add(
             ["chatmail", "dns", "check"],
@@ -411,7 +477,9 @@ def _build(defaults, osfamily, pillar, check_files, schema):
     _check_acme(merged, errors)
     _check_dovecot(merged, errors)
 
-    # Domains.
+
+def _build_domains(raw_domains, merged, errors, check_files, kinds, per_domain, schema):
+    """{canonical domain: its resolved entry} of ``chatmail:domains``."""
     domains = {}
     seen = {}
     if raw_domains is None or raw_domains == {}:
@@ -435,6 +503,12 @@ def _build(defaults, osfamily, pillar, check_files, schema):
             dom, dpillar, merged, dpath, errors, check_files, kinds, per_domain, schema
         )
 
+    return domains
+
+
+def _primary(merged, domains, errors):
+    """(the sorted domain list, the primary domain); also checks that tls
+    mode ca has the CA it needs."""
     domain_list = sorted(domains)
     primary = merged.get("primary") or ""
     if primary:
@@ -458,17 +532,7 @@ def _build(defaults, osfamily, pillar, check_files, schema):
                 f"required by tls mode ca (domains: {', '.join(ca_domains)})",
             )
 
-    if errors:
-        raise ChatmailConfigError(errors)
-
-    # The CA key is read from the pillar by the tls state only; it must not
-    # travel in the map every template receives.
-    tls_ca["has_key"] = bool(tls_ca.pop("key").strip())
-    merged["domains"] = domains
-    merged["domain_list"] = domain_list
-    merged["primary"] = primary
-    merged["per_domain_params"] = per_domain
-    return merged
+    return domain_list, primary
 
 
 def _check_metrics(metrics, params, kinds, errors):
@@ -666,13 +730,57 @@ def _check_ports(params, kinds, errors):
 
 
 def _build_domain(dom, dpillar, merged, dpath, errors, check_files, kinds, per_domain, schema):
+    """The resolved entry of one domain: its params (per-domain overrides of
+    ``chatmail:params``) and its sections (``domain_defaults`` <- its pillar)."""
+    values, extra = _split_domain_pillar(dpillar, merged, dpath, errors, kinds, per_domain, schema)
+    if values["username_min_length"] > values["username_max_length"]:
+        errors.add(
+            dpath + ["username_min_length"],
+            f"{values['username_min_length']} is greater than username_max_length"
+            f" {values['username_max_length']}",
+        )
+    if values["username_min_length"] < 1:
+        errors.add(dpath + ["username_min_length"], "must be at least 1")
+
+    paths = merged["lookup"]["paths"]
+    is_ip = _is_ip(dom)
+    extra["tls"] = _domain_tls(dom, extra["tls"], paths, dpath, errors, check_files)
+    _check_domain_sections(dom, extra, paths, dpath, errors)
+
+    domain = {"name": dom}
+    domain.update(values)
+    domain.update(extra)
+    domain["is_ip"] = is_ip
+    domain["address_domain"] = f"[{dom}]" if is_ip else dom
+    _set_turn(domain, dom, values, merged["turn"], paths)
+    domain["mailboxes_path"] = f"{merged['params']['mailboxes_dir'].rstrip('/')}/{dom}"
+    return domain
+
+
+def _set_turn(domain, dom, values, turn, paths):
+    """Where the tree keeps the domain's TURN secret (see turn_secret_files):
+    from the pillar, or generated on the host for the relay's own TURN server
+    (chatmail:turn:enabled), which is also the default turn_server."""
+    if values["turn_secret"]:
+        domain["turn_secret_file"] = f"{paths['secrets_dir']}/turn_secret.{dom}"
+    elif turn["enabled"]:
+        domain["turn_secret_file"] = f"{paths['secrets_dir']}/turn_secret.{dom}.generated"
+    else:
+        domain["turn_secret_file"] = ""
+    if turn["enabled"] and not values["turn_server"]:
+        host = f"[{dom}]" if ":" in dom else dom
+        domain["turn_server"] = host if turn["port"] == 3478 else f"{host}:{turn['port']}"
+
+
+def _split_domain_pillar(dpillar, merged, dpath, errors, kinds, per_domain, schema):
+    """(params, sections) of a domain's pillar, each checked against its kind
+    or default; params start from ``chatmail:params``."""
     if dpillar is None:
         dpillar = {}
     if not isinstance(dpillar, dict):
         errors.add(dpath, f"must be a mapping, not {_type_name(dpillar)}")
         dpillar = {}
     dpillar = copy.deepcopy(dpillar)
-    is_ip = _is_ip(dom)
     values = {k: copy.deepcopy(v) for k, v in merged["params"].items() if k in per_domain}
     sub = {}
     for key, value in dpillar.items():
@@ -689,18 +797,12 @@ def _build_domain(dom, dpillar, merged, dpath, errors, check_files, kinds, per_d
         else:
             errors.add(dpath + [key], _not_a_param(key, schema))
     extra = _merge_checked(merged["domain_defaults"], sub, dpath, errors)
+    return values, extra
 
-    if values["username_min_length"] > values["username_max_length"]:
-        errors.add(
-            dpath + ["username_min_length"],
-            f"{values['username_min_length']} is greater than username_max_length"
-            f" {values['username_max_length']}",
-        )
-    if values["username_min_length"] < 1:
-        errors.add(dpath + ["username_min_length"], "must be at least 1")
 
-    paths = merged["lookup"]["paths"]
-    tls = extra["tls"]
+def _domain_tls(dom, tls, paths, dpath, errors, check_files):
+    """{"mode", "cert", "key"}: ``auto`` resolved and the certificate files
+    the mode uses (checked to exist for ``external``)."""
     mode = tls["mode"]
     if mode not in TLS_MODES:
         errors.add(dpath + ["tls", "mode"], f"must be one of {', '.join(TLS_MODES)}, not {mode!r}")
@@ -711,7 +813,7 @@ def _build_domain(dom, dpillar, merged, dpath, errors, check_files, kinds, per_d
         cert = f"{paths['tls_dir']}/{dom}/fullchain.pem"
         key = f"{paths['tls_dir']}/{dom}/privkey.pem"
     elif mode == "acme":
-        if is_ip:
+        if _is_ip(dom):
             errors.add(dpath + ["tls", "mode"], "acme is not possible for an IP address domain")
         cert = f"{paths['acme_dir']}/{dom}/fullchain"
         key = f"{paths['acme_dir']}/{dom}/privkey"
@@ -724,11 +826,17 @@ def _build_domain(dom, dpillar, merged, dpath, errors, check_files, kinds, per_d
                 errors.add(dpath + ["tls", what], f"must be an absolute path: {path!r}")
             elif check_files and not _file_exists(path):
                 errors.add(dpath + ["tls", what], f"file does not exist on the host: {path}")
-    extra["tls"] = {"mode": mode, "cert": cert, "key": key}
+    return {"mode": mode, "cert": cert, "key": key}
 
+
+def _check_domain_sections(dom, extra, paths, dpath, errors):
+    """DKIM selector and key path, MTA-STS, DNS addresses, web title."""
+    is_ip = _is_ip(dom)
     selector = extra["dkim"]["selector"]
-    if not _SELECTOR_RE.match(str(selector)):
-        errors.add(dpath + ["dkim", "selector"], f"not a valid DKIM selector: {selector!r}")
+    try:
+        _util("check_selector")(selector)
+    except ValueError as exc:
+        errors.add(dpath + ["dkim", "selector"], str(exc))
     extra["dkim"]["key"] = f"{paths['dkim_dir']}/{dom}.{selector}.private"
 
     if extra["mta_sts"]["max_age"] <= 0:
@@ -745,28 +853,6 @@ def _build_domain(dom, dpillar, merged, dpath, errors, check_files, kinds, per_d
         extra["dns"]["ipv4"] = dom
     if not extra["web"]["title"]:
         extra["web"]["title"] = dom
-
-    domain = {"name": dom}
-    domain.update(values)
-    domain.update(extra)
-    domain["is_ip"] = is_ip
-    domain["address_domain"] = f"[{dom}]" if is_ip else dom
-    # where the tree keeps the domain's TURN secret (see turn_secret_files)
-    # (from the pillar), or of the secret generated on the host for the
-    # relay's own TURN server (chatmail:turn:enabled)
-    turn = merged["turn"]
-    if values["turn_secret"]:
-        domain["turn_secret_file"] = f"{paths['secrets_dir']}/turn_secret.{dom}"
-    elif turn["enabled"]:
-        domain["turn_secret_file"] = f"{paths['secrets_dir']}/turn_secret.{dom}.generated"
-    else:
-        domain["turn_secret_file"] = ""
-    # the relay's own TURN server unless the pillar names another one
-    if turn["enabled"] and not values["turn_server"]:
-        host = f"[{dom}]" if ":" in dom else dom
-        domain["turn_server"] = host if turn["port"] == 3478 else f"{host}:{turn['port']}"
-    domain["mailboxes_path"] = f"{merged['params']['mailboxes_dir'].rstrip('/')}/{dom}"
-    return domain
 
 
 def _pem_blocks(text):

@@ -19,7 +19,8 @@ import grp
 import logging
 import os
 import pwd
-import re
+
+from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 try:
     from cryptography.hazmat.primitives import serialization
@@ -33,13 +34,10 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "chatmail_dkim"
 
-DEFAULT_KEYDIR = "/etc/dkimkeys"
 DEFAULT_SELECTOR = "opendkim"
 KEY_MODE = 0o600
 # a TXT character-string holds at most 255 octets
 TXT_CHUNK = 255
-
-_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
 
 
 def __virtual__():
@@ -49,27 +47,21 @@ def __virtual__():
 
 
 def _check_name(domain, selector):
-    """Refuse names that could escape keydir or are not DNS labels."""
-    domain = str(domain).strip().rstrip(".").lower()
-    labels = domain.split(".")
-    if not domain or not all(_LABEL.match(label) for label in labels):
-        raise ValueError(f"invalid DKIM domain: {domain!r}")
-    selector = str(selector).strip()
-    if not all(_LABEL.match(label) for label in selector.split(".")):
-        raise ValueError(f"invalid DKIM selector: {selector!r}")
+    """The canonical domain and the selector (the rules of
+    _utils/chatmail_util.py), refusing names that could escape keydir."""
+    domain = __utils__["chatmail_util.domain_arg"](domain, "DKIM domain")
+    try:
+        selector = __utils__["chatmail_util.check_selector"](selector)
+    except ValueError as exc:
+        raise SaltInvocationError(f"invalid DKIM selector: {exc}") from None
     return domain, selector
 
 
-def _pillar(key, default):
-    """A pillar value as default for an argument (see _utils/chatmail_util.py)."""
-    return __utils__["chatmail_util.pillar_get"](__salt__, key, default)
-
-
 def _keydir(keydir):
-    keydir = keydir or _pillar("chatmail:lookup:paths:dkim_dir", DEFAULT_KEYDIR) or DEFAULT_KEYDIR
-    keydir = str(keydir)
+    """``keydir``, else ``lookup:paths:dkim_dir`` of the merged map."""
+    keydir = str(keydir or __utils__["chatmail_util.lookup"](__salt__)["paths"]["dkim_dir"])
     if not os.path.isabs(keydir):
-        raise ValueError(f"DKIM key directory must be an absolute path: {keydir!r}")
+        raise SaltInvocationError(f"DKIM key directory must be an absolute path: {keydir!r}")
     return keydir
 
 
@@ -122,40 +114,9 @@ def _public_from_pem(pem):
     return base64.b64encode(der).decode("ascii")
 
 
-def generate(
-    domain,
-    selector=DEFAULT_SELECTOR,
-    keydir=None,
-    bits=2048,
-    user="opendkim",
-    group="opendkim",
-):
-    """
-    Create the DKIM private key of ``domain`` for ``selector`` unless it exists.
-
-    The key is written to ``<keydir>/<domain>.<selector>.private`` (PEM RSA,
-    mode 0600, owned by ``user``:``group`` when those accounts exist).  An
-    existing file is never overwritten, not even when it cannot be read.
-
-    Returns a dict with ``path``, ``created`` (bool) and ``public`` (base64 DER
-    SubjectPublicKeyInfo, the DNS ``p=`` value).
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt '*' chatmail_dkim.generate example.org
-        salt '*' chatmail_dkim.generate example.org selector=dkim2025 bits=2048
-    """
-    bits = int(bits)
-    if bits < 1024:
-        raise ValueError(f"refusing to create a {bits}-bit DKIM key (at least 1024)")
-    path = key_path(domain, selector, keydir)
-    if os.path.lexists(path):
-        return {"path": path, "created": False, "public": public_key(domain, selector, keydir)}
-
+def _write_new_key(path, bits, uid, gid):
+    """Write a new RSA key to ``path`` unless a file appeared there; True when written."""
     directory = os.path.dirname(path)
-    uid, gid = _ids(user, group)
     if not os.path.isdir(directory):
         os.makedirs(directory, mode=0o700, exist_ok=True)
         _chown(directory, uid, gid)
@@ -186,6 +147,45 @@ def generate(
             created = False
     finally:
         os.unlink(tmp)
+    return created
+
+
+def generate(
+    domain,
+    selector=DEFAULT_SELECTOR,
+    keydir=None,
+    bits=2048,
+    user="opendkim",
+    group="opendkim",
+):
+    """
+    Create the DKIM private key of ``domain`` for ``selector`` unless it exists.
+
+    The key is written to ``<keydir>/<domain>.<selector>.private`` (PEM RSA,
+    mode 0600, owned by ``user``:``group`` when those accounts exist).  An
+    existing file is never overwritten, not even when it cannot be read.
+
+    Returns a dict with ``path``, ``created`` (bool) and ``public`` (base64 DER
+    SubjectPublicKeyInfo, the DNS ``p=`` value).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' chatmail_dkim.generate example.org
+        salt '*' chatmail_dkim.generate example.org selector=dkim2025 bits=2048
+    """
+    bits = int(bits)
+    if bits < 1024:
+        raise SaltInvocationError(f"refusing to create a {bits}-bit DKIM key (at least 1024)")
+    path = key_path(domain, selector, keydir)
+    if os.path.lexists(path):
+        return {"path": path, "created": False, "public": public_key(domain, selector, keydir)}
+
+    try:
+        created = _write_new_key(path, bits, *_ids(user, group))
+    except OSError as exc:
+        raise CommandExecutionError(f"cannot write the DKIM key {path}: {exc}") from None
     return {"path": path, "created": created, "public": public_key(domain, selector, keydir)}
 
 
@@ -206,7 +206,12 @@ def public_key(domain, selector=DEFAULT_SELECTOR, keydir=None):
             pem = fh.read()
     except FileNotFoundError:
         return None
-    return _public_from_pem(pem)
+    except OSError as exc:
+        raise CommandExecutionError(f"cannot read the DKIM key {path}: {exc}") from None
+    try:
+        return _public_from_pem(pem)
+    except (ValueError, TypeError) as exc:
+        raise CommandExecutionError(f"cannot read the DKIM key {path}: {exc}") from None
 
 
 def txt_value(domain, selector=DEFAULT_SELECTOR, keydir=None):
@@ -282,8 +287,10 @@ def selectors(domain, keydir=None):
     for name in names:
         if name.startswith(prefix) and name.endswith(suffix):
             selector = name[len(prefix) : -len(suffix)]
-            if selector and "." not in selector:
-                found.append(selector)
+            try:
+                found.append(__utils__["chatmail_util.check_selector"](selector))
+            except ValueError:
+                continue
     return sorted(found)
 
 
@@ -314,7 +321,7 @@ def list_keys(keydir=None):
             continue
         try:
             public = public_key(domain, selector, directory)
-        except (ValueError, OSError) as exc:
+        except (CommandExecutionError, SaltInvocationError) as exc:
             log.warning("chatmail_dkim: skipping %s: %s", name, exc)
             continue
         if public:

@@ -32,10 +32,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the minion's python
     HAS_DNSPYTHON = False
 
-try:
-    from salt.exceptions import CommandExecutionError
-except ImportError:  # pragma: no cover
-    CommandExecutionError = RuntimeError
+from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +67,9 @@ def _pillar(key, default):
     return __utils__["chatmail_util.pillar_get"](__salt__, key, default)
 
 
-_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?$")
-
-
 def _domain(domain):
-    domain = str(domain).strip().rstrip(".").lower()
-    if not domain or len(domain) > 253 or not all(_LABEL.match(x) for x in domain.split(".")):
-        raise ValueError(f"invalid domain name: {domain!r}")
-    return domain
+    """The canonical domain (the rule of _utils/chatmail_util.py)."""
+    return __utils__["chatmail_util.domain_arg"](domain, "domain name")
 
 
 def is_ip_domain(domain):
@@ -91,12 +83,7 @@ def is_ip_domain(domain):
 
         salt '*' chatmail_dns.is_ip_domain 1.2.3.4
     """
-    text = str(domain).strip().strip("[]")
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+    return __utils__["chatmail_util.is_ip"](domain)
 
 
 def _fqdn(name):
@@ -147,9 +134,12 @@ def _addresses(ipv4, ipv6):
         if value is False or (isinstance(value, str) and value.lower() in ("none", "false")):
             return None
         if value:
-            addr = ipaddress.ip_address(str(value).strip())
+            try:
+                addr = ipaddress.ip_address(str(value).strip())
+            except ValueError as exc:
+                raise SaltInvocationError(str(exc)) from None
             if addr.version != version:
-                raise ValueError(f"not an IPv{version} address: {value}")
+                raise SaltInvocationError(f"not an IPv{version} address: {value}")
             return str(addr)
         return _pick_address(_grain(grain), version)
 
@@ -209,7 +199,7 @@ def mta_sts_policy(domain, mx=None, max_age=DEFAULT_MAX_AGE, crlf=False):
     domain = _domain(domain)
     max_age = int(max_age)
     if not 0 <= max_age <= 31557600:
-        raise ValueError(f"mta_sts max_age out of range (0..31557600): {max_age}")
+        raise SaltInvocationError(f"mta_sts max_age out of range (0..31557600): {max_age}")
     lines = ["version: STSv1", "mode: enforce"]
     lines += [f"mx: {host}" for host in _mx_hosts(domain, mx)]
     lines.append(f"max_age: {max_age}")
@@ -298,13 +288,13 @@ def records(
     if caa:
         issuer = "letsencrypt.org"
         if acme_account_uri and re.search(r'[\s"\\;]', str(acme_account_uri)):
-            raise ValueError(f"invalid acme_account_uri: {acme_account_uri!r}")
+            raise SaltInvocationError(f"invalid acme_account_uri: {acme_account_uri!r}")
         if acme_account_uri:
             issuer += f";accounturi={acme_account_uri}"
         out.append(_record(apex, "CAA", f'0 issue "{issuer}"', False, ttl))
     if tlsrpt:
         if re.search(r'[\s";,!]', str(tlsrpt)):
-            raise ValueError(f"invalid tlsrpt address: {tlsrpt!r}")
+            raise SaltInvocationError(f"invalid tlsrpt address: {tlsrpt!r}")
         rua = tlsrpt if ":" in tlsrpt else f"mailto:{tlsrpt}"
         out.append(_record(f"_smtp._tls.{apex}", "TXT", f"v=TLSRPTv1;rua={rua}", False, ttl))
     return out
@@ -613,8 +603,8 @@ def zone_fragments(zone_dir=None):
     """
     Return the zone fragments written by the ``chatmail_dns.zone_fragment_managed``
     state as ``{domain: text}`` (files ``<zone_dir>/<domain>.zone``), e.g. for
-    the salt mine.  ``zone_dir`` defaults to pillar
-    ``chatmail:lookup:paths:zone_dir`` or ``/etc/chatmail/zones``.
+    the salt mine.  ``zone_dir`` defaults to ``lookup:paths:zone_dir`` of the
+    merged map.
 
     CLI Example:
 
@@ -622,7 +612,7 @@ def zone_fragments(zone_dir=None):
 
         salt '*' chatmail_dns.zone_fragments
     """
-    zone_dir = zone_dir or _pillar("chatmail:lookup:paths:zone_dir", "") or "/etc/chatmail/zones"
+    zone_dir = zone_dir or __utils__["chatmail_util.lookup"](__salt__)["paths"]["zone_dir"]
     try:
         names = sorted(os.listdir(zone_dir))
     except FileNotFoundError:
@@ -632,16 +622,6 @@ def zone_fragments(zone_dir=None):
         if name.endswith(".zone") and not name.startswith("."):
             with open(os.path.join(zone_dir, name), encoding="utf-8") as fh:
                 out[name[: -len(".zone")]] = fh.read()
-    return out
-
-
-def _merge(base, over):
-    out = dict(base)
-    for key, value in (over or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
     return out
 
 
@@ -659,19 +639,18 @@ def domain_args(domain):
         salt '*' chatmail_dns.domain_args example.org
     """
     chatmail = _pillar("chatmail", {}) or {}
-    settings = _merge(
-        chatmail.get("domain_defaults") or {}, (chatmail.get("domains") or {}).get(domain) or {}
+    settings = __utils__["chatmail_util.deep_merge"](
+        chatmail.get("domain_defaults"), (chatmail.get("domains") or {}).get(domain)
     )
     dns_cfg = settings.get("dns") or {}
     mode = (settings.get("tls") or {}).get("mode") or "auto"
     if mode == "auto":
-        name = str(domain)
-        mode = "self" if name.startswith("_") or name.endswith(".test") else "acme"
+        mode = __utils__["chatmail_util.auto_tls_mode"](str(domain))
     params = chatmail.get("params") or {}
     ipv6 = dns_cfg.get("ipv6") or None
     if params.get("disable_ipv6") or settings.get("disable_ipv6"):
         ipv6 = False
-    paths = (chatmail.get("lookup") or {}).get("paths") or {}
+    paths = __utils__["chatmail_util.lookup"](__salt__)["paths"]
     return {
         "ipv4": dns_cfg.get("ipv4") or None,
         "ipv6": ipv6,

@@ -54,16 +54,8 @@ import subprocess
 import tarfile
 import tempfile
 import zlib
-from configparser import ConfigParser
-from configparser import Error as ConfigParserError
 
-try:
-    from salt.exceptions import CommandExecutionError
-except ImportError:  # pragma: no cover - only outside salt
-
-    class CommandExecutionError(Exception):
-        pass
-
+from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 try:
     from cryptography.hazmat.primitives import serialization
@@ -85,21 +77,20 @@ QUEUE_DIRNAME = "pending_notifications"
 # What stops taking mail during the export (see export()).
 INTAKE_UNITS = ("postfix", "dovecot", "chatmail-metadata")
 
+# Settings that are not in the merged map's lookup (the paths ini and
+# dkim_dir, the vmail user and acmetool's state directory come from there, see
+# _settings); mailboxes_dir and state_dir are read from chatmail.ini first.
 DEFAULTS = {
-    "ini": "/etc/chatmail/chatmail.ini",
-    "dkim_dir": "/etc/dkimkeys",
     "keytable": "/etc/opendkim/KeyTable",
     "mailboxes_dir": "/home/vmail/mail",
     "state_dir": "/var/lib/chatmaild",
-    "acme_dir": "/var/lib/acme",
-    "vmail_user": "vmail",
     "dkim_user": "opendkim",
     "acme_user": "root",
 }
-
-_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?$")
-_IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
-_SELECTOR = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+# What a caller may override (keyword arguments of export, import and inspect).
+# acme_state_dir is acmetool's whole state directory (/var/lib/acme), the
+# parent of lookup:paths:acme_dir (its live/ directory).
+SETTINGS = ("ini", "dkim_dir", "vmail_user", "acme_state_dir", *DEFAULTS)
 _LOCALPART = re.compile(r"^[^\x00-\x20/@\x7f]+$")
 
 
@@ -124,7 +115,7 @@ def _acme_hostnames(domains):
     names (the domain, mta-sts. and www.)."""
     names = set()
     for domain in domains:
-        if not _IPV4.match(domain):
+        if not __utils__["chatmail_util.is_ip"](domain):
             names.update((domain, f"mta-sts.{domain}", f"www.{domain}"))
     return names
 
@@ -180,63 +171,54 @@ def __virtual__():
 # ---------------------------------------------------------------- settings
 
 
-def _pillar(key, default):
-    """A pillar value as default for an argument (see _utils/chatmail_util.py)."""
-    return __utils__["chatmail_util.pillar_get"](__salt__, key, default)
-
-
 def _valid_domain(domain):
-    domain = str(domain).strip().lower().rstrip(".").strip("[]")
-    if _IPV4.match(domain):
-        return domain
-    labels = domain.split(".")
-    if len(domain) > 253 or len(labels) < 2 or not all(_LABEL.match(x) for x in labels):
-        raise CommandExecutionError(f"invalid chatmail domain: {domain!r}")
-    return domain
+    """The canonical domain (the rule of _utils/chatmail_util.py)."""
+    return __utils__["chatmail_util.domain_arg"](domain, "chatmail domain")
+
+
+def _valid_selector(selector):
+    try:
+        __utils__["chatmail_util.check_selector"](selector)
+    except ValueError:
+        return False
+    return True
 
 
 def _read_ini(path):
-    """(domains, params, tls modes) of a chatmail.ini, or None when absent."""
-    if not os.path.isfile(path):
-        return None
-    parser = ConfigParser(interpolation=None)
+    """chatmail.ini as _utils/chatmail_util.py reads it, or None when absent."""
     try:
-        parser.read(path, encoding="utf-8")
-    except ConfigParserError as exc:
-        raise CommandExecutionError(f"{path}: {exc}") from None
-    params = dict(parser["params"]) if parser.has_section("params") else {}
-    domains = [d for d in re.split(r"[\s,]+", params.get("mail_domain", "")) if d]
-    modes = {}
-    for section in parser.sections():
-        if section.startswith("domain:"):
-            modes[section[len("domain:") :]] = parser[section].get("tls_mode", "")
-    return [_valid_domain(d) for d in domains], params, modes
+        return __utils__["chatmail_util.read_ini"](path)
+    except ValueError as exc:
+        raise CommandExecutionError(str(exc)) from None
 
 
 def _settings(overrides):
     """Paths and accounts: keyword overrides, else the host's chatmail.ini and
-    pillar ``chatmail:lookup``, else the tree's defaults."""
+    ``lookup`` of the merged map (chatmail_config.lookup), else DEFAULTS."""
     # salt adds __pub_* keyword arguments when called from the command line
     overrides = {k: v for k, v in overrides.items() if not k.startswith("__")}
-    unknown = set(overrides) - set(DEFAULTS)
+    unknown = set(overrides) - set(SETTINGS)
     if unknown:
-        raise CommandExecutionError(f"unknown argument(s): {', '.join(sorted(unknown))}")
+        raise SaltInvocationError(f"unknown argument(s): {', '.join(sorted(unknown))}")
+    lookup = __utils__["chatmail_util.lookup"](__salt__)
     s = dict(DEFAULTS)
-    s["ini"] = overrides.get("ini") or _pillar("chatmail:lookup:paths:ini", DEFAULTS["ini"])
-    s["dkim_dir"] = _pillar("chatmail:lookup:paths:dkim_dir", DEFAULTS["dkim_dir"])
-    s["vmail_user"] = _pillar("chatmail:lookup:users:vmail", DEFAULTS["vmail_user"])
+    s["ini"] = overrides.get("ini") or lookup["paths"]["ini"]
+    s["dkim_dir"] = lookup["paths"]["dkim_dir"]
+    s["vmail_user"] = lookup["users"]["vmail"]
+    s["acme_state_dir"] = os.path.dirname(lookup["paths"]["acme_dir"].rstrip("/"))
     ini = _read_ini(s["ini"])
     s["domains"], s["tls_modes"] = [], {}
     if ini:
-        s["domains"], params, s["tls_modes"] = ini
-        for key in ("mailboxes_dir", "state_dir"):
-            if params.get(key):
-                s[key] = params[key]
+        s["domains"], s["tls_modes"] = ini["domains"], ini["tls_modes"]
+        if ini["mailboxes_dir"]:
+            s["mailboxes_dir"] = ini["mailboxes_dir"]
+        if ini["params"].get("state_dir"):
+            s["state_dir"] = ini["params"]["state_dir"]
     s["has_ini"] = ini is not None
     s.update({k: v for k, v in overrides.items() if v})
-    for key in ("dkim_dir", "keytable", "mailboxes_dir", "state_dir", "acme_dir"):
+    for key in ("dkim_dir", "keytable", "mailboxes_dir", "state_dir", "acme_state_dir"):
         if not os.path.isabs(str(s[key])):
-            raise CommandExecutionError(f"{key} must be an absolute path: {s[key]!r}")
+            raise SaltInvocationError(f"{key} must be an absolute path: {s[key]!r}")
         s[key] = os.path.normpath(str(s[key]))
     return s
 
@@ -413,43 +395,15 @@ def _collect(s, domains):
     acme = set()
     for domain in domains:
         info = {"accounts": 0, "files": 0, "bytes": 0, "dkim_selectors": []}
-        for name in dkim_names:
-            prefix = f"{domain}."
-            if name.startswith(prefix) and name.endswith(".private"):
-                selector = name[len(prefix) : -len(".private")]
-                path = os.path.join(s["dkim_dir"], name)
-                if _SELECTOR.match(selector) and os.path.isfile(path):
-                    if not os.path.islink(path):
-                        info["dkim_selectors"].append(selector)
-                        entries.append((f"dkim/{name}", path))
+        _collect_dkim(s, domain, dkim_names, info, entries)
         info["active_selector"] = active.get(domain)
         base = os.path.join(s["mailboxes_dir"], domain)
-        if os.path.isdir(base):
-            entries.append((f"mail/{domain}", base))
-            for account in sorted(os.listdir(base)):
-                top = os.path.join(base, account)
-                if not _account_name_ok(account, domain) or os.path.islink(top):
-                    skipped.append(top)
-                    continue
-                if not os.path.isdir(top):
-                    skipped.append(top)
-                    continue
-                info["accounts"] += 1
-                entries.append((f"mail/{domain}/{account}", top))
-                for rel, st in _walk(top):
-                    full = os.path.join(top, rel)
-                    if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
-                        entries.append((f"mail/{domain}/{account}/{rel}", full))
-                        if stat.S_ISREG(st.st_mode):
-                            info["files"] += 1
-                            info["bytes"] += st.st_size
-                    else:
-                        skipped.append(full)
+        _collect_mail(base, domain, info, entries, skipped)
         mode = s["tls_modes"].get(domain, "")
         info["tls_mode"] = mode or None
         if mode == "external":
             info["note"] = "external TLS files are not in the archive: copy them yourself"
-        found = _acme_entries(s["acme_dir"], domain)
+        found = _acme_entries(s["acme_state_dir"], domain)
         if found:
             info["tls_mode"] = "acme"
             acme.update(found)
@@ -458,7 +412,63 @@ def _collect(s, domains):
                 f"nothing to export for {domain}: no DKIM key in {s['dkim_dir']} and no {base}"
             )
         manifest_domains[domain] = info
-    queue = os.path.join(s["state_dir"], QUEUE_DIRNAME)
+    pending = _collect_queue(s["state_dir"], manifest_domains, entries)
+    _collect_acme(s["acme_state_dir"], acme, manifest_domains, entries, skipped)
+    manifest = {
+        "format": FORMAT,
+        "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "source": {"id": _minion_id(), "chatmail_salt": _tree_version()},
+        "domains": manifest_domains,
+        "pending_notifications": pending,
+        "acme_files": len(acme),
+        "skipped": skipped,
+    }
+    return entries, manifest
+
+
+def _collect_dkim(s, domain, dkim_names, info, entries):
+    """The domain's DKIM key files (no links) into ``entries``."""
+    for name in dkim_names:
+        prefix = f"{domain}."
+        if name.startswith(prefix) and name.endswith(".private"):
+            selector = name[len(prefix) : -len(".private")]
+            path = os.path.join(s["dkim_dir"], name)
+            if _valid_selector(selector) and os.path.isfile(path):
+                if not os.path.islink(path):
+                    info["dkim_selectors"].append(selector)
+                    entries.append((f"dkim/{name}", path))
+
+
+def _collect_mail(base, domain, info, entries, skipped):
+    """The mailboxes below ``base`` (<mailboxes_dir>/<domain>): account
+    directories, their directories and regular files; anything else skipped."""
+    if not os.path.isdir(base):
+        return
+    entries.append((f"mail/{domain}", base))
+    for account in sorted(os.listdir(base)):
+        top = os.path.join(base, account)
+        if not _account_name_ok(account, domain) or os.path.islink(top):
+            skipped.append(top)
+            continue
+        if not os.path.isdir(top):
+            skipped.append(top)
+            continue
+        info["accounts"] += 1
+        entries.append((f"mail/{domain}/{account}", top))
+        for rel, st in _walk(top):
+            full = os.path.join(top, rel)
+            if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
+                entries.append((f"mail/{domain}/{account}/{rel}", full))
+                if stat.S_ISREG(st.st_mode):
+                    info["files"] += 1
+                    info["bytes"] += st.st_size
+            else:
+                skipped.append(full)
+
+
+def _collect_queue(state_dir, domains, entries):
+    """The push notification queue entries of ``domains``; returns their number."""
+    queue = os.path.join(state_dir, QUEUE_DIRNAME)
     pending = 0
     if os.path.isdir(queue):
         entries.append((f"state/{QUEUE_DIRNAME}", queue))
@@ -471,12 +481,17 @@ def _collect(s, domains):
                     addr = str(json.load(fh)["addr"])
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-            if addr.rpartition("@")[2].strip("[]").lower() in manifest_domains:
+            if addr.rpartition("@")[2].strip("[]").lower() in domains:
                 entries.append((f"state/{QUEUE_DIRNAME}/{name}", path))
                 pending += 1
-    hostnames = _acme_hostnames(manifest_domains)
+    return pending
+
+
+def _collect_acme(acme_state_dir, acme, domains, entries, skipped):
+    """acmetool's files of the domains' certificates that import would accept."""
+    hostnames = _acme_hostnames(domains)
     for rel in sorted(x for x in acme if x):
-        full = os.path.join(s["acme_dir"], rel)
+        full = os.path.join(acme_state_dir, rel)
         try:
             st = os.lstat(full)
         except FileNotFoundError:
@@ -490,16 +505,6 @@ def _collect(s, domains):
             skipped.append(full)
             continue
         entries.append((f"acme/{rel}", full))
-    manifest = {
-        "format": FORMAT,
-        "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "source": {"id": _minion_id(), "chatmail_salt": _tree_version()},
-        "domains": manifest_domains,
-        "pending_notifications": pending,
-        "acme_files": len(acme),
-        "skipped": skipped,
-    }
-    return entries, manifest
 
 
 def export(path, domains=None, stop_intake=True, restart=False, **kwargs):
@@ -524,9 +529,9 @@ def export(path, domains=None, stop_intake=True, restart=False, **kwargs):
         Start the stopped services again after the archive is written (a
         backup rather than a move).
 
-    Paths default to the host's ``chatmail.ini`` and pillar
-    ``chatmail:lookup`` (``ini``, ``dkim_dir``, ``keytable``, ``mailboxes_dir``,
-    ``state_dir``, ``acme_dir`` may be given as keyword arguments).
+    Paths default to the host's ``chatmail.ini`` and the merged map's
+    ``lookup`` (``ini``, ``dkim_dir``, ``keytable``, ``mailboxes_dir``,
+    ``state_dir``, ``acme_state_dir`` may be given as keyword arguments).
 
     CLI Example:
 
@@ -541,7 +546,7 @@ def export(path, domains=None, stop_intake=True, restart=False, **kwargs):
         raise CommandExecutionError(f"{path} exists; refusing to overwrite it")
     if not os.path.isdir(os.path.dirname(path)):
         raise CommandExecutionError(f"directory {os.path.dirname(path)} does not exist")
-    for key in ("dkim_dir", "mailboxes_dir", "state_dir", "acme_dir"):
+    for key in ("dkim_dir", "mailboxes_dir", "state_dir", "acme_state_dir"):
         if path.startswith(s[key].rstrip("/") + "/"):
             raise CommandExecutionError(f"{path} is inside {key} {s[key]}; write it elsewhere")
     if domains is None:
@@ -555,35 +560,11 @@ def export(path, domains=None, stop_intake=True, restart=False, **kwargs):
     domains = sorted({_valid_domain(d) for d in domains})
 
     stopped = _stop_intake() if stop_intake else []
-    tmp = None
     try:
         entries, manifest = _collect(s, domains)
         manifest["intake"] = {"stopped": stopped, "restarted": bool(restart and stopped)}
-        fd, tmp = tempfile.mkstemp(prefix=".chatmail-export-", dir=os.path.dirname(path))
-        os.fchmod(fd, 0o600)
-        vanished = 0
-        with os.fdopen(fd, "wb") as raw:
-            with tarfile.open(fileobj=raw, mode="w:gz") as tar:
-                data = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
-                info = tarfile.TarInfo(MANIFEST)
-                info.size, info.mode = len(data), 0o600
-                info.mtime = int(datetime.datetime.now().timestamp())
-                tar.addfile(info, io.BytesIO(data))
-                for arcname, source in entries:
-                    try:
-                        tar.add(source, arcname=arcname, recursive=False)
-                    except FileNotFoundError:
-                        vanished += 1
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.rename(tmp, path)
-        tmp = None
+        vanished = _write_archive(path, manifest, entries)
     except BaseException:
-        if tmp:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
         _start(stopped)
         raise
     if restart:
@@ -605,6 +586,39 @@ def export(path, domains=None, stop_intake=True, restart=False, **kwargs):
     elif stopped:
         result["intake"] = f"{', '.join(stopped)} were stopped during the export and run again"
     return result
+
+
+def _write_archive(path, manifest, entries):
+    """Write ``manifest`` and then ``entries`` ([(arcname, source path)]) as
+    a gzip tar to ``path`` (mode 0600, through a temporary file renamed into
+    place, removed on any error).  Returns how many sources vanished while
+    they were written."""
+    fd, tmp = tempfile.mkstemp(prefix=".chatmail-export-", dir=os.path.dirname(path))
+    try:
+        os.fchmod(fd, 0o600)
+        vanished = 0
+        with os.fdopen(fd, "wb") as raw:
+            with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+                data = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
+                info = tarfile.TarInfo(MANIFEST)
+                info.size, info.mode = len(data), 0o600
+                info.mtime = int(datetime.datetime.now().timestamp())
+                tar.addfile(info, io.BytesIO(data))
+                for arcname, source in entries:
+                    try:
+                        tar.add(source, arcname=arcname, recursive=False)
+                    except FileNotFoundError:
+                        vanished += 1
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return vanished
 
 
 # ---------------------------------------------------------------- reading archives
@@ -649,8 +663,8 @@ def _check_manifest(path, data):
     for domain in domains:
         try:
             if _valid_domain(domain) != domain:
-                raise CommandExecutionError(domain)
-        except CommandExecutionError:
+                raise SaltInvocationError(domain)
+        except SaltInvocationError:
             _fail(path, f"manifest names an invalid domain {domain!r}")
     return manifest
 
@@ -716,7 +730,7 @@ def _check_section(arch, path, section, rel, member):
         if len(rel) != 1 or not member.isreg() or not rel[0].endswith(".private"):
             _fail(path, f"unexpected member {name!r} in dkim/")
         domain, _, selector = rel[0][: -len(".private")].rpartition(".")
-        if domain not in domains or not _SELECTOR.match(selector):
+        if domain not in domains or not _valid_selector(selector):
             _fail(path, f"{name!r} is no DKIM key of a domain in the manifest")
     elif section == "mail":
         if rel[0] not in domains:
@@ -796,7 +810,7 @@ def _section_root(s, section):
         "dkim": s["dkim_dir"],
         "mail": s["mailboxes_dir"],
         "state": s["state_dir"],
-        "acme": s["acme_dir"],
+        "acme": s["acme_state_dir"],
     }[section]
 
 
@@ -1267,21 +1281,7 @@ def import_(path, force=False, reload=True, **kwargs):
                 f"staging the import failed, nothing changed: {exc}"
             ) from None
 
-        result = {
-            "domains": sorted(arch.manifest["domains"]),
-            "dkim": {"added": [], "same": [], "replaced": []},
-        }
-        if "dkim" in stages:
-            _install_keys(stages["dkim"], roots["dkim"], s, replaced_keys, result)
-        for section in ("mail", "state", "acme"):
-            if section not in stages:
-                continue
-            report = {"added": 0, "same": 0, "replaced": [], "kept": []}
-            stage = stages[section]
-            root = _section_root(s, section)
-            for name in sorted(os.listdir(stage.fd)):
-                _merge(stage.fd, roots[section], name, os.path.join(root, name), force, report)
-            result[section] = report
+        result = _install_stages(arch, s, roots, stages, replaced_keys, force)
     finally:
         for stage in stages.values():
             stage.close()
@@ -1290,16 +1290,42 @@ def import_(path, force=False, reload=True, **kwargs):
                 os.close(fd)
 
     result["accounts"] = accounts
+    result["restarted"] = _restart(_units_to_restart(result)) if reload else []
+    return result
+
+
+def _install_stages(arch, s, roots, stages, replaced_keys, force):
+    """Move the staged sections into place: DKIM keys (see _install_keys),
+    then mail, state and acme merged file by file.  Returns the result
+    without ``accounts`` and ``restarted``."""
+    result = {
+        "domains": sorted(arch.manifest["domains"]),
+        "dkim": {"added": [], "same": [], "replaced": []},
+    }
+    if "dkim" in stages:
+        _install_keys(stages["dkim"], roots["dkim"], s, replaced_keys, result)
+    for section in ("mail", "state", "acme"):
+        if section not in stages:
+            continue
+        report = {"added": 0, "same": 0, "replaced": [], "kept": []}
+        stage = stages[section]
+        root = _section_root(s, section)
+        for name in sorted(os.listdir(stage.fd)):
+            _merge(stage.fd, roots[section], name, os.path.join(root, name), force, report)
+        result[section] = report
+    return result
+
+
+def _units_to_restart(result):
+    """The running services that read what an import changed."""
     units = []
     if result["dkim"]["added"] or result["dkim"]["replaced"]:
         units.append("opendkim")
-    mail = result.get("mail", {})
-    if mail.get("replaced"):
+    if result.get("mail", {}).get("replaced"):
         units.append("dovecot")
     if result.get("state", {}).get("added"):
         units.append("chatmail-metadata")
     acme = result.get("acme", {})
     if acme.get("added") or acme.get("replaced"):
         units += [u for u in ("postfix", "dovecot", "nginx") if u not in units]
-    result["restarted"] = _restart(units) if reload else []
-    return result
+    return units

@@ -25,10 +25,8 @@ timeout.  A missing tool, a stopped service or an unreadable file shows up
 as an ``error`` entry, never as an exception.
 """
 
-import configparser
 import datetime
 import hashlib
-import ipaddress
 import json
 import os
 import shutil
@@ -54,7 +52,6 @@ UNITS = (
     "nginx",
 )
 
-DEFAULT_INI = "/etc/chatmail/chatmail.ini"
 DEFAULT_MAILBOXES_DIR = "/home/vmail/mail"
 TIMEOUT = 10
 
@@ -90,10 +87,16 @@ def _run(argv, timeout=TIMEOUT, data=None):
     return proc.stdout, None
 
 
-def read_ini(path=DEFAULT_INI):
+def _ini_path(path):
+    """``path``, else ``lookup:paths:ini`` of the merged map."""
+    return path or __utils__["chatmail_util.lookup"](__salt__)["paths"]["ini"]
+
+
+def read_ini(path=None):
     """
     ``{"domains": [...], "mailboxes_dir": ...}`` from a chatmail.ini (the
     domains as listed in ``mail_domain``, primary first), or ``{"error": ...}``.
+    ``path`` defaults to ``lookup:paths:ini`` of the merged map.
 
     CLI Example:
 
@@ -101,33 +104,21 @@ def read_ini(path=DEFAULT_INI):
 
         salt-call chatmail_status.read_ini
     """
-    parser = configparser.ConfigParser(interpolation=None)
+    path = _ini_path(path)
     try:
-        with open(path, encoding="utf-8") as fh:
-            parser.read_file(fh)
-        params = parser["params"]
-    except (OSError, UnicodeDecodeError, configparser.Error, KeyError) as exc:
-        return {"error": f"{path}: {exc.__class__.__name__}: {exc}"}
-    domains = []
-    for item in params.get("mail_domain", "").replace(",", " ").split():
-        item = item.strip().lower().rstrip(".").strip("[]")
-        if item and item not in domains:
-            domains.append(item)
-    mbdir = params.get("mailboxes_dir", "").strip().rstrip("/") or DEFAULT_MAILBOXES_DIR
-    # chatmail/relay's form: mailboxes_dir = /home/vmail/mail/<domain>
-    if len(domains) == 1 and os.path.basename(mbdir) == domains[0]:
-        mbdir = os.path.dirname(mbdir)
-    if not domains:
+        conf = __utils__["chatmail_util.read_ini"](path)
+    except ValueError as exc:
+        return {"error": str(exc)}
+    if conf is None:
+        return {"error": f"{path}: FileNotFoundError: no such file"}
+    mbdir = conf["mailboxes_dir"] or DEFAULT_MAILBOXES_DIR
+    if not conf["domains"]:
         return {"error": f"{path}: mail_domain names no domain", "mailboxes_dir": mbdir}
-    return {"domains": domains, "mailboxes_dir": mbdir}
+    return {"domains": conf["domains"], "mailboxes_dir": mbdir}
 
 
 def _is_ip(domain):
-    try:
-        ipaddress.ip_address(domain.strip("[]"))
-    except ValueError:
-        return False
-    return True
+    return __utils__["chatmail_util.is_ip"](domain)
 
 
 def _address_domain(address):
@@ -376,7 +367,7 @@ def dovecot(package="dovecot-core"):
 # the report
 
 
-def report(ini=DEFAULT_INI, host="127.0.0.1", port=993, timeout=TIMEOUT):
+def report(ini=None, host="127.0.0.1", port=993, timeout=TIMEOUT):
     """
     Status of the relay per chatmail domain, and host-wide.
 
@@ -414,6 +405,7 @@ def report(ini=DEFAULT_INI, host="127.0.0.1", port=993, timeout=TIMEOUT):
     """
     timeout = float(timeout)
     errors = []
+    ini = _ini_path(ini)
     conf = read_ini(ini)
     if "error" in conf:
         errors.append(conf["error"])

@@ -24,6 +24,8 @@ import os
 import pwd
 import stat
 
+from salt.exceptions import SaltInvocationError
+
 __virtualname__ = "chatmail_dkim"
 
 KEY_MODE = 0o600
@@ -88,7 +90,7 @@ def key_present(
     ret = {"name": name, "result": False, "changes": {}, "comment": ""}
     try:
         path = __salt__["chatmail_dkim.key_path"](name, selector=selector, keydir=keydir)
-    except ValueError as exc:
+    except SaltInvocationError as exc:
         ret["comment"] = str(exc)
         return ret
 

@@ -19,6 +19,8 @@ import difflib
 import os
 import tempfile
 
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
 __virtualname__ = "chatmail_dns"
 
 
@@ -106,7 +108,7 @@ def zone_fragment_managed(name, domain, mode="0644", makedirs=True, **kwargs):
     ret = {"name": name, "result": False, "changes": {}, "comment": ""}
     try:
         text = __salt__["chatmail_dns.zone_fragment"](domain, **_record_args(kwargs))
-    except (ValueError, KeyError) as exc:
+    except (SaltInvocationError, CommandExecutionError, KeyError) as exc:
         ret["comment"] = f"cannot build the zone fragment of {domain}: {exc}"
         return ret
     mode = int(str(mode), 8)

@@ -36,7 +36,7 @@ def _domain_problems(entry, days_left):
     return problems
 
 
-def problems(report, days_left=14, max_disk_percent=90):
+def _problems(report, days_left=14, max_disk_percent=90):
     """
     ``({domain: [problem, ...]}, [host problem, ...])`` of a
     ``chatmail_status.report`` result (only domains with problems are listed).
@@ -62,7 +62,7 @@ def problems(report, days_left=14, max_disk_percent=90):
     return per_domain, host
 
 
-def healthy(name, days_left=14, max_disk_percent=90, ini="/etc/chatmail/chatmail.ini"):
+def healthy(name, days_left=14, max_disk_percent=90, ini=None):
     """
     Check that the relay is healthy for every chatmail domain it serves.
 
@@ -73,7 +73,8 @@ def healthy(name, days_left=14, max_disk_percent=90, ini="/etc/chatmail/chatmail
     max_disk_percent
         Fail when the mailbox filesystem is at least this full (percent).
     ini
-        chatmaild's configuration naming the domains and the mailbox directory.
+        chatmaild's configuration naming the domains and the mailbox
+        directory (default: ``lookup:paths:ini`` of the merged map).
 
     .. code-block:: yaml
 
@@ -84,7 +85,7 @@ def healthy(name, days_left=14, max_disk_percent=90, ini="/etc/chatmail/chatmail
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     report = __salt__["chatmail_status.report"](ini=ini)
-    per_domain, host = problems(report, days_left=days_left, max_disk_percent=max_disk_percent)
+    per_domain, host = _problems(report, days_left=days_left, max_disk_percent=max_disk_percent)
     lines = []
     for domain in sorted(report.get("domains") or {}):
         domain_lines = per_domain.get(domain, []) + host

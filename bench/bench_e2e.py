@@ -564,7 +564,7 @@ def row_order(row):
 PARTS = ("dc", "idle", "lost", "hibernated", "memory", "throughput", "logins", "bypass")
 
 
-def main(argv=None) -> int:
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=200, help="messages per latency row")
     parser.add_argument("--lost-n", type=int, default=1000, help="messages of the lost row")
@@ -586,56 +586,273 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="leave the hosts running")
     args = parser.parse_args(argv)
-    parts = set(args.parts.split(","))
-    if parts - set(PARTS):
-        parser.error(f"unknown parts: {', '.join(sorted(parts - set(PARTS)))}")
-    builds = [b for b in args.builds.split(",") if b]
-    if set(builds) - set(BUILDS) or not builds:
+    args.parts = set(args.parts.split(","))
+    if args.parts - set(PARTS):
+        parser.error(f"unknown parts: {', '.join(sorted(args.parts - set(PARTS)))}")
+    args.builds = [b for b in args.builds.split(",") if b]
+    if set(args.builds) - set(BUILDS) or not args.builds:
         parser.error(f"--builds: a subset of {','.join(BUILDS)}")
+    return args
+
+
+class Run:
+    """One benchmark run: its arguments, hosts and the tables it prints.
+
+    ``out`` holds (section title, header lines, rows, notes) in print order;
+    ``lat`` is the rows of the latency table (sorted before printing)."""
+
+    def __init__(self, args, tmp):
+        self.args = args
+        self.builds = args.builds
+        self.tmp = tmp
+        self.out = []
+        self.lat = []
+        self.hs = None
+        self.relays = []
+        self.pairs_of = {}  # build -> (label, [(pair label, sender relay, receiver relay)])
+        self.r1 = self.r2 = None
+        self.client_host = None
+
+    def table(self, title, header, notes=""):
+        section = (title, header, [], [notes] if notes else [])
+        self.out.append(section)
+        return section[2]
+
+    def record(self, text, samples, stuck, label):
+        self.lat.append(ms_row(text, samples, stuck, load1(), label))
+        progress(self.lat[-1])
+
+    def print_tables(self, loads):
+        if self.lat:
+            self.lat.sort(key=row_order)
+        for title, header, rows_, notes in self.out:
+            if not rows_:
+                continue
+            print(f"### {title}\n")
+            print("\n".join(header + rows_))
+            for note in notes:
+                print(f"\n{note}")
+            print(flush=True)
+        fmt = lambda la: " ".join(f"{x:.2f}" for x in la)  # noqa: E731
+        print(f"1/5/15-minute load: before {fmt(loads[0])}, after {fmt(loads[-1])}", flush=True)
+
+
+def converge(run):
+    """Boot and converge the relays; the highstate and Dovecot tables."""
+    progress(f"booting and converging {len(SPECS)} relays")
+    run.relays, rows = converge_fresh(run.tmp)
+    run.hs = run.table(
+        "highstate (all hosts converged in parallel)",
+        ["| host | run | s | states changed |", "|---|---|---:|---:|"],
+    )
+    for relay, fresh, noop, changed, again in rows:
+        run.hs.append(f"| {relay.domain} | fresh converge | {fresh:.1f} | {changed} |")
+        run.hs.append(f"| {relay.domain} | no-op re-run | {noop:.1f} | {again} |")
+    progress("converged")
+    by_domain = {r.domain: r for r in run.relays}
+    versions = run.table("Dovecot per relay", ["| relay | build | dovecot-core |", "|---|---|---|"])
+    for b in run.builds:
+        label, _extra, specs = BUILDS[b]
+        ra, rb = (by_domain[s.domain] for s in specs)
+        run.pairs_of[b] = (label, [("same relay", ra, ra), ("relay1 → relay2", ra, rb)])
+        for r in (ra, rb):
+            ver = r.host.exec("dpkg-query", "-W", "-f=${Version}", "dovecot-core").stdout.strip()
+            versions.append(f"| {r.domain} | {label} | {ver} |")
+    run.r1, run.r2 = run.pairs_of[run.builds[0]][1][1][1:]
+
+
+def part_idle(run):
+    args = run.args
+    for b in run.builds:
+        label, pairs = run.pairs_of[b]
+        for pair, sender_relay, rcpt_relay in pairs:
+            for seed, pattern in enumerate(("spaced", "b2b", "random")):
+                text = f"SMTP submit → IMAP IDLE EXISTS, {pair}, "
+                text += pattern_label(pattern, args.gap)
+                progress(f"{label}: {text}")
+                samples, stuck = idle_latency(
+                    sender_relay, rcpt_relay, args.n, gap_fn(pattern, args.gap, seed)
+                )
+                run.record(text, samples, stuck, label)
+
+
+def part_lost(run):
+    args = run.args
+    for b in run.builds:
+        label, pairs = run.pairs_of[b]
+        _pair, relay_a, _ = pairs[0]
+        text = (
+            f"lost announcements: SMTP → IDLE, same relay, "
+            f"random 0–{RANDOM_MAX:g} s, N={args.lost_n}"
+        )
+        progress(f"{label}: {text}")
+        samples, stuck = idle_latency(relay_a, relay_a, args.lost_n, gap_fn("random", args.gap, 99))
+        run.record(text, samples, stuck, label)
+
+
+def part_dc(run):
+    args = run.args
+    progress("booting the Delta Chat client host")
+    run.client_host = hosts.boot(**CLIENT)
+    binary = Path(deltachat_rpc_server.__file__).parent / "deltachat-rpc-server"
+    docker_cli("cp", str(binary), f"{run.client_host.name}:{RPC_SERVER}")
+    client = DeltaChatClient(run.client_host, run.tmp)
+    dc_pairs = {"same": "same relay", "cross": "relay1 → relay2"}
+    wanted = [dc_pairs[p] for p in args.dc_pairs.split(",") if p]
+    try:
+        for b in run.builds:
+            label, pairs = run.pairs_of[b]
+            for pair, relay_a, relay_b in pairs:
+                if pair not in wanted:
+                    continue
+                for seed, pattern in enumerate(("b2b", "pace", "random")):
+                    text = f"Delta Chat A → B, {pair}, "
+                    text += pattern_label(pattern, args.gap)
+                    progress(f"{label}: {text}")
+                    samples, stuck = dc_latency(
+                        client,
+                        relay_a,
+                        relay_b,
+                        args.n,
+                        gap_fn(pattern, args.gap, 10 + seed),
+                        pace=DC_PACE if pattern == "pace" else None,
+                    )
+                    run.record(text, samples, stuck, label)
+    finally:
+        client.close()
+
+
+def part_hibernated(run):
+    # the patched relay1 with a 1 s hibernation timeout: every
+    # spaced message wakes a hibernated session
+    args = run.args
+    for b in run.builds[:1]:
+        label, pairs = run.pairs_of[b]
+        _pair, relay_a, _ = pairs[0]
+        set_hibernation(relay_a, run.tmp, 1)
+        text = (
+            f"SMTP submit → IMAP IDLE EXISTS, same relay, idle ≥ {args.gap:g} s, "
+            "session hibernated (hibernate_timeout 1 s)"
+        )
+        progress(f"{label}: {text}")
+        samples, stuck = idle_latency(relay_a, relay_a, args.n, gap_fn("spaced", args.gap, 0))
+        run.record(text, samples, stuck, label)
+        set_hibernation(relay_a, run.tmp, 60)
+
+
+def part_memory(run):
+    args = run.args
+    relay = run.r1
+    old = raise_inotify_instances(4 * args.memory_clients)
+    mem = run.table(
+        f"memory of Dovecot's processes on {relay.domain} with "
+        f"{args.memory_clients} idle IMAP clients (KiB)",
+        [
+            "| hibernation | sessions hibernated | RSS before | PSS before "
+            "| RSS | PSS | PSS per client | processes |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
+        ],
+        "RSS sums every process's resident memory (shared pages counted in "
+        "each process); PSS divides shared pages among the processes sharing "
+        "them. Before: the same relay without the clients. "
+        f"fs.inotify.max_user_instances was raised from {old} for the run "
+        "(every IDLE session, live or hibernated, holds an inotify instance "
+        "of the vmail user; containers share the machine's limit).",
+    )
+    try:
+        timeout = hibernate_timeout(relay.host)
+        for hib_label, value in (("on", None), ("off", 0)):
+            if value == 0:
+                set_hibernation(relay, run.tmp, 0)
+                time.sleep(5)
+            t = timeout if value is None else 0
+            label = f"{hib_label} ({t} s)" if t else hib_label
+            progress(f"memory, {args.memory_clients} idle clients, hibernation {label}")
+            base, (rss, pss, kinds), hib, total = idle_clients_memory(relay, args.memory_clients, t)
+            per = (pss - base[1]) / args.memory_clients
+            mem.append(
+                f"| {label} | {hib}/{total} | {base[0]} | {base[1]} | {rss} | {pss} "
+                f"| {per:.0f} | {kinds} |"
+            )
+            progress(mem[-1])
+    finally:
+        Path(INOTIFY_INSTANCES).write_text(f"{old}\n")
+
+
+def part_logins(run):
+    progress("100 parallel IMAPS connections")
+    login_rows = parallel_logins(run.r1)
+    tls_s, first_s = login_rows[0][1], login_rows[1][1]
+    share = max(0.0, first_s - tls_s) / first_s * 100
+    lg = run.table(
+        "100 parallel IMAPS connections (one relay)",
+        ["| what | wall s | per s |", "|---|---:|---:|"],
+        f"TLS handshake ≈ {100 - share:.0f} % of the first-login wall time, "
+        f"login incl. doveauth account creation ≈ {share:.0f} %.",
+    )
+    for label, wall in login_rows:
+        lg.append(f"| {label} | {wall:.2f} | {100 / wall:.1f} |")
+
+
+def part_throughput(run):
+    args = run.args
+    tp = run.table(
+        f"throughput, {args.duration:.0f} s of sending per row (one relay)",
+        [
+            "| senders | accepted | refused | delivered | lost | accepted/s | delivered/s | load |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ],
+    )
+    for senders in (10, 50):
+        progress(f"throughput, {senders} senders")
+        acc, err, dlv, sent_time, all_done = throughput(run.r1, senders, args.duration)
+        tp.append(
+            f"| {senders} | {acc} | {err} | {dlv} | {max(0, acc - dlv)} "
+            f"| {acc / sent_time:.1f} | {dlv / all_done:.1f} | {load1():.1f} |"
+        )
+        progress(tp[-1])
+    time.sleep(60)
+
+
+def part_bypass(run):
+    args, r1 = run.args, run.r1
+    progress("relay1: filtermail_bypass on, highstate")
+    took, changed = set_bypass(r1, run.tmp, True)
+    run.hs.append(f"| {r1.domain} | pillar change: filtermail bypass on | {took:.1f} | {changed} |")
+    for seed, pattern in enumerate(("spaced", "b2b")):
+        text = "SMTP submit → IMAP IDLE EXISTS, same relay, filtermail bypassed, "
+        text += pattern_label(pattern, args.gap)
+        progress(text)
+        samples, stuck = idle_latency(r1, r1, args.n, gap_fn(pattern, args.gap, seed))
+        run.record(text, samples, stuck, BUILDS[run.builds[0]][0])
+
+
+# The parts in the order they run (logins before throughput: the 50 senders
+# leave the machine loaded).
+PART_FUNCTIONS = (
+    ("idle", part_idle),
+    ("lost", part_lost),
+    ("dc", part_dc),
+    ("hibernated", part_hibernated),
+    ("memory", part_memory),
+    ("logins", part_logins),
+    ("throughput", part_throughput),
+    ("bypass", part_bypass),
+)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     global SPECS
-    SPECS = [spec for b in builds for spec in BUILDS[b][2]]
+    SPECS = [spec for b in args.builds for spec in BUILDS[b][2]]
 
     loads = [os.getloadavg()]
     ensure_infra()
-    client_host = None
-    relays = []
-    lat = []
-    out = []  # (section title, header lines, rows, notes) in print order
-
-    def table(title, header, notes=""):
-        section = (title, header, [], [notes] if notes else [])
-        out.append(section)
-        return section[2]
-
     with tempfile.TemporaryDirectory(prefix="cmsalt-bench-") as tmp:
+        run = Run(args, tmp)
         try:
-            progress(f"booting and converging {len(SPECS)} relays")
-            relays, rows = converge_fresh(tmp)
-            hs = table(
-                "highstate (all hosts converged in parallel)",
-                ["| host | run | s | states changed |", "|---|---|---:|---:|"],
-            )
-            for relay, fresh, noop, changed, again in rows:
-                hs.append(f"| {relay.domain} | fresh converge | {fresh:.1f} | {changed} |")
-                hs.append(f"| {relay.domain} | no-op re-run | {noop:.1f} | {again} |")
-            progress("converged")
-            by_domain = {r.domain: r for r in relays}
-            pairs_of = {}  # build -> (label, [(pair label, sender relay, receiver relay)])
-            versions = table(
-                "Dovecot per relay", ["| relay | build | dovecot-core |", "|---|---|---|"]
-            )
-            for b in builds:
-                label, _extra, specs = BUILDS[b]
-                ra, rb = (by_domain[s.domain] for s in specs)
-                pairs_of[b] = (label, [("same relay", ra, ra), ("relay1 → relay2", ra, rb)])
-                for r in (ra, rb):
-                    ver = r.host.exec(
-                        "dpkg-query", "-W", "-f=${Version}", "dovecot-core"
-                    ).stdout.strip()
-                    versions.append(f"| {r.domain} | {label} | {ver} |")
-            r1, r2 = pairs_of[builds[0]][1][1][1:]
-
-            lat = table(
+            converge(run)
+            run.lat = run.table(
                 f"latency, N={args.n} per row (ms over the messages seen within "
                 f"{STUCK_S:.0f} s; > 2 s = announced later than {SLOW_S:.0f} s; stuck = not "
                 f"announced within {STUCK_S:.0f} s; load = 1-minute load average after the row)",
@@ -644,191 +861,17 @@ def main(argv=None) -> int:
                     "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
                 ],
             )
-
-            def record(text, samples, stuck, label):
-                lat.append(ms_row(text, samples, stuck, load1(), label))
-                progress(lat[-1])
-
-            if "idle" in parts:
-                for b in builds:
-                    label, pairs = pairs_of[b]
-                    for pair, sender_relay, rcpt_relay in pairs:
-                        for seed, pattern in enumerate(("spaced", "b2b", "random")):
-                            text = f"SMTP submit → IMAP IDLE EXISTS, {pair}, "
-                            text += pattern_label(pattern, args.gap)
-                            progress(f"{label}: {text}")
-                            samples, stuck = idle_latency(
-                                sender_relay, rcpt_relay, args.n, gap_fn(pattern, args.gap, seed)
-                            )
-                            record(text, samples, stuck, label)
-
-            if "lost" in parts:
-                for b in builds:
-                    label, pairs = pairs_of[b]
-                    _pair, relay_a, _ = pairs[0]
-                    text = (
-                        f"lost announcements: SMTP → IDLE, same relay, "
-                        f"random 0–{RANDOM_MAX:g} s, N={args.lost_n}"
-                    )
-                    progress(f"{label}: {text}")
-                    samples, stuck = idle_latency(
-                        relay_a, relay_a, args.lost_n, gap_fn("random", args.gap, 99)
-                    )
-                    record(text, samples, stuck, label)
-
-            if "dc" in parts:
-                progress("booting the Delta Chat client host")
-                client_host = hosts.boot(**CLIENT)
-                binary = Path(deltachat_rpc_server.__file__).parent / "deltachat-rpc-server"
-                docker_cli("cp", str(binary), f"{client_host.name}:{RPC_SERVER}")
-                client = DeltaChatClient(client_host, tmp)
-                dc_pairs = {"same": "same relay", "cross": "relay1 → relay2"}
-                wanted = [dc_pairs[p] for p in args.dc_pairs.split(",") if p]
-                try:
-                    for b in builds:
-                        label, pairs = pairs_of[b]
-                        for pair, relay_a, relay_b in pairs:
-                            if pair not in wanted:
-                                continue
-                            for seed, pattern in enumerate(("b2b", "pace", "random")):
-                                text = f"Delta Chat A → B, {pair}, "
-                                text += pattern_label(pattern, args.gap)
-                                progress(f"{label}: {text}")
-                                samples, stuck = dc_latency(
-                                    client,
-                                    relay_a,
-                                    relay_b,
-                                    args.n,
-                                    gap_fn(pattern, args.gap, 10 + seed),
-                                    pace=DC_PACE if pattern == "pace" else None,
-                                )
-                                record(text, samples, stuck, label)
-                finally:
-                    client.close()
-
-            if "hibernated" in parts:
-                # the patched relay1 with a 1 s hibernation timeout: every
-                # spaced message wakes a hibernated session
-                for b in builds[:1]:
-                    label, pairs = pairs_of[b]
-                    _pair, relay_a, _ = pairs[0]
-                    set_hibernation(relay_a, tmp, 1)
-                    text = (
-                        f"SMTP submit → IMAP IDLE EXISTS, same relay, idle ≥ {args.gap:g} s, "
-                        "session hibernated (hibernate_timeout 1 s)"
-                    )
-                    progress(f"{label}: {text}")
-                    samples, stuck = idle_latency(
-                        relay_a, relay_a, args.n, gap_fn("spaced", args.gap, 0)
-                    )
-                    record(text, samples, stuck, label)
-                    set_hibernation(relay_a, tmp, 60)
-
-            if "memory" in parts:
-                relay = r1
-                old = raise_inotify_instances(4 * args.memory_clients)
-                mem = table(
-                    f"memory of Dovecot's processes on {relay.domain} with "
-                    f"{args.memory_clients} idle IMAP clients (KiB)",
-                    [
-                        "| hibernation | sessions hibernated | RSS before | PSS before "
-                        "| RSS | PSS | PSS per client | processes |",
-                        "|---|---:|---:|---:|---:|---:|---:|---|",
-                    ],
-                    "RSS sums every process's resident memory (shared pages counted in "
-                    "each process); PSS divides shared pages among the processes sharing "
-                    "them. Before: the same relay without the clients. "
-                    f"fs.inotify.max_user_instances was raised from {old} for the run "
-                    "(every IDLE session, live or hibernated, holds an inotify instance "
-                    "of the vmail user; containers share the machine's limit).",
-                )
-                try:
-                    timeout = hibernate_timeout(relay.host)
-                    for hib_label, value in (("on", None), ("off", 0)):
-                        if value == 0:
-                            set_hibernation(relay, tmp, 0)
-                            time.sleep(5)
-                        t = timeout if value is None else 0
-                        label = f"{hib_label} ({t} s)" if t else hib_label
-                        progress(f"memory, {args.memory_clients} idle clients, hibernation {label}")
-                        base, (rss, pss, kinds), hib, total = idle_clients_memory(
-                            relay, args.memory_clients, t
-                        )
-                        per = (pss - base[1]) / args.memory_clients
-                        mem.append(
-                            f"| {label} | {hib}/{total} | {base[0]} | {base[1]} | {rss} | {pss} "
-                            f"| {per:.0f} | {kinds} |"
-                        )
-                        progress(mem[-1])
-                finally:
-                    Path(INOTIFY_INSTANCES).write_text(f"{old}\n")
-
-            # logins before throughput: the 50 senders leave the machine loaded
-            if "logins" in parts:
-                progress("100 parallel IMAPS connections")
-                login_rows = parallel_logins(r1)
-                tls_s, first_s = login_rows[0][1], login_rows[1][1]
-                share = max(0.0, first_s - tls_s) / first_s * 100
-                lg = table(
-                    "100 parallel IMAPS connections (one relay)",
-                    ["| what | wall s | per s |", "|---|---:|---:|"],
-                    f"TLS handshake ≈ {100 - share:.0f} % of the first-login wall time, "
-                    f"login incl. doveauth account creation ≈ {share:.0f} %.",
-                )
-                for label, wall in login_rows:
-                    lg.append(f"| {label} | {wall:.2f} | {100 / wall:.1f} |")
-
-            if "throughput" in parts:
-                tp = table(
-                    f"throughput, {args.duration:.0f} s of sending per row (one relay)",
-                    [
-                        "| senders | accepted | refused | delivered | lost | accepted/s "
-                        "| delivered/s | load |",
-                        "|---:|---:|---:|---:|---:|---:|---:|---:|",
-                    ],
-                )
-                for senders in (10, 50):
-                    progress(f"throughput, {senders} senders")
-                    acc, err, dlv, sent_time, all_done = throughput(r1, senders, args.duration)
-                    tp.append(
-                        f"| {senders} | {acc} | {err} | {dlv} | {max(0, acc - dlv)} "
-                        f"| {acc / sent_time:.1f} | {dlv / all_done:.1f} | {load1():.1f} |"
-                    )
-                    progress(tp[-1])
-                time.sleep(60)
-
-            if "bypass" in parts:
-                progress("relay1: filtermail_bypass on, highstate")
-                took, changed = set_bypass(r1, tmp, True)
-                hs.append(
-                    f"| {r1.domain} | pillar change: filtermail bypass on "
-                    f"| {took:.1f} | {changed} |"
-                )
-                for seed, pattern in enumerate(("spaced", "b2b")):
-                    text = "SMTP submit → IMAP IDLE EXISTS, same relay, filtermail bypassed, "
-                    text += pattern_label(pattern, args.gap)
-                    progress(text)
-                    samples, stuck = idle_latency(r1, r1, args.n, gap_fn(pattern, args.gap, seed))
-                    record(text, samples, stuck, BUILDS[builds[0]][0])
-            print(json.dumps({"relays": [r.domain for r in relays]}), file=sys.stderr)
+            for name, function in PART_FUNCTIONS:
+                if name in args.parts:
+                    function(run)
+            print(json.dumps({"relays": [r.domain for r in run.relays]}), file=sys.stderr)
         finally:
             loads.append(os.getloadavg())
-            if lat:
-                lat.sort(key=row_order)
-            for title, header, rows_, notes in out:
-                if not rows_:
-                    continue
-                print(f"### {title}\n")
-                print("\n".join(header + rows_))
-                for note in notes:
-                    print(f"\n{note}")
-                print(flush=True)
-            fmt = lambda la: " ".join(f"{x:.2f}" for x in la)  # noqa: E731
-            print(f"1/5/15-minute load: before {fmt(loads[0])}, after {fmt(loads[-1])}", flush=True)
+            run.print_tables(loads)
             if not args.keep:
-                if client_host:
-                    hosts.destroy(client_host)
-                ar.down(relays)
+                if run.client_host:
+                    hosts.destroy(run.client_host)
+                ar.down(run.relays)
     return 0
 
 

@@ -295,7 +295,7 @@ class _Migrate:
             "ini": str(ini),
             "dkim_dir": str(root / "etc/dkimkeys"),
             "keytable": str(root / "etc/opendkim/KeyTable"),
-            "acme_dir": str(root / "var/lib/acme"),
+            "acme_state_dir": str(root / "var/lib/acme"),
             "vmail_user": "nobody",
             "dkim_user": "daemon",
             "acme_user": "daemon",

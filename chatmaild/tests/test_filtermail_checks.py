@@ -109,6 +109,25 @@ def test_securejoin_samples():
     assert not is_securejoin_request(parse_message(wrong_kind))
 
 
+def test_securejoin_single_part_as_delta_chat_2_sends_it():
+    # Delta Chat 2.x sends the request as a single text/plain message
+    # (the form the core's mimefactory renders when there is one part)
+    single = mail("securejoin-vc-single.eml")
+    assert is_securejoin_request(parse_message(single))
+    assert is_securejoin_request(parse_message(single.replace(b"vc-request", b"vg-request")))
+    # ... and exactly that: more text, another type, a second Content-Type,
+    # or a body that names another step is no request
+    for old, new in (
+        (b"Secure-Join: vc-request\r\n", b"Secure-Join: vc-request\r\nhello in cleartext\r\n"),
+        (b'text/plain; charset="utf-8"', b"text/html"),
+        (b"MIME-Version: 1.0\r\n", b"MIME-Version: 1.0\r\nContent-Type: text/html\r\n"),
+        (b"\r\n\r\nSecure-Join: vc-request", b"\r\n\r\nSecure-Join: vc-auth-required"),
+    ):
+        forged = single.replace(old, new)
+        assert forged != single, old
+        assert not is_securejoin_request(parse_message(forged)), new
+
+
 def test_asm_and_bounce():
     asm = msg("asm.eml")
     assert is_autocrypt_setup_message(asm, A, [A])

@@ -13,7 +13,11 @@ import pytest
 
 from .util import https, new_credentials, user_dir
 
-pytestmark = [pytest.mark.hosts, pytest.mark.acceptance]
+# A Delta Chat test waits for the core's events without a deadline of its
+# own: a message the relay refuses shows up as an event that never comes.
+# DC_TIMEOUT fails such a test in minutes instead of at the suite's 900 s.
+DC_TIMEOUT = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.hosts, pytest.mark.acceptance, DC_TIMEOUT]
 
 ERROR_KINDS = {"Error", "ErrorSelfNotInGroup"}
 

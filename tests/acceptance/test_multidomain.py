@@ -7,7 +7,7 @@ import pytest
 
 from tests.harness.hosts import salt_call
 
-from .test_deltachat import Events, receive, secure_join
+from .test_deltachat import DC_TIMEOUT, Events, receive, secure_join
 from .util import (
     encrypted_message,
     https,
@@ -90,6 +90,7 @@ def test_ip_domain_mail_between_accounts(relay3):
     assert b"DKIM-Signature" not in got[0]
 
 
+@DC_TIMEOUT
 def test_deltachat_on_ip_relay(dc, relay3):
     accounts = []
     for _ in range(2):

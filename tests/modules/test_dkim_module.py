@@ -7,6 +7,7 @@ import stat
 import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
+from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 DOMAIN = "keys.test"
 
@@ -40,7 +41,7 @@ def test_generate_never_overwrites(modules, tmp_path):
 def test_generate_keeps_foreign_file(modules, tmp_path):
     path = tmp_path / f"{DOMAIN}.opendkim.private"
     path.write_bytes(b"not a key, but not ours to replace either\n")
-    with pytest.raises(ValueError):
+    with pytest.raises(CommandExecutionError, match="cannot read the DKIM key"):
         modules.chatmail_dkim.generate(DOMAIN, keydir=str(tmp_path))
     assert path.read_bytes() == b"not a key, but not ours to replace either\n"
 
@@ -116,17 +117,17 @@ def test_key_signs_and_verifies_with_dkimpy(modules, tmp_path):
     [("../etc", "opendkim"), ("a/b.test", "opendkim"), ("ok.test", "../x"), ("", "opendkim")],
 )
 def test_unsafe_names_are_refused(modules, tmp_path, domain, selector):
-    with pytest.raises(ValueError):
+    with pytest.raises(SaltInvocationError):
         modules.chatmail_dkim.key_path(domain, selector=selector, keydir=str(tmp_path))
 
 
 def test_relative_keydir_refused(modules):
-    with pytest.raises(ValueError, match="absolute"):
+    with pytest.raises(SaltInvocationError, match="absolute"):
         modules.chatmail_dkim.generate(DOMAIN, keydir="relative/dir")
 
 
 def test_small_keys_refused(modules, tmp_path):
-    with pytest.raises(ValueError):
+    with pytest.raises(SaltInvocationError):
         modules.chatmail_dkim.generate(DOMAIN, keydir=str(tmp_path), bits=512)
     assert list(tmp_path.iterdir()) == []
 

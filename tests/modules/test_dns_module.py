@@ -6,6 +6,7 @@ import re
 import dns.rdatatype
 import dns.zone
 import pytest
+from salt.exceptions import SaltInvocationError
 
 from .conftest import zone_text
 
@@ -25,7 +26,7 @@ def test_mta_sts_policy_text(modules):
     assert text == "version: STSv1\nmode: enforce\nmx: a.test\nmx: b.test\nmax_age: 60\n"
     text = modules.chatmail_dns.mta_sts_policy(DOMAIN, crlf=True)
     assert text == "version: STSv1\r\nmode: enforce\r\nmx: relay.test\r\nmax_age: 2419200\r\n"
-    with pytest.raises(ValueError):
+    with pytest.raises(SaltInvocationError):
         modules.chatmail_dns.mta_sts_policy(DOMAIN, max_age=31557601)
 
 
@@ -97,7 +98,7 @@ def test_records_options(modules, keydir):
     assert not any(r["name"].startswith("_smtp._tls") for r in recs)
     recs = modules.chatmail_dns.records(DOMAIN, ipv4="192.0.2.1", ipv6=False, keydir=keydir)
     assert [r["value"] for r in recs if r["type"] in ("A", "AAAA")] == ["192.0.2.1"]
-    with pytest.raises(ValueError):
+    with pytest.raises(SaltInvocationError):
         modules.chatmail_dns.records(DOMAIN, ipv4="2001:db8::1", keydir=keydir)
 
 
@@ -181,7 +182,8 @@ def test_domain_args_defaults_without_pillar(modules):
         "ipv4": None,
         "ipv6": None,
         "selector": "opendkim",
-        "keydir": None,
+        # lookup:paths:dkim_dir of the merged map (defaults.yaml)
+        "keydir": "/etc/dkimkeys",
         "tlsrpt": "",
         "caa": True,
         "max_age": 2419200,
@@ -209,5 +211,5 @@ def test_domain_args_defaults_without_pillar(modules):
     ],
 )
 def test_unsafe_values_never_reach_the_zone(modules, keydir, args):
-    with pytest.raises(ValueError):
+    with pytest.raises(SaltInvocationError):
         modules.chatmail_dns.zone_fragment(ipv4="192.0.2.1", keydir=keydir, **args)

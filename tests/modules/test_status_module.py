@@ -234,6 +234,11 @@ def test_dovecot_not_installed(monkeypatch):
 
 def test_report_warns_about_an_outdated_build(monkeypatch, tmp_path):
     fake_apt(monkeypatch, PATCHED, [("1:2.3.19.1+dfsg1-2.1+deb12u7", SECURITY)])
+    # outside the loader: the shared helpers straight from _utils
+    from _utils import chatmail_util
+
+    utils = {f"chatmail_util.{n}": getattr(chatmail_util, n) for n in ("read_ini", "is_ip")}
+    monkeypatch.setattr(status_module, "__utils__", utils, raising=False)
     rep = status_module.report(ini=str(tmp_path / "missing.ini"), timeout=2)
     assert rep["dovecot"]["outdated"] is True
     assert len(rep["warnings"]) == 1 and "build-dovecot" in rep["warnings"][0]
@@ -263,7 +268,7 @@ def healthy_report(**over):
 
 def test_problem_rules():
     state = status_state
-    assert state.problems(healthy_report()) == ({}, [])
+    assert state._problems(healthy_report()) == ({}, [])
     rep = healthy_report()
     rep["domains"]["a.test"] = {
         **rep["domains"]["a.test"],
@@ -271,7 +276,7 @@ def test_problem_rules():
         "cert": {"served": {"error": "127.0.0.1:993: refused"}, "file": {"days_left": 3}},
     }
     rep["disk"] = {"path": "/m", "used_percent": 95.5, "free": 2**20}
-    per_domain, host = state.problems(rep, days_left=14, max_disk_percent=90)
+    per_domain, host = state._problems(rep, days_left=14, max_disk_percent=90)
     assert per_domain == {
         "a.test": [
             "unit dovecot is not active",
@@ -280,8 +285,8 @@ def test_problem_rules():
         ]
     }
     assert host == ["mailbox filesystem /m is 95.5% full (threshold 90%, 1 MiB free)"]
-    assert state.problems(rep, days_left=2, max_disk_percent=96)[1] == []
-    assert state.problems({"errors": ["x.ini: gone"], "domains": {}})[1] == [
+    assert state._problems(rep, days_left=2, max_disk_percent=96)[1] == []
+    assert state._problems({"errors": ["x.ini: gone"], "domains": {}})[1] == [
         "x.ini: gone",
         "no chatmail domains found",
     ]
@@ -328,3 +333,10 @@ def test_masterless_sync_and_status_sls(tmp_path, relay_tree):
         (state,) = ret.values()
         assert rc != 0 and state["result"] is False and state["changes"] == {}
         assert state["comment"].startswith("192.0.2.7: unit ")
+
+
+def test_problems_is_no_state(states):
+    # a public helper of a state module would be callable as a state
+    assert "chatmail_status.healthy" in states
+    assert "chatmail_status.problems" not in states
+    assert "chatmail_status._problems" not in states

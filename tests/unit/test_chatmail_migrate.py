@@ -100,7 +100,7 @@ class Relay:
             "ini": str(self.ini),
             "dkim_dir": str(self.dkim),
             "keytable": str(self.keytable),
-            "acme_dir": str(self.acme),
+            "acme_state_dir": str(self.acme),
             "vmail_user": VMAIL,
             "dkim_user": DKIM_USER,
         }

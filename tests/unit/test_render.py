@@ -330,7 +330,7 @@ def test_pillar_top_maps_minion_id_to_host_file(tmp_path, minion_id, has_pillar)
     conf = masterless_minion(tmp_path, minion_id, pillar_dir=REPO / "pillar").parent
     base = [str(SALT_CALL), "--local", f"--config-dir={conf}", "--out=json"]
     sync = subprocess.run(
-        [*base, "saltutil.sync_modules"], capture_output=True, stdin=subprocess.DEVNULL, timeout=300
+        [*base, "saltutil.sync_all"], capture_output=True, stdin=subprocess.DEVNULL, timeout=300
     )
     assert sync.returncode == 0, sync.stderr
     proc = subprocess.run(

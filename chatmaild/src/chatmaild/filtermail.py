@@ -172,18 +172,20 @@ def is_encrypted(msg: Message, allow_armor_headers: bool = False) -> bool:
 
 
 def is_securejoin_request(msg: Message) -> bool:
-    """A Secure-Join ``vc-request``/``vg-request``: header and a body that is
-    exactly one text/plain part saying the same (case-insensitive)."""
+    """A Secure-Join ``vc-request``/``vg-request``: the header, and a body
+    that is one text/plain part saying the same (case-insensitive), either
+    the whole message (Delta Chat 2.x) or the only part of a multipart/mixed
+    (older cores)."""
     kind = str(msg.get("secure-join") or "").strip().lower()
     if kind not in SECUREJOIN_REQUESTS:
         return False
-    if msg.get_content_type() != "multipart/mixed":
-        return False
-    parts = msg.get_payload()
-    if not isinstance(parts, list) or len(parts) != 1:
-        return False
-    part = parts[0]
-    if part.get_content_type() != "text/plain":
+    part = msg
+    if msg.get_content_type() == "multipart/mixed":
+        parts = msg.get_payload()
+        if not isinstance(parts, list) or len(parts) != 1:
+            return False
+        part = parts[0]
+    if part.get_content_type() != "text/plain" or not _unambiguous(part):
         return False
     text = _payload_text(part)
     if text is None:
