@@ -484,6 +484,8 @@ def _check_globals(merged, pillar, kinds, errors):
         else:
             merged["metrics"]["listen_address"] = mtail
     _check_metrics(merged["metrics"], params, kinds, errors)
+    _check_turn(merged["turn"], merged["metrics"], params, kinds, errors)
+    _check_alpn(merged, params, kinds, errors)
     for key, value in merged["lookup"]["paths"].items():
         if not str(value).startswith("/"):
             errors.add(["chatmail", "lookup", "paths", key], f"must be an absolute path: {value!r}")
@@ -572,6 +574,104 @@ def _check_metrics(metrics, params, kinds, errors):
         value = str(metrics[key])
         if not _SYSTEMD_TIME_RE.match(value) or not any(c.isdigit() and c != "0" for c in value):
             errors.add(path + [key], f"not a positive time span such as 15min: {value!r}")
+
+
+def _check_turn(turn, metrics, params, kinds, errors):
+    path = ["chatmail", "turn"]
+    taken = {
+        params[k]: f"params:{k}" for k, kind in kinds.items() if kind == "port" and k in params
+    }
+    if metrics["enabled"]:
+        taken.update({p: f"metrics:ports:{n}" for n, p in metrics["ports"].items()})
+    ports = {}
+    for key in ("port", "tls_port", "min_port", "max_port"):
+        port = turn[key]
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            errors.add(path + [key], f"not a port: {port!r}")
+        else:
+            ports[key] = port
+    for key in ("port", "tls_port"):
+        port = ports.get(key)
+        if port is None:
+            continue
+        if port in SERVICE_PORTS:
+            errors.add(path + [key], f"port {port} clashes with the {SERVICE_PORTS[port]} service")
+        elif port in taken:
+            errors.add(path + [key], f"port {port} clashes with {taken[port]}")
+    if ports.get("port") is not None and ports.get("port") == ports.get("tls_port"):
+        errors.add(path + ["tls_port"], "must differ from turn:port")
+    low, high = ports.get("min_port"), ports.get("max_port")
+    if low is not None and high is not None:
+        if low < 1024:
+            errors.add(path + ["min_port"], f"must be at least 1024: {low}")
+        if low > high:
+            errors.add(path + ["min_port"], f"{low} is greater than turn:max_port {high}")
+        for key in ("port", "tls_port"):
+            if ports.get(key) is not None and low <= ports[key] <= high:
+                errors.add(path + [key], f"port {ports[key]} lies in the relay range")
+        for port, owner in sorted(taken.items()):
+            if isinstance(port, int) and low <= port <= high:
+                errors.add(path + ["min_port"], f"the relay range holds {owner} ({port})")
+    for key in ("user_quota", "total_quota", "max_bps"):
+        value = turn[key]
+        if isinstance(value, int) and value < 0:
+            errors.add(path + [key], f"must not be negative: {value}")
+    for key in ("denied_peers", "allowed_peers"):
+        for i, net in enumerate(turn[key]):
+            try:
+                network = ipaddress.ip_network(str(net), strict=True)
+            except ValueError:
+                errors.add(path + [key, i], f"not an IP network such as 10.0.0.0/8: {net!r}")
+                continue
+            if network.version == 6 and int(network[0]) == 0:
+                # coturn 4.6 reads a range starting at :: as matching every peer
+                errors.add(
+                    path + [key, i], f"an IPv6 range starting at :: matches every peer: {net}"
+                )
+
+
+def _check_alpn(merged, params, kinds, errors):
+    path = ["chatmail", "alpn", "ports"]
+    alpn = merged["alpn"]
+    if not alpn["enabled"]:
+        return
+    taken = {
+        params[k]: f"params:{k}" for k, kind in kinds.items() if kind == "port" and k in params
+    }
+    if merged["metrics"]["enabled"]:
+        taken.update({p: f"metrics:ports:{n}" for n, p in merged["metrics"]["ports"].items()})
+    turn = merged["turn"]
+    if turn["enabled"]:
+        taken.update({turn["port"]: "turn:port", turn["tls_port"]: "turn:tls_port"})
+    for name, port in sorted(alpn["ports"].items()):
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            errors.add(path + [name], f"not a port: {port!r}")
+        elif port in SERVICE_PORTS:
+            errors.add(path + [name], f"port {port} clashes with the {SERVICE_PORTS[port]} service")
+        elif port in taken:
+            errors.add(path + [name], f"port {port} clashes with {taken[port]}")
+        elif turn["enabled"] and turn["min_port"] <= port <= turn["max_port"]:
+            errors.add(path + [name], f"port {port} lies in the TURN relay range")
+        else:
+            taken[port] = f"alpn:ports:{name}"
+
+
+def coturn_ranges(networks):
+    """coturn's ``first-last`` form of IP networks (``10.0.0.0/8`` ->
+    ``10.0.0.0-10.255.255.255``), for denied-peer-ip / allowed-peer-ip.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call chatmail_config.coturn_ranges '["10.0.0.0/8", "::1/128"]'
+    """
+    ranges = []
+    for text in networks:
+        net = ipaddress.ip_network(str(text), strict=False)
+        first, last = net[0], net[-1]
+        ranges.append(str(first) if first == last else f"{first}-{last}")
+    return ranges
 
 
 # Settings of the fleet's Prometheus server (salt/fleet/prometheus.sls).
@@ -674,12 +774,24 @@ def _build_domain(dom, dpillar, merged, dpath, errors, check_files, kinds, per_d
     domain.update(extra)
     domain["is_ip"] = is_ip
     domain["address_domain"] = f"[{dom}]" if is_ip else dom
-    # where the tree keeps the domain's TURN secret (see turn_secret_files)
-    domain["turn_secret_file"] = (
-        f"{paths['secrets_dir']}/turn_secret.{dom}" if values["turn_secret"] else ""
-    )
+    _set_turn(domain, dom, values, merged["turn"], paths)
     domain["mailboxes_path"] = f"{merged['params']['mailboxes_dir'].rstrip('/')}/{dom}"
     return domain
+
+
+def _set_turn(domain, dom, values, turn, paths):
+    """Where the tree keeps the domain's TURN secret (see turn_secret_files):
+    from the pillar, or generated on the host for the relay's own TURN server
+    (chatmail:turn:enabled), which is also the default turn_server."""
+    if values["turn_secret"]:
+        domain["turn_secret_file"] = f"{paths['secrets_dir']}/turn_secret.{dom}"
+    elif turn["enabled"]:
+        domain["turn_secret_file"] = f"{paths['secrets_dir']}/turn_secret.{dom}.generated"
+    else:
+        domain["turn_secret_file"] = ""
+    if turn["enabled"] and not values["turn_server"]:
+        host = f"[{dom}]" if ":" in dom else dom
+        domain["turn_server"] = host if turn["port"] == 3478 else f"{host}:{turn['port']}"
 
 
 def _split_domain_pillar(dpillar, merged, dpath, errors, kinds, per_domain, schema):

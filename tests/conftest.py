@@ -23,6 +23,8 @@ SHARED_RELAY = (
     "tests/hosts/test_relay.py",
     "tests/hosts/test_status.py",
     "tests/hosts/test_smoke.py",
+    "tests/hosts/test_turn.py",
+    "tests/hosts/test_port443.py",
     "tests/hosts/test_metrics.py",
 )
 # modules sharing the fleet suite's master and relays

@@ -115,7 +115,7 @@ chatmail:
     push_token_expiry_days: 90
     # how long a failing push request is retried
     push_retry_max_seconds: 3600
-    # per domain; TURN server host[:port] handed to clients with time-limited credentials (empty: none)
+    # per domain; TURN server host[:port] handed to clients with time-limited credentials (empty: none; with chatmail:turn:enabled the tree sets the domain itself, the relay's own coturn)
     turn_server: ''
     # per domain; the TURN server's shared secret (REST API) for those credentials
     turn_secret: ''
@@ -259,6 +259,39 @@ chatmail:
     status_interval: 10min     # certificate expiry, DNS check, services
     public: false              # https://<domain>/metrics: that domain's account total only
 
+  # Port 443 for restrictive networks (docs/calls-and-ports.md): nginx's
+  # stream module hands TLS connections with ALPN "imap" to Dovecot, "smtp" to
+  # Postfix (as on 465) and everything else to the web server, each on a
+  # loopback port of its own with the client's address in a PROXY header.
+  # enabled false: the web server listens on 443 itself.
+  alpn:
+    enabled: true
+    ports:
+      https: 8443
+      imap: 10993
+      smtp: 10465
+
+  # The relay's own TURN server for calls (Debian's coturn,
+  # docs/calls-and-ports.md).  Delta Chat gets time-limited credentials from
+  # METADATA /shared/vendor/deltachat/turn, made with a secret generated on
+  # the host (or params/domains turn_secret); turn_server defaults to the
+  # domain.  Open port/tls_port (UDP+TCP) and the UDP range min..max_port.
+  turn:
+    enabled: true
+    port: 3478
+    tls_port: 5349
+    min_port: 49152
+    max_port: 65535
+    user_quota: 12        # concurrent allocations per credential
+    total_quota: 1200     # concurrent allocations on the host
+    max_bps: 0            # bytes/s per session (0: no limit)
+    # peers no client may reach through the relay (coturn denied-peer-ip)
+    denied_peers: [0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16,
+                   172.16.0.0/12, 192.0.0.0/24, 192.168.0.0/16, 198.18.0.0/15, 224.0.0.0/4,
+                   240.0.0.0/4, "::1/128", "::ffff:0:0/96", "64:ff9b::/96",
+                   "fc00::/7", "fe80::/10", "ff00::/8"]
+    allowed_peers: []     # exceptions from denied_peers, e.g. [192.168.10.0/24]
+
   # Thresholds of the on-demand health check: salt-call state.apply chatmail.status
   status:
     days_left: 14         # a certificate (served or on disk) expiring sooner is a problem
@@ -289,6 +322,7 @@ chatmail:
       web: [qrencode]
       acme: [acmetool]
       metrics: [prometheus-node-exporter, prometheus-postfix-exporter, mtail]
+      turn: [coturn]
     paths:
       config_dir: /etc/chatmail
       secrets_dir: /etc/chatmail/secrets

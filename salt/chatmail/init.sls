@@ -11,5 +11,6 @@ include:
   - .dovecot
   - .postfix
   - .nginx
+  - .turn
   - .dns
   - .metrics

@@ -568,7 +568,17 @@ def test_turn_secret_is_kept_from_everyone_but_chatmail_metadata(relay):
             f"grep -rlF -- '{secret}' /etc /usr/local/lib/chatmail-cgi /run 2>/dev/null",
             check=False,
         ).stdout.split()
-        assert holders == [path]
+        # and coturn's own configuration (chatmail.turn), made at its start
+        # in its 0700 runtime directory, readable by coturn's user only
+        assert sorted(holders) == sorted([path, "/run/coturn/turnserver.conf"])
+        assert relay.exec("stat", "-c", "%a %U", "/run/coturn").stdout.split() == [
+            "700",
+            "turnserver",
+        ]
+        assert relay.exec("stat", "-c", "%a %U", "/run/coturn/turnserver.conf").stdout.split() == [
+            "600",
+            "turnserver",
+        ]
         assert f"turn_secret_file = {path}" in relay.exec("cat", INI).stdout
         for user in ("vmail", "www-data", "opendkim"):
             assert relay.exec("runuser", "-u", user, "--", "cat", path, check=False).returncode != 0
@@ -593,7 +603,10 @@ def test_turn_secret_is_kept_from_everyone_but_chatmail_metadata(relay):
         restored = hosts.converge(relay)
     assert restored.ok, restored.summary()
     assert relay.exec("test", "-e", path, check=False).returncode != 0
-    assert "turn_secret" not in relay.exec("cat", INI).stdout
+    # back to the relay's own TURN server and the secret generated on the host
+    ini = relay.exec("cat", INI).stdout
+    assert path + "\n" not in ini
+    assert f"turn_secret_file = {path}.generated" in ini
 
 
 # --- web: /new, server tokens, HSTS -------------------------------------------

@@ -409,7 +409,8 @@ def test_ini_is_read_back_by_chatmaild(cc, chatmaild_config, defaults, example_p
     assert chat.max_mailbox_size == 500 * 1024**2
     assert test.max_mailbox_size == 100 * 1024**2 and test.max_mailbox_size_raw == "100M"
     assert test.delete_mails_after == 10 and chat.delete_mails_after == 20
-    assert chat.turn_server == "turn.example.org" and test.turn_server == ""
+    # a domain without turn_server gets the relay's own TURN server (chatmail:turn)
+    assert chat.turn_server == "turn.example.org" and test.turn_server == "_test.example.org"
     assert chat.privacy_mail == "privacy@example.org"
     assert chat.acme_email == "admin@example.org"
     assert chat.passthrough_senders == ["bot@chat.example.org"]
@@ -420,6 +421,9 @@ def test_ini_is_read_back_by_chatmaild(cc, chatmaild_config, defaults, example_p
         "tls_mode",
         "max_mailbox_size",
         "delete_mails_after",
+        # the relay's own TURN server and its generated secret (chatmail:turn)
+        "turn_server",
+        "turn_secret_file",
     }
 
 

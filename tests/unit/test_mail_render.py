@@ -214,9 +214,24 @@ def test_postfix_master_cf(example):
         assert "smtpd_proxy_filter=127.0.0.1:10080" in opts
         assert "smtpd_sender_restrictions=$mua_sender_restrictions" in opts
     assert "smtpd_tls_wrappermode=yes" in svc["submissions/inet"]
+    # port 443 with ALPN "smtp" (chatmail:alpn): nginx's stream server hands
+    # the connection to a loopback submissions service with a PROXY header;
+    # it is a submission port like 465 (TLS, SASL, filtermail), not a way in
+    alpn = " ".join(svc["127.0.0.1:10465/inet"])
+    for opt in (
+        "smtpd_upstream_proxy_protocol=haproxy",
+        "smtpd_tls_wrappermode=yes",
+        "smtpd_tls_mandatory_protocols=>=TLSv1.3",
+        "smtpd_sasl_auth_enable=yes",
+        "smtpd_relay_restrictions=permit_sasl_authenticated,reject",
+        "smtpd_sender_restrictions=$mua_sender_restrictions",
+        "smtpd_proxy_filter=127.0.0.1:10080",
+    ):
+        assert opt in alpn, opt
     # filtermail reinjects through UNIX sockets in public/ (group postdrop),
     # never a TCP port any local process could use
-    assert not [name for name in svc if name.endswith("/inet") and name.startswith("127.")]
+    loopback = [name for name in svc if name.endswith("/inet") and name.startswith("127.")]
+    assert loopback == ["127.0.0.1:10465/inet"]
     out = " ".join(svc["reinject/unix"])
     assert svc["reinject/unix"][2] == "n"  # public/
     assert "smtpd_milters=unix:opendkim/opendkim.sock" in out

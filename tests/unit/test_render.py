@@ -23,11 +23,13 @@ CORE_SLS = [
     "chatmail.tls",
     "chatmail.chatmaild",
     "chatmail.nginx",
+    "chatmail.turn",
     "chatmail.dns",
     "chatmail.base.clean",
     "chatmail.tls.clean",
     "chatmail.chatmaild.clean",
     "chatmail.nginx.clean",
+    "chatmail.turn.clean",
     "chatmail.dns.clean",
 ]
 
@@ -137,6 +139,63 @@ def test_vhosts_mention_only_their_domain(render, cmap):
         https=False,
     )
     assert "443" not in http_only and "acme-challenge" in http_only
+
+
+def test_port_443_by_alpn_or_directly(render, cmap):
+    """chatmail:alpn on (default): the web server listens on its loopback
+    port behind the stream server, which passes imap/smtp/the rest on with
+    a PROXY header; off: the web server listens on 443 itself."""
+    import copy
+
+    vhost = render(
+        "chatmail/nginx/files/vhost.conf.jinja",
+        chatmail=cmap,
+        domain="chat.example.org",
+        https=True,
+    )
+    assert "listen 127.0.0.1:8443 ssl http2 proxy_protocol" in vhost
+    assert "real_ip_header proxy_protocol;" in vhost
+    assert "listen 443" not in vhost
+    stream = render("chatmail/nginx/files/stream.conf.jinja", chatmail=cmap)
+    assert "ssl_preread on;" in stream and "proxy_protocol on;" in stream
+    for line in (
+        "~\\bimap\\b  127.0.0.1:10993;",
+        "~\\bsmtp\\b  127.0.0.1:10465;",
+        "default    127.0.0.1:8443;",
+    ):
+        assert line in stream, line
+    off = copy.deepcopy(cmap)
+    off["alpn"]["enabled"] = False
+    vhost = render(
+        "chatmail/nginx/files/vhost.conf.jinja", chatmail=off, domain="chat.example.org", https=True
+    )
+    assert "listen 443 ssl http2" in vhost and "proxy_protocol" not in vhost
+
+
+def test_coturn_config(render, cmap):
+    text = render(
+        "chatmail/turn/files/turnserver.conf.jinja",
+        chatmail=cmap,
+        denied=["127.0.0.0-127.255.255.255"],
+        allowed=[],
+    )
+    for line in (
+        "use-auth-secret",
+        f"realm={cmap['primary']}",
+        "listening-port=3478",
+        "tls-listening-port=5349",
+        "min-port=49152",
+        "max-port=65535",
+        "user-quota=12",
+        "total-quota=1200",
+        "no-multicast-peers",
+        "denied-peer-ip=127.0.0.0-127.255.255.255",
+        "no-cli",
+        "no-tlsv1_1",
+    ):
+        assert line + "\n" in text, line
+    # the secret is added at coturn's start, never rendered here
+    assert "static-auth-secret" not in text.replace("# ", "")
 
 
 def test_pages_and_autoconfig(render, cmap):

@@ -26,11 +26,58 @@ def test_secret_never_in_chatmail_ini(cc, turn_map):
     assert SECRET not in text
     assert "turn_secret =" not in text
     path = "/etc/chatmail/secrets/turn_secret.chat.example.org"
-    assert cc.turn_secret_files(turn_map) == {"chat.example.org": path}
+    generated = "/etc/chatmail/secrets/turn_secret._test.example.org.generated"
+    assert cc.turn_secret_files(turn_map) == {
+        "chat.example.org": path,
+        "_test.example.org": generated,
+    }
     section = text.split("[domain:chat.example.org]")[1].split("[domain:")[0]
     assert f"turn_secret_file = {path}" in section
+    # the other domain uses the relay's own TURN server with the secret
+    # generated on the host (chatmail:turn:enabled)
     other = text.split("[domain:_test.example.org]")[1]
-    assert "turn_secret_file" not in other
+    assert f"turn_secret_file = {generated}" in other
+    assert "turn_server = _test.example.org" in other
+
+
+def test_without_own_turn_no_secret_no_server(cc, defaults, example_pillar):
+    pillar = copy.deepcopy(example_pillar)
+    pillar["turn"] = {"enabled": False}
+    cm = build(cc, defaults, pillar)
+    assert cc.turn_secret_files(cm) == {}
+    assert "turn_" not in cc.ini_text(cm).split("[domain:_test.example.org]")[1]
+
+
+@pytest.mark.parametrize(
+    "turn, key, problem",
+    [
+        ({"port": 25}, "turn:port", "clashes with the smtp service"),
+        ({"tls_port": 3478}, "turn:tls_port", "must differ"),
+        ({"min_port": 60000, "max_port": 50000}, "turn:min_port", "greater than"),
+        ({"min_port": 100}, "turn:min_port", "at least 1024"),
+        ({"port": 50000}, "turn:port", "relay range"),
+        ({"user_quota": -1}, "turn:user_quota", "negative"),
+        ({"denied_peers": ["10.0.0.1/8"]}, "turn:denied_peers:0", "not an IP network"),
+        ({"allowed_peers": ["lan"]}, "turn:allowed_peers:0", "not an IP network"),
+        ({"denied_peers": ["::/128"]}, "turn:denied_peers:0", "matches every peer"),
+        ({"enabled": "yes"}, "turn:enabled", ""),
+    ],
+)
+def test_bad_turn_pillar_names_the_key(cc, defaults, example_pillar, turn, key, problem):
+    pillar = copy.deepcopy(example_pillar)
+    pillar["turn"] = turn
+    with pytest.raises(cc.ChatmailConfigError) as err:
+        build(cc, defaults, pillar)
+    text = str(err.value)
+    assert f"chatmail:{key}" in text and problem in text, text
+
+
+def test_coturn_ranges(cc):
+    assert cc.coturn_ranges(["10.0.0.0/8", "::1/128", "fe80::/10"]) == [
+        "10.0.0.0-10.255.255.255",
+        "::1",
+        "fe80::-febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    ]
 
 
 def test_a_host_wide_secret_gives_every_domain_its_credential(cc, defaults, example_pillar):
@@ -105,3 +152,31 @@ def test_inline_turn_secret_still_works(chatmaild_config, tmp_path):
     config = chatmaild_config.read_config(ini)
     value = MetadataDict(config, None, None).vendor_value("turn", "a@chat.example.org")
     assert value.startswith("turn.example.org:3478:")
+
+
+@pytest.mark.parametrize(
+    "alpn, key, problem",
+    [
+        ({"ports": {"https": 443}}, "alpn:ports:https", "clashes with the https service"),
+        ({"ports": {"imap": 3478}}, "alpn:ports:imap", "clashes with turn:port"),
+        ({"ports": {"smtp": 10080}}, "alpn:ports:smtp", "clashes with params:"),
+        ({"ports": {"smtp": 8443}}, "alpn:ports:smtp", "clashes with alpn:ports:https"),
+        ({"ports": {"imap": 50000}}, "alpn:ports:imap", "TURN relay range"),
+        ({"ports": {"imap": "x"}}, "alpn:ports:imap", ""),
+        ({"enabled": 1}, "alpn:enabled", ""),
+    ],
+)
+def test_bad_alpn_pillar_names_the_key(cc, defaults, example_pillar, alpn, key, problem):
+    """Port 443 multiplexing (chatmail:alpn): its loopback backend ports must
+    not collide with any other port of the relay."""
+    pillar = copy.deepcopy(example_pillar)
+    pillar["alpn"] = alpn
+    with pytest.raises(cc.ChatmailConfigError) as err:
+        build(cc, defaults, pillar)
+    text = str(err.value)
+    assert f"chatmail:{key}" in text and problem in text, text
+
+
+def test_alpn_backends_render(cc, defaults, example_pillar):
+    cm = build(cc, defaults, example_pillar)
+    assert cm["alpn"] == {"enabled": True, "ports": {"https": 8443, "imap": 10993, "smtp": 10465}}

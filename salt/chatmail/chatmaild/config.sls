@@ -41,6 +41,19 @@ chatmail-chatmaild-secrets-directory:
       - file: chatmail-base-config-directory
       - group: chatmail-base-metadata-group-present
 {%- for domain, path in secrets | dictsort %}
+{%-   if not chatmail.domains[domain].turn_secret %}
+
+{#- no secret in the pillar: the relay's own TURN server (chatmail.turn)
+    gets one made here, once; it never leaves the host. #}
+chatmail-chatmaild-turn-secret-{{ domain }}-generated:
+  cmd.run:
+    - name: >-
+        umask 027 && openssl rand -hex 32 > {{ path }}.tmp
+        && chgrp {{ metadata_group }} {{ path }}.tmp && mv {{ path }}.tmp {{ path }}
+    - creates: {{ path }}
+    - require:
+      - file: chatmail-chatmaild-secrets-directory
+{%-   else %}
 
 chatmail-chatmaild-turn-secret-{{ domain }}-file-managed:
   file.managed:
@@ -52,6 +65,7 @@ chatmail-chatmaild-turn-secret-{{ domain }}-file-managed:
     - show_changes: false
     - require:
       - file: chatmail-chatmaild-secrets-directory
+{%-   endif %}
 {%- endfor %}
 {%- if salt['file.directory_exists'](paths.secrets_dir) %}
 {%-   for entry in salt['file.readdir'](paths.secrets_dir) | sort

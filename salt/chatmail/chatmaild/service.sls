@@ -35,7 +35,11 @@ chatmail-chatmaild-{{ name }}-service-running:
       - chatmail_venv: chatmail-chatmaild-venv-installed
 {%-   if name == 'chatmail-metadata' %}
 {%-     for domain in secrets | sort %}
+{%-       if chatmail.domains[domain].turn_secret %}
       - file: chatmail-chatmaild-turn-secret-{{ domain }}-file-managed
+{%-       else %}
+      - cmd: chatmail-chatmaild-turn-secret-{{ domain }}-generated
+{%-       endif %}
 {%-     endfor %}
 {%-   endif %}
     - require:

@@ -7,6 +7,7 @@ chatmail-nginx-clean-files-absent:
   file.absent:
     - names:
       - /etc/nginx/conf.d/chatmail.conf
+      - /etc/nginx/modules-enabled/99-chatmail-stream.conf
 {%- for domain in chatmail.domain_list %}
       - /etc/nginx/sites-enabled/chatmail-{{ domain }}.conf
       - {{ chatmail.lookup.paths.www_root }}/{{ domain }}

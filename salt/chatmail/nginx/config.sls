@@ -23,6 +23,23 @@ chatmail-nginx-http-conf-file-managed:
     - require:
       - pkg: chatmail-nginx-pkgs-installed
 
+{#- 443: ALPN multiplexing of HTTPS, IMAP and SMTP (chatmail:alpn). #}
+chatmail-nginx-stream-conf-file-managed:
+{%- if chatmail.alpn.enabled %}
+  file.managed:
+    - name: /etc/nginx/modules-enabled/99-chatmail-stream.conf
+    - source: salt://{{ tpldir }}/files/stream.conf.jinja
+    - template: jinja
+    - mode: "0644"
+    - context:
+        chatmail: {{ chatmail | json }}
+{%- else %}
+  file.absent:
+    - name: /etc/nginx/modules-enabled/99-chatmail-stream.conf
+{%- endif %}
+    - require:
+      - pkg: chatmail-nginx-pkgs-installed
+
 chatmail-nginx-default-site-file-absent:
   file.absent:
     - name: /etc/nginx/sites-enabled/default

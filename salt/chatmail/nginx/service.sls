@@ -12,6 +12,7 @@ chatmail-nginx-config-test-cmd-run:
     - onchanges:
       - file: chatmail-nginx-http-conf-file-managed
       - file: chatmail-nginx-default-site-file-absent
+      - file: chatmail-nginx-stream-conf-file-managed
 {%- for domain in chatmail.domain_list %}
       - file: chatmail-nginx-{{ domain }}-vhost-file-managed
 {%- endfor %}
@@ -26,6 +27,7 @@ chatmail-nginx-service-running:
     - watch:
       - file: chatmail-nginx-http-conf-file-managed
       - file: chatmail-nginx-default-site-file-absent
+      - file: chatmail-nginx-stream-conf-file-managed
 {%- for domain in chatmail.domain_list %}
       - file: chatmail-nginx-{{ domain }}-vhost-file-managed
 {%- endfor %}
