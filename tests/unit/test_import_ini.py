@@ -83,6 +83,12 @@ def test_every_reference_key_keeps_its_meaning(cc, defaults, chatmaild_config, t
     for name in chatmaild_config.PARAMS:
         theirs = getattr(orig.primary, name, None) or getattr(orig, name, None)
         mine = getattr(ours.primary, name, None) or getattr(ours, name, None)
+        if name in ("turn_server", "turn_secret_file") and not theirs:
+            # chatmail/relay serves TURN on the relay itself; so does this
+            # tree (chatmail:turn), which names it and the host-generated
+            # secret in chatmail.ini
+            assert mine, name
+            continue
         assert mine == theirs, name
     assert (ours.primary.tls_cert_path, ours.primary.tls_key_path) == (str(cert), str(key))
 
