@@ -44,10 +44,11 @@ import salt.config
 import salt.loader
 import yaml
 
+from tests.harness import fleet_master
+
 REPO = Path(__file__).resolve().parents[1]
 SALT_BIN = Path(sys.executable).parent
 SHIPPED_CONF = REPO / "etc" / "salt" / "master.d" / "chatmail.conf"
-SHIPPED_ROOT = "/srv/chatmail-salt"
 # the shipped schedule (pillar/fleet/settings.yaml): 30 min + up to 300 s splay
 FLEET_SETTINGS = yaml.safe_load((REPO / "pillar" / "fleet" / "settings.yaml").read_text())
 MINION_MEM = 80 * 1024**2  # a salt-minion with its job process, measured at 10 minions
@@ -55,19 +56,7 @@ STANDIN_STATES = 20
 
 
 def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _repath(value, tree):
-    if isinstance(value, str) and value.startswith(SHIPPED_ROOT):
-        return str(tree) + value[len(SHIPPED_ROOT) :]
-    if isinstance(value, list):
-        return [_repath(v, tree) for v in value]
-    if isinstance(value, dict):
-        return {k: _repath(v, tree) for k, v in value.items()}
-    return value
+    return fleet_master.free_port("127.0.0.1")
 
 
 def standin_tree(root):
@@ -93,7 +82,7 @@ def standin_tree(root):
 
 
 def master_conf(root, tree):
-    conf = _repath(yaml.safe_load(SHIPPED_CONF.read_text()), root / "repo")
+    conf = fleet_master.repath(yaml.safe_load(SHIPPED_CONF.read_text()), root / "repo")
     conf["file_roots"] = {"base": [str(tree / "salt")]}
     conf["pillar_roots"] = {"base": [str(tree / "pillar")], "fleet": [str(root / "fleet-pillar")]}
     conf["runner_dirs"] = [str(REPO / "_runners")]

@@ -22,6 +22,21 @@ def install_rpc_server(host):
 
 
 @contextlib.contextmanager
+def client_host(name, fqdn, keep=False, reuse=False):
+    """A bare test host with the rpc server installed (destroyed afterwards
+    unless `keep`)."""
+    from . import hosts
+
+    host = hosts.boot(name, fqdn, ip="auto", keep=keep, reuse=reuse)
+    try:
+        install_rpc_server(host)
+        yield host
+    finally:
+        if not keep:
+            hosts.destroy(host)
+
+
+@contextlib.contextmanager
 def core(host, log_path, accounts_dir, extra_env=None):
     """A started ``deltachat_rpc_client.DeltaChat`` whose core runs in `host`
     with a fresh accounts dir (removed again afterwards); its stderr goes to

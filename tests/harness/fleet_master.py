@@ -35,13 +35,15 @@ def free_port(host=None):
         return sock.getsockname()[1]
 
 
-def _repath(value, tree):
+def repath(value, tree):
+    """`value` (a loaded master config) with the shipped /srv/chatmail-salt
+    paths moved below `tree`."""
     if isinstance(value, str) and value.startswith(SHIPPED_ROOT):
         return str(tree) + value[len(SHIPPED_ROOT) :]
     if isinstance(value, list):
-        return [_repath(v, tree) for v in value]
+        return [repath(v, tree) for v in value]
     if isinstance(value, dict):
-        return {k: _repath(v, tree) for k, v in value.items()}
+        return {k: repath(v, tree) for k, v in value.items()}
     return value
 
 
@@ -62,7 +64,7 @@ def master_config(root, pillar_dir, fleet_settings=None, extra=None, snapshot=Tr
     it), this run's pillar directory in front of pillar/ and a fleet settings
     override."""
     tree = snapshot_tree(Path(root) / "tree") if snapshot else REPO
-    conf = _repath(yaml.safe_load(SHIPPED_CONF.read_text()), tree)
+    conf = repath(yaml.safe_load(SHIPPED_CONF.read_text()), tree)
     conf["pillar_roots"]["base"] = [str(pillar_dir)] + conf["pillar_roots"]["base"]
     if fleet_settings is not None:
         fleet_dir = Path(root) / "fleet-pillar"

@@ -107,15 +107,10 @@ def relay(harness, workdir, test_ca, push_gateway):
 @pytest.fixture(scope="module")
 def client(relay, test_ca):
     """A bare host with the core's RPC server that trusts the run's CA system-wide."""
-    host = hosts.boot(CLIENT_NAME, "dcacc-client.test", ip="auto", keep=KEEP, reuse=REUSE)
-    try:
-        deltachat.install_rpc_server(host)
+    with deltachat.client_host(CLIENT_NAME, "dcacc-client.test", KEEP, REUSE) as host:
         host.write_file(CLIENT_CA, test_ca.cert)
         host.exec("update-ca-certificates")
         yield host
-    finally:
-        if not KEEP:
-            hosts.destroy(host)
 
 
 @pytest.fixture

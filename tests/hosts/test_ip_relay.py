@@ -52,13 +52,8 @@ def relay(relay_and_first):
 
 @pytest.fixture(scope="module")
 def client(relay):
-    host = hosts.boot(CLIENT_NAME, "iprelay-client.test", ip="auto", keep=KEEP, reuse=REUSE)
-    try:
-        deltachat.install_rpc_server(host)
+    with deltachat.client_host(CLIENT_NAME, "iprelay-client.test", KEEP, REUSE) as host:
         yield host
-    finally:
-        if not KEEP:
-            hosts.destroy(host)
 
 
 @pytest.fixture

@@ -540,6 +540,16 @@ def metadata_value(imap, entry):
     return b" ".join(x for x in flat if x).decode()
 
 
+def advertised(relay, entry, domain=DOMAIN):
+    """What the relay's METADATA says for `entry` to a freshly created account."""
+    addr, password = new_credentials(domain)
+    imap = imap_login(relay.ip, addr, password)
+    try:
+        return metadata_value(imap, entry)
+    finally:
+        imap.logout()
+
+
 def test_turn_secret_is_kept_from_everyone_but_chatmail_metadata(relay):
     """The TURN secret is in no file the other daemons, nginx or fcgiwrap can
     read (not in chatmail.ini, not in a unit, not in the highstate output);
@@ -588,12 +598,7 @@ def test_turn_secret_is_kept_from_everyone_but_chatmail_metadata(relay):
             groups = re.search(r"^Groups:\s*(.*)$", status, re.M).group(1).split()
             assert (gid in groups) == has, (unit, groups)
 
-        addr, password = new_credentials()
-        imap = imap_login(relay.ip, addr, password)
-        try:
-            value = metadata_value(imap, "/shared/vendor/deltachat/turn")
-        finally:
-            imap.logout()
+        value = advertised(relay, "/shared/vendor/deltachat/turn")
         match = re.search(r"turn\.chat1\.test:(\d+):(\d+):([A-Za-z0-9+/=]+)", value)
         assert match, value
         user, cred = match.group(2), match.group(3)

@@ -25,7 +25,7 @@ import time
 import pytest
 
 from .conftest import DOMAINS
-from .test_relay import imap_login, metadata_value, new_credentials
+from .test_relay import advertised
 
 pytestmark = pytest.mark.hosts
 
@@ -168,12 +168,7 @@ def error_code(attrs):
 def turn(relay):
     """(host, port, user, password) as chatmail-metadata hands them to a
     freshly created account."""
-    addr, password = new_credentials()
-    imap = imap_login(relay.ip, addr, password)
-    try:
-        value = metadata_value(imap, "/shared/vendor/deltachat/turn")
-    finally:
-        imap.logout()
+    value = advertised(relay, "/shared/vendor/deltachat/turn")
     # the value after the entry's name and its literal's size: host:port:user:password
     match = re.search(r"([^\s:()]+):(\d+):(\d+):([A-Za-z0-9+/=]+)", value)
     assert match, value
@@ -285,56 +280,25 @@ def test_turnutils_uclient_allocates(relay, turn):
     allocate with the credentials from METADATA, bind a channel to a public
     peer and send to it; forged credentials get 401."""
     _host, port, user, cred = turn
-    proc = relay.exec(
-        "timeout",
-        "60",
-        "turnutils_uclient",
-        "-v",
-        "-u",
-        user,
-        "-w",
-        cred,
-        "-p",
-        str(port),
-        "-n",
-        "5",
-        "-m",
-        "1",
-        "-c",
-        "-e",
-        "203.0.113.7",
-        relay.ip,
-        check=False,
-    )
-    out = proc.stdout + proc.stderr
+
+    def uclient(password, seconds, messages):
+        # -c: no rtcp; -e: the peer address; -m/-n: one client, `messages` sent
+        proc = relay.exec(
+            *("timeout", str(seconds), "turnutils_uclient", "-v", "-u", user, "-w", password),
+            *("-p", str(port), "-n", str(messages), "-m", "1", "-c", "-e", "203.0.113.7"),
+            relay.ip,
+            check=False,
+        )
+        return proc.stdout + proc.stderr
+
+    out = uclient(cred, 60, 5)
     assert "error" not in out.lower(), out
     assert "Received relay addr" in out, out
     assert re.search(r"cb response received: *\n.*success", out), out
     # five messages sent through the relay (the peer does not answer)
     assert "tot_send_msgs=5" in out, out
     # and with forged credentials: 401 and nothing allocated
-    proc = relay.exec(
-        "timeout",
-        "10",
-        "turnutils_uclient",
-        "-v",
-        "-u",
-        user,
-        "-w",
-        "forged",
-        "-p",
-        str(port),
-        "-n",
-        "1",
-        "-m",
-        "1",
-        "-c",
-        "-e",
-        "203.0.113.7",
-        relay.ip,
-        check=False,
-    )
-    out = proc.stdout + proc.stderr
+    out = uclient("forged", 10, 1)
     # (uclient keeps answering the 401 challenge until its timeout)
     assert "allocate response received" in out, out
     assert "Received relay addr" not in out and "success" not in out, out
