@@ -135,7 +135,8 @@ NOTICE = b"This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)"
 FREE_GOOD = [b"", b" \t", NOTICE]
 FREE_BAD = PROSE[:3]
 COMPONENTS = [
-    "packets", "armour_headers", "armour_extra", "outer", "control_headers", "control_body",
+    "packets", "armour_headers", "armour_extra", "outer", "control_type", "control_headers",
+    "control_body",
     "data_type", "data_headers", "extra_part", "preamble", "epilogue", "splice",
 ]  # fmt: skip
 
@@ -169,7 +170,12 @@ def pgp_mime(draw, outgoing: bool = True) -> bytes:
     )
     outer.append((b"Content-Type", ctype))
     outer = draw(st.permutations(outer))
-    control_headers = [b"Content-Type: application/pgp-encrypted"]
+    control_headers = [pick("control_type", [
+        b"Content-Type: application/pgp-encrypted",
+        b'Content-Type: application/pgp-encrypted; charset="utf-8"',
+    ], [
+        b'Content-Type: application/pgp-encrypted; charset="' + PROSE[0].replace(b" ", b"_") + b'"',
+    ])]  # fmt: skip
     control_headers += pick("control_headers", PART_HEADER_GOOD, PART_HEADER_BAD)
     control_body = pick(
         "control_body", [b"Version: 1"], [b"Version: 1" + nl + PROSE[0], PROSE[0], b"Version: 2"]
@@ -177,7 +183,9 @@ def pgp_mime(draw, outgoing: bool = True) -> bytes:
     data_headers = [pick("data_type", [
         b"Content-Type: application/octet-stream",
         b'Content-Type: application/octet-stream; name="encrypted.asc"',
+        b'Content-Type: application/octet-stream; charset="utf-8"',
     ], [
+        b'Content-Type: application/octet-stream; charset="' + PROSE[0].replace(b" ", b"_") + b'"',
         b'Content-Type: application/octet-stream; name="' + PROSE[0].replace(b" ", b"_") + b'"',
         b"Content-Type: text/plain",
     ])]  # fmt: skip

@@ -31,10 +31,12 @@ NOTICES = (
     b"This is an OpenPGP/MIME encrypted message",
 )
 _FILE = rb'"?(?:encrypted|msg|message|openpgp)\.asc"?'
+_CHARSET = rb'(?:;\s*charset="?(?:utf-8|us-ascii)"?\s*)?'
 _PART_HEADER = re.compile(
     rb"(?i)(?:"
-    rb"content-type:\s*application/pgp-encrypted\s*;?"
-    rb"|content-type:\s*application/octet-stream\s*(?:;\s*name=" + _FILE + rb"\s*)?;?"
+    rb"content-type:\s*application/pgp-encrypted\s*" + _CHARSET + rb";?"
+    rb"|content-type:\s*application/octet-stream\s*(?:;\s*name=" + _FILE + rb"\s*)?"
+    + _CHARSET + rb"(?:;\s*name=" + _FILE + rb"\s*)?;?"
     rb"|content-description:\s*(?:pgp/mime versions? identification"
     rb"|openpgp(?:/mime)? encrypted message)"
     rb"|content-disposition:\s*(?:inline|attachment)\s*(?:;\s*filename=" + _FILE + rb"\s*)?;?"

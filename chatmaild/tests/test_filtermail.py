@@ -239,6 +239,7 @@ RCPT = f"bob000001@{OTHER}"
         "encrypted-partial.eml",
         "securejoin-vc.eml",
         "securejoin-vg.eml",
+        "deltachat-2.65-securejoin.eml",
     ],
 )
 def test_outgoing_accepts_encrypted_byte_identical(filtermail, sink, name):

@@ -47,7 +47,14 @@ def msg(name, **kw):
     return parse_message(mail(name, **kw))
 
 
-ENCRYPTED = ["encrypted.eml", "encrypted-skesk.eml", "encrypted-partial.eml"]
+# deltachat-2.65-securejoin.eml: a real Secure-Join v3 request of the Delta
+# Chat 2.65 core (symmetrically encrypted, charset on both parts), as delivered
+ENCRYPTED = [
+    "encrypted.eml",
+    "encrypted-skesk.eml",
+    "encrypted-partial.eml",
+    "deltachat-2.65-securejoin.eml",
+]
 NOT_ENCRYPTED = [
     "plain.eml",
     "fake-encrypted.eml",

@@ -39,6 +39,8 @@ PART_DESCRIPTIONS = (
     "openpgp encrypted message",
     "openpgp/mime encrypted message",
 )
+# the only charset values a part's Content-Type may name (no free text)
+PART_CHARSETS = ("utf-8", "us-ascii")
 PART_FILENAMES = ("encrypted.asc", "msg.asc", "message.asc", "openpgp.asc")
 SUBJECT_PLACEHOLDERS = ("[...]", "...", "", "encrypted message", "encrypted")
 IDENTITY_ENCODINGS = ("7bit", "8bit")
@@ -176,9 +178,10 @@ def part_headers_problem(items, wanted_type: str) -> str | None:
             parsed = content_type(value)
             if parsed is None or parsed[0] != wanted_type:
                 return f"part Content-Type {value[:60]!r}"
-            allowed = {"name"} if wanted_type == DATA_TYPE else set()
             for pname, pvalue in parsed[1].items():
-                if pname not in allowed or pvalue not in PART_FILENAMES:
+                if pname == "charset" and pvalue.lower() in PART_CHARSETS:
+                    continue  # Delta Chat 2.x writes charset="utf-8" on both parts
+                if pname != "name" or wanted_type != DATA_TYPE or pvalue not in PART_FILENAMES:
                     return f"part Content-Type parameter {pname}"
         elif key == "content-transfer-encoding":
             if value.lower() not in IDENTITY_ENCODINGS:
