@@ -625,12 +625,18 @@ def zone_fragments(zone_dir=None):
     return out
 
 
-def domain_args(domain):
+def domain_args(domain, keydir=None):
     """
     Return the :py:func:`records` arguments of ``domain`` as configured in
     pillar (``chatmail:domain_defaults`` <- ``chatmail:domains:<domain>``, the
     same keys the state tree passes): ``ipv4``, ``ipv6``, ``selector``,
     ``keydir``, ``tlsrpt``, ``caa`` (only in ACME mode), ``max_age``.
+
+    keydir
+        The DKIM key directory; default: ``lookup:paths:dkim_dir`` of the
+        merged map.  A state template passes it from its map: under salt-ssh
+        a module called while rendering has no file server to read the
+        tree's defaults from.
 
     CLI Example:
 
@@ -650,12 +656,13 @@ def domain_args(domain):
     ipv6 = dns_cfg.get("ipv6") or None
     if params.get("disable_ipv6") or settings.get("disable_ipv6"):
         ipv6 = False
-    paths = __utils__["chatmail_util.lookup"](__salt__)["paths"]
+    if keydir is None:
+        keydir = __utils__["chatmail_util.lookup"](__salt__)["paths"].get("dkim_dir")
     return {
         "ipv4": dns_cfg.get("ipv4") or None,
         "ipv6": ipv6,
         "selector": (settings.get("dkim") or {}).get("selector") or DEFAULT_SELECTOR,
-        "keydir": paths.get("dkim_dir") or None,
+        "keydir": keydir or None,
         "tlsrpt": dns_cfg.get("tlsrpt") or "",
         "caa": bool(dns_cfg.get("caa", True)) and mode == "acme",
         "max_age": int((settings.get("mta_sts") or {}).get("max_age") or DEFAULT_MAX_AGE),

@@ -92,7 +92,8 @@ chatmail-metrics-targets-file-managed:
 {#- the DNS check's arguments per domain, so the status timer needs no pillar #}
 {%- set dns_domains = {} %}
 {%- for domain in chatmail.domain_list if not chatmail.domains[domain].is_ip %}
-{%-   do dns_domains.update({domain: salt["chatmail_dns.domain_args"](domain)}) %}
+{%-   do dns_domains.update({domain: salt["chatmail_dns.domain_args"](
+          domain, keydir=chatmail.lookup.paths.dkim_dir)}) %}
 {%- endfor %}
 
 chatmail-metrics-status-args-file-managed:
