@@ -9,8 +9,6 @@ import re
 import smtplib
 import socket
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -20,10 +18,10 @@ from .conftest import DOMAINS
 from .test_relay import (
     DOMAIN,
     encrypted_message,
+    https_get,
     imap_login,
     new_credentials,
     submit,
-    tls_context,
 )
 
 PORTS = {"node": 9100, "postfix": 9154, "mtail": 3903, "dovecot": 9900}
@@ -205,12 +203,7 @@ def test_textfile_timers_report_accounts_certificates_and_dns(relay):
 
 
 def _get_public(relay, domain=DOMAIN):
-    req = urllib.request.Request(f"https://{relay.ip}/metrics", headers={"Host": domain})
-    try:
-        with urllib.request.urlopen(req, context=tls_context(), timeout=30) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, ""
+    return https_get(relay.ip, domain, "/metrics")
 
 
 def test_public_account_total_only_when_switched_on(relay):
