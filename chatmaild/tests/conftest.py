@@ -51,6 +51,7 @@ metadata_socket=None, extra="")``
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 import shutil
 import socket as socketmod
@@ -66,10 +67,33 @@ BIN_DIR = Path(sys.executable).parent
 DEFAULT_DOMAIN = "chat.example.org"
 
 
+def _port_block() -> range:
+    """This pytest process's own block of ports below the ephemeral range
+    (32768-60999): a port found by binding port 0 and closing could be taken,
+    before the daemon binds it, by a concurrent test's outgoing connection or
+    handed to another xdist worker.  The worker index and the session's pid
+    pick one of 24 blocks of 500."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    session = os.getppid() if "PYTEST_XDIST_WORKER" in os.environ else os.getpid()
+    block = (index + 4 * (session % 6)) % 24
+    return range(20000 + block * 500, 20500 + block * 500)
+
+
+_PORTS = itertools.cycle(_port_block())
+
+
 def find_free_port() -> int:
-    with socketmod.socket(socketmod.AF_INET, socketmod.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for _ in range(500):
+        port = next(_PORTS)
+        with socketmod.socket(socketmod.AF_INET, socketmod.SOCK_STREAM) as s:
+            s.setsockopt(socketmod.SOL_SOCKET, socketmod.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise OSError("no free port in this process's block")
 
 
 def dovecot_escape(text: str) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from . import GATEWAY, LOG_DIR, REPO, hosts, network_address
+from . import GATEWAY, LOG_DIR, REPO, hosts, network_address, ports
 
 SALT_BIN = Path(sys.executable).parent
 SHIPPED_CONF = REPO / "etc" / "salt" / "master.d" / "chatmail.conf"
@@ -29,10 +29,7 @@ MINION_BIN = "/usr/local/bin/salt-minion"
 
 def free_port(host=None):
     """A free TCP port on `host` (default: the slot's gateway, network created)."""
-    with socket.socket() as sock:
-        host = host or network_address()
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    return ports.free_port(host or network_address())
 
 
 def repath(value, tree):

@@ -4,7 +4,6 @@ and a real authoritative DNS server (Debian's nsd) on a free loopback port."""
 
 import pathlib
 import shutil
-import socket
 import subprocess
 import time
 
@@ -12,6 +11,7 @@ import pytest
 from saltfactories.utils.functional import Loaders
 
 from tests import saltopts
+from tests.harness.ports import free_port
 
 NSD = shutil.which("nsd") or "/usr/sbin/nsd"
 
@@ -41,21 +41,6 @@ def states(loaders):
     return loaders.states
 
 
-def _free_port():
-    # nsd binds UDP and TCP on the same port: find one free for both
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
-
-
 SOA = (
     "$ORIGIN {zone}.\n"
     "@ 3600 IN SOA ns.{zone}. hostmaster.{zone}. 1 7200 3600 1209600 3600\n"
@@ -72,7 +57,7 @@ def zone_text(zone, body):
 class NsdServer:
     def __init__(self, workdir, zones):
         self.workdir = workdir
-        self.port = _free_port()
+        self.port = free_port(udp=True)
         self.zones = zones
         self.proc = None
 

@@ -9,7 +9,6 @@ import importlib.util
 import json
 import pathlib
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -17,17 +16,12 @@ import urllib.request
 import pytest
 import yaml
 
+from tests.harness.ports import free_port
 from tests.unit.test_render import cmap, example, render, salt_env  # noqa: F401  (fixtures)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MTAIL_PROG = REPO / "salt" / "chatmail" / "metrics" / "files" / "postfix.mtail"
 RULES = REPO / "salt" / "fleet" / "files" / "chatmail-rules.yml"
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _states(proc):
