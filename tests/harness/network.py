@@ -10,6 +10,7 @@ import glob
 import os
 import re
 import socket
+import subprocess
 
 from . import (
     CACHE,
@@ -22,6 +23,7 @@ from . import (
     SERVICE_IP,
     SLOT,
     SLOT_LABEL,
+    SLOTS,
     SUBNET,
     pid_alive,
     start_daemon,
@@ -51,6 +53,7 @@ def debian_mirror():
 
 
 def ensure_network():
+    remove_stale_bridges()
     if docker("network", "inspect", NETWORK, check=False).returncode == 0:
         return False
     docker(
@@ -71,6 +74,36 @@ def ensure_network():
         NETWORK,
     )
     return True
+
+
+def _slot_of_address(addr):
+    """The harness slot whose subnet holds the IPv4 `addr`, or None."""
+    parts = addr.split(".")
+    if parts[:2] == ["172", "31"] and 77 <= int(parts[2]) < 77 + SLOTS:
+        return int(parts[2]) - 77
+    return None
+
+
+def remove_stale_bridges():
+    """Delete kernel bridges that hold a slot's subnet but belong to no network
+    of the running dockerd.  dockerd leaves a network's bridge in the kernel
+    when it stops; if its data root is then removed (`./cmsalt test --cold`, a
+    wiped cache), the old bridge keeps the subnet's route while a new network
+    of the same subnet gets a second bridge: replies to the hosts leave by the
+    dead one and the hosts' connections (the apt proxy's) time out."""
+    ids = docker("network", "ls", "--no-trunc", "--format", "{{.ID}}", check=False).stdout.split()
+    ours = {f"br-{net_id[:12]}" for net_id in ids}
+    shown = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True
+    ).stdout
+    removed = []
+    for line in shown.splitlines():
+        fields = line.split()
+        dev, addr = fields[1], fields[3].partition("/")[0]
+        if dev.startswith("br-") and dev not in ours and _slot_of_address(addr) is not None:
+            subprocess.run(["ip", "link", "del", dev], check=False)
+            removed.append(dev)
+    return removed
 
 
 def remove_network(name=NETWORK):

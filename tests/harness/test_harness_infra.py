@@ -7,6 +7,9 @@ machine must survive.
 - nsd answers every query while zones are rewritten (a restart made the
   relays' resolver back off and time out later checks).
 - Slots: two processes get different slots, networks and host names.
+- A bridge left in the kernel by an earlier dockerd whose data root was
+  wiped (a cold run) is removed before the slot's network is used: it kept
+  the subnet's route and the hosts could not reach the apt proxy.
 """
 
 import json
@@ -20,8 +23,9 @@ import dns.query
 import dns.rdatatype
 import pytest
 
-from tests.harness import GATEWAY, NETWORK, REPO, SLOT, network_address, scoped
+from tests.harness import GATEWAY, NETWORK, PREFIX, REPO, SLOT, network_address, scoped
 from tests.harness import dns as hdns
+from tests.harness import network as hnetwork
 from tests.harness.docker import docker
 
 pytestmark = pytest.mark.hosts
@@ -98,3 +102,19 @@ def test_slot_names_and_network_are_this_processes_own():
         "network", "inspect", "--format", "{{(index .IPAM.Config 0).Gateway}}", NETWORK
     ).stdout.strip()
     assert subnet == GATEWAY
+
+
+def test_a_stale_bridge_holding_a_slot_address_is_removed():
+    network_address()
+    stale = f"br-stale-s{SLOT}"
+    subprocess.run(["ip", "link", "del", stale], capture_output=True)
+    subprocess.run(["ip", "link", "add", stale, "type", "bridge"], check=True)
+    try:
+        subprocess.run(["ip", "addr", "add", f"{PREFIX}.126/32", "dev", stale], check=True)
+        assert stale in hnetwork.remove_stale_bridges()
+        assert subprocess.run(["ip", "link", "show", stale], capture_output=True).returncode
+        net_id = docker("network", "inspect", "--format", "{{.Id}}", NETWORK).stdout.strip()
+        ours = subprocess.run(["ip", "link", "show", f"br-{net_id[:12]}"], capture_output=True)
+        assert ours.returncode == 0, "the slot's own bridge must stay"
+    finally:
+        subprocess.run(["ip", "link", "del", stale], capture_output=True)
