@@ -10,6 +10,7 @@ BENCHMARKS.md as it is.
 """
 
 import datetime
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,13 @@ def main(argv: list[str]) -> int:
     failed = 0
     for script in scripts:
         print(f"## {script.stem.removeprefix('bench_')}\n", flush=True)
-        proc = subprocess.run([sys.executable, str(script), *options], stdin=subprocess.DEVNULL)
+        # the scripts import the test harness (tests.harness) from the tree
+        path = os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))
+        proc = subprocess.run(
+            [sys.executable, str(script), *options],
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": path},
+        )
         if proc.returncode:
             print(f"\n(benchmark {script.name} failed with exit code {proc.returncode})")
             failed += 1
