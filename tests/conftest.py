@@ -8,9 +8,14 @@ in one worker, so its hosts are converged once, and each worker has its own
 harness slot (network, nsd, host names), so suites run side by side.  The
 suites that take longest are sent out first (SLOW), the quick ones fill in.
 
-At the end of a session that used the test-host harness, its slot is released:
-its hosts (unless kept), network and nsd are removed, and dockerd and the apt
-proxy stop once no other session and no kept host needs them.
+At the end of a session that imported the test-host harness, its slot is
+released: its hosts (unless kept), network and nsd are removed, and dockerd
+and the apt proxy stop once no other session and no kept host needs them.
+Importing the harness takes a slot, so a worker that imported it without
+booting anything holds a slot too and must release it like the others: the
+last worker out stops the daemons (when only the workers that booted hosts
+released, the last of them saw an idle worker's slot busy and left dockerd
+and the apt proxy running after the run).
 """
 
 import os
@@ -71,7 +76,7 @@ def pytest_xdist_make_scheduler(config, log):
 
 def pytest_sessionfinish(session, exitstatus):
     harness = sys.modules.get("tests.harness")
-    if harness is not None and harness.used():
+    if harness is not None:
         harness.release(keep=any(os.environ.get(var) == "1" for var in KEEP_VARS))
 
 

@@ -248,11 +248,6 @@ def building_dovecot():
     return bool(ps.stdout.strip())
 
 
-def used():
-    """True once this process set up the harness (ensure_infra ran)."""
-    return _ensured
-
-
 def network_address():
     """This slot's gateway address once its network exists: servers of the
     harness (push gateway, mail sink, ACME stand-in, salt master) bind to it."""
