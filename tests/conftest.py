@@ -44,6 +44,7 @@ SLOW = [
     "tests/hosts/test_tls_ca.py",
     "tests/hosts/test_acme.py",
     "tests/hosts/test_dcaccount.py",
+    "tests/hosts/test_ip_relay.py",
     "tests/hosts/test_migrate.py",
     "tests/fleet/test_salt_ssh.py",
     "tests/hosts/test_domain_removal.py",

@@ -1,4 +1,5 @@
-"""Harness pieces that need no docker: salt output parsing, zone text, mirror detection."""
+"""Harness pieces that need no docker: salt output parsing, zone text, mirror detection,
+chatmail/relay's suite (skip list, outcome check, missing source)."""
 
 import json
 import shutil
@@ -68,3 +69,41 @@ def test_zone_text_is_a_valid_zone(tmp_path):
     path = tmp_path / "chat1.test.zone"
     path.write_text(text)
     subprocess.run(["nsd-checkzone", "chat1.test", str(path)], check=True, capture_output=True)
+
+
+def test_refsuite_skip_list_matches_parametrized_and_class_members():
+    from tests.harness import refsuite
+
+    assert refsuite.skip_reason("test_1_basic.py::TestSSHExecutor::test_ls")
+    assert refsuite.skip_reason("test_1_basic.py::test_rewrite_subject")
+    assert refsuite.skip_reason("test_1_basic.py::test_rewrite_subject_x") is None
+    assert refsuite.skip_reason("test_0_login.py::test_no_vrfy") is None
+    run = refsuite.Run(
+        outcomes={
+            "test_0_login.py::test_no_vrfy": "passed",
+            "test_0_login.py::test_login_same_password[imap]": "failed",
+            "test_1_basic.py::TestSSHExecutor::test_ls": "skipped",
+            "test_1_basic.py::test_deployed_state": "passed",
+            "test_1_basic.py::test_remote[smtp]": "skipped",
+        },
+        reasons={},
+        output="",
+        seconds=0,
+    )
+    # a failure, a listed test that ran, an unlisted test that skipped itself
+    assert run.unexpected() == {
+        "test_0_login.py::test_login_same_password[imap]": "failed",
+        "test_1_basic.py::test_deployed_state": "passed",
+        "test_1_basic.py::test_remote[smtp]": "skipped",
+    }
+
+
+def test_refsuite_unavailable_without_the_source(monkeypatch, tmp_path):
+    from tests.harness import refsuite
+
+    monkeypatch.setenv("CMSALT_REFERENCE_REPO", str(tmp_path / "missing"))
+    assert "CMSALT_REFERENCE_REPO" in refsuite.unavailable()
+    empty = tmp_path / "empty.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(empty)], check=True)
+    monkeypatch.setenv("CMSALT_REFERENCE_REPO", str(empty))
+    assert refsuite.COMMIT[:12] in refsuite.unavailable()

@@ -2,20 +2,31 @@
 name is that address (what `./cmsalt up --domain <IPv4>` makes): the package
 installation must not depend on the host name (Postfix's own configuration
 refuses a numeric myhostname, see salt/chatmail/postfix/package.sls), the
-relay converges, a second highstate changes nothing, and the real Delta Chat
-core logs in with the `dclogin:` URL that /new hands out.
+relay converges, a second highstate changes nothing, the real Delta Chat
+core logs in with the `dclogin:` URL that /new hands out, and VRFY reveals
+nothing.
 
-CMSALT_KEEP_HOSTS=1 keeps both hosts, CMSALT_REUSE_HOSTS=1 re-converges them.
+chatmail/relay's own online test suite runs against this relay, with a second
+IP-only relay converged beside it for its two-relay tests, where its source is
+at hand (tests/harness/refsuite, docs/compat.md); elsewhere that test is
+skipped and the second relay is not booted.
+
+CMSALT_KEEP_HOSTS=1 keeps the hosts, CMSALT_REUSE_HOSTS=1 re-converges them.
 """
 
+import imaplib
 import json
 import os
+import secrets
+import smtplib
+import ssl
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.harness import deltachat, hosts
+from tests.harness import deltachat, hosts, refsuite
 from tests.saltopts import write_pillar_tree
 
 pytestmark = pytest.mark.hosts
@@ -23,23 +34,54 @@ pytestmark = pytest.mark.hosts
 REUSE = os.environ.get("CMSALT_REUSE_HOSTS") == "1"
 KEEP = os.environ.get("CMSALT_KEEP_HOSTS") == "1" or REUSE
 RELAY_NAME = "cmsalt-iprelay"
+RELAY2_NAME = "cmsalt-iprelay2"
 CLIENT_NAME = "cmsalt-iprelay-client"
 
 
+# chatmail/relay's online suite (test_reference_suite) comes from the CI
+# machine, one client address for all its connections and logins.
+LIMITS = {
+    "smtp_connection_rate_per_minute": 100000,
+    "smtp_max_connections_per_client": 1000,
+    "imap_login_rate_per_minute": 100000,
+}
+REF_UNAVAILABLE = refsuite.unavailable()
+
+
 @pytest.fixture(scope="module")
-def relay_and_first(harness):
-    """The IP-only relay after its first highstate (and that highstate's result)."""
+def relays_and_first(harness):
+    """The IP-only relay and, when chatmail/relay's suite can run here, a second
+    one for its two-relay tests: [(host, first highstate result)], converged in
+    parallel while the suite's venv is prepared (a future, or None)."""
+    names = [RELAY_NAME] + ([RELAY2_NAME] if REF_UNAVAILABLE is None else [])
+    booted = []
     with tempfile.TemporaryDirectory(prefix="cmsalt-iprelay-") as tmp:
-        ip = hosts.free_ip()
-        pillar = write_pillar_tree(
-            Path(tmp) / "pillar", {"params": {"max_load_1m": 1000}, "domains": {ip: {}}}
-        )
-        host = hosts.boot(RELAY_NAME, ip, ip=ip, pillar_dir=pillar, keep=KEEP, reuse=REUSE)
         try:
-            yield host, hosts.converge(host)
+            for name in names:
+                ip = hosts.free_ip()
+                pillar = write_pillar_tree(
+                    Path(tmp) / name,
+                    {"params": {"max_load_1m": 1000}, "limits": LIMITS, "domains": {ip: {}}},
+                )
+                booted.append(
+                    hosts.boot(name, ip, ip=ip, pillar_dir=pillar, keep=KEEP, reuse=REUSE)
+                )
+            with ThreadPoolExecutor(max_workers=len(booted) + 1) as pool:
+                prepared = pool.submit(refsuite.prepare) if REF_UNAVAILABLE is None else None
+                firsts = list(pool.map(hosts.converge, booted))
+                if prepared is not None:
+                    prepared.exception()  # wait; test_reference_suite reports a failure
+            yield list(zip(booted, firsts, strict=True)), prepared
         finally:
             if not KEEP:
-                hosts.destroy(host)
+                for host in booted:
+                    hosts.destroy(host)
+
+
+@pytest.fixture(scope="module")
+def relay_and_first(relays_and_first):
+    """The IP-only relay after its first highstate (and that highstate's result)."""
+    return relays_and_first[0][0]
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +153,54 @@ def test_delta_chat_logs_in_with_dclogin(dc, client, relay):
     assert acc.get_config("configured_addr") == addr
     password = f"/home/vmail/mail/{relay.ip}/{addr}/password"
     assert relay.exec("test", "-s", password, check=False).returncode == 0
+
+
+def test_vrfy_reveals_nothing(relay):
+    """VRFY on port 25 answers 252 2.0.0 for an account, an unknown address
+    and a bare name alike (chatmail/relay's answer): the argument is never
+    looked up (mx_command_filter, mx_relay_restrictions)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    existing = f"vrfy{secrets.token_hex(3)[:5]}@[{relay.ip}]"  # 9 characters
+    imap = imaplib.IMAP4_SSL(relay.ip, ssl_context=ctx, timeout=30)
+    imap.login(existing, secrets.token_hex(8))  # the first login makes the account
+    imap.logout()
+    unknown = f"nosu{secrets.token_hex(3)[:5]}@[{relay.ip}]"
+    with smtplib.SMTP(relay.ip, 25, local_hostname="client.test", timeout=30) as smtp:
+        smtp.starttls(context=ctx)
+        replies = [smtp.verify(arg) for arg in (existing, unknown, "wrongaddress", "echo")]
+    assert {code for code, _text in replies} == {252}, replies
+    assert len({text for _code, text in replies}) == 1, replies
+    assert replies[0][1].startswith(b"2.0.0 "), replies
+
+
+@pytest.fixture(scope="module")
+def relay2(relays_and_first):
+    """The second IP-only relay (only where chatmail/relay's suite can run)."""
+    if len(relays_and_first[0]) < 2:
+        pytest.skip(REF_UNAVAILABLE)
+    host, first = relays_and_first[0][1]
+    if not first.ok:
+        pytest.fail("second IP-only relay highstate failed:\n" + first.summary(), pytrace=False)
+    return host
+
+
+@pytest.mark.skipif(REF_UNAVAILABLE is not None, reason=str(REF_UNAVAILABLE))
+def test_reference_suite(relays_and_first, relay, relay2, tmp_path):
+    """chatmail/relay's own online tests (tests/harness/refsuite) against this
+    relay, with relay2 as CHATMAIL_DOMAIN2 and ssh to the relay: every test
+    passes except those of refsuite.SKIPS, skipped with their reason."""
+    root = relays_and_first[1].result()
+    ssh_bindir = refsuite.ssh_access(relay, tmp_path / "ssh")
+    ini = refsuite.write_ini(tmp_path / "chatmail.ini", relay.ip)
+    result = refsuite.run(root, ini, domain2=relay2.ip, ssh_bindir=ssh_bindir, ssh_host=relay.ip)
+    print(result.output)
+    print(f"chatmail/relay's suite took {result.seconds:.0f} s")
+    assert result.outcomes, result.output[-6000:]
+    assert not result.unexpected(), (result.unexpected(), result.output[-20000:])
+    # every listed test exists in the suite at refsuite.COMMIT
+    assert all(
+        any(n == k or n.startswith((k + "[", k + "::")) for n in result.outcomes)
+        for k in refsuite.SKIPS
+    ), sorted(result.outcomes)

@@ -476,6 +476,24 @@ def test_port25_accepts_an_account_in_any_case(relay):
         assert code == 250, (rcpt, code, text)
 
 
+def test_vrfy_answers_252_for_any_address(relay):
+    """VRFY reveals nothing (chatmail/relay's answer): the same 252 2.0.0 for an
+    account, an unknown address and a bare name.  mx_command_filter replaces
+    the argument with a stand-in that the port-25 restrictions permit; no RCPT
+    can name that stand-in (it would pass the recipient checks)."""
+    account, password = new_credentials()
+    imap_login(relay.ip, account, password).logout()
+    unknown, _ = new_credentials()
+    with smtplib.SMTP(relay.ip, 25, local_hostname="mx.example.org", timeout=30) as smtp:
+        smtp.starttls(context=tls_context())
+        replies = [smtp.verify(arg) for arg in (account, unknown, "wrongaddress")]
+    assert {code for code, _text in replies} == {252}, replies
+    assert len({text for _code, text in replies}) == 1, replies
+    assert replies[0][1].startswith(b"2.0.0 "), replies
+    code, text = mx_rcpt(relay.ip, "not-verified+any@vrfy.invalid")
+    assert code == 501 and b"5.1.3" in text, (code, text)
+
+
 def test_no_sub_addressing_in_postfix_and_dovecot(relay):
     assert relay.exec("postconf", "-h", "recipient_delimiter").stdout.strip() == ""
     assert relay.exec("doveconf", "-h", "recipient_delimiter").stdout.strip() == ""

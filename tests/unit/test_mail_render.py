@@ -269,11 +269,21 @@ RCPT_REFUSED = [
     "RCPT TO:<victim1234@@chat.example.org>",
     "RCPT TO:<victim\u00e9@chat.example.org>",
     "RCPT TO:<>",
+    "RCPT TO:<not-verified+any@vrfy.invalid>",  # the VRFY stand-in (below)
+]
+# VRFY lines: every argument becomes one fixed address that the port-25
+# restrictions permit first, so an existing account and any other address get
+# the same "252 2.0.0" (the host tests check the replies).
+VRFY_LINES = [
+    "VRFY victim1234@chat.example.org",
+    "vrfy <victim1234@[192.0.2.7]>",
+    "VRFY wrongaddress",
+    "VRFY echo",
 ]
 
 
 @pytest.mark.skipif(not shutil.which("postmap"), reason="postfix (postmap) not installed")
-@pytest.mark.parametrize("line", RCPT_PASSES + RCPT_REFUSED)
+@pytest.mark.parametrize("line", RCPT_PASSES + RCPT_REFUSED + VRFY_LINES)
 def test_mx_command_filter(example, tmp_path, line):
     """postfix's own regexp engine (postmap -q) on the rendered table."""
     table = tmp_path / "mx_command_filter"
@@ -288,6 +298,8 @@ def test_mx_command_filter(example, tmp_path, line):
     assert "warning" not in proc.stderr and "fatal" not in proc.stderr, proc.stderr
     if line in RCPT_PASSES:
         assert proc.returncode == 1 and proc.stdout == "", proc.stdout
+    elif line in VRFY_LINES:
+        assert proc.stdout.strip() == "VRFY <not-verified+any@vrfy.invalid>", proc
     else:
         assert proc.returncode == 0 and proc.stdout.strip() == "RCPT TO:<@>", proc
 
@@ -297,8 +309,15 @@ def test_port25_checks_recipients_and_no_sub_addressing(example, certs):
     main = cf(files["/etc/postfix/main.cf"])
     assert main["recipient_delimiter"] == ""
     assert main["allow_percent_hack"] == "no" and main["swap_bangpath"] == "no"
-    assert main["mx_recipient_restrictions"] == "check_policy_service unix:private/quota-status"
+    # the VRFY stand-in of mx_command_filter is permitted before any lookup
+    vrfy = "check_recipient_access inline:{not-verified+any@vrfy.invalid=OK}"
+    assert main["mx_vrfy_access"] == vrfy
+    assert main["mx_relay_restrictions"] == "$mx_vrfy_access, reject_unauth_destination"
+    assert main["mx_recipient_restrictions"] == (
+        "$mx_vrfy_access, check_policy_service unix:private/quota-status"
+    )
     svc = master_services(files["/etc/postfix/master.cf"])
+    assert "smtpd_relay_restrictions=$mx_relay_restrictions" in svc["smtp/inet"]
     for name in ("smtp/inet", "reinject_incoming/unix"):
         assert "smtpd_command_filter=regexp:/etc/postfix/mx_command_filter" in svc[name]
     assert "smtpd_recipient_restrictions=$mx_recipient_restrictions" in svc["smtp/inet"]
