@@ -2,8 +2,12 @@
 name is that address (what `./cmsalt up --domain <IPv4>` makes): the package
 installation must not depend on the host name (Postfix's own configuration
 refuses a numeric myhostname, see salt/chatmail/postfix/package.sls), the
-relay converges, a second highstate changes nothing, and the real Delta Chat
-core logs in with the `dclogin:` URL that /new hands out.
+relay converges, a second highstate changes nothing, the real Delta Chat
+core logs in with the `dclogin:` URL that /new hands out, and two such
+accounts chat end-to-end encrypted after a secure join.  Its web pages are
+checked in headless Chromium: the QR code that "Create account" shows,
+decoded from a screenshot, is the link the page shows, and Delta Chat logs
+in with what was decoded.
 
 CMSALT_KEEP_HOSTS=1 keeps both hosts, CMSALT_REUSE_HOSTS=1 re-converges them.
 """
@@ -15,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import deltachat, hosts
+from tests.acceptance.test_deltachat import DC_TIMEOUT, chat_both_ways
+from tests.harness import browser, deltachat, hosts
 from tests.saltopts import write_pillar_tree
 
 pytestmark = pytest.mark.hosts
@@ -111,3 +116,45 @@ def test_delta_chat_logs_in_with_dclogin(dc, client, relay):
     assert acc.get_config("configured_addr") == addr
     password = f"/home/vmail/mail/{relay.ip}/{addr}/password"
     assert relay.exec("test", "-s", password, check=False).returncode == 0
+
+
+def dclogin_account(dc, client, ip):
+    """A Delta Chat account set up from the dclogin: URL of a fresh /new account."""
+    data = new_account(client, ip)
+    acc = dc.add_account()
+    acc.add_transport_from_qr(data["dclogin_url"])
+    assert acc.get_config("configured_addr") == data["email"]
+    return acc
+
+
+@DC_TIMEOUT
+def test_two_delta_chat_accounts_chat_encrypted(dc, client, relay):
+    """Two accounts of the IP-only relay: secure join, then a message each
+    way, both shown with the padlock (end-to-end encrypted), no error events."""
+    chat_both_ways(dclogin_account(dc, client, relay.ip), dclogin_account(dc, client, relay.ip))
+
+
+PAGES = {"index": "/", "info": "/info.html", "privacy": "/privacy.html"}
+
+
+@DC_TIMEOUT
+def test_pages_and_account_qr_in_a_browser(relay, dc, tmp_path):
+    missing = browser.missing_tools()
+    if missing:
+        pytest.fail(f"apt-get install {' '.join(missing)} (./cmsalt installs them)")
+    with browser.browser() as web:
+        for page, path in PAGES.items():
+            cap = web.capture(f"https://{relay.ip}{path}", probes={"bg": browser.STYLED})
+            (tmp_path / f"{page}.png").write_bytes(cap.png)
+            assert cap.values["bg"] == browser.STYLED_VALUE, page
+            assert f"[{relay.ip}]" in cap.html, page
+            assert browser.decode_qr(cap.png) == [], page
+        cap = browser.create_account(web, f"https://{relay.ip}/")
+    (tmp_path / "account.png").write_bytes(cap.png)
+    assert cap.error == "" and cap.link.startswith("dclogin:"), cap.error
+    [scanned] = browser.decode_qr(cap.png)
+    assert scanned == cap.link
+    # the phone's side: Delta Chat logs in with what it scanned
+    acc = dc.add_account()
+    acc.add_transport_from_qr(scanned)
+    assert acc.get_config("configured_addr").endswith(f"@[{relay.ip}]")
