@@ -15,7 +15,9 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import shutil
+import signal
 import struct
 import subprocess
 import tempfile
@@ -151,8 +153,14 @@ class Browser:
             rules = ",".join(f"MAP {name} {ip}" for name, ip in resolve.items())
             argv.append(f"--host-resolver-rules={rules}")
         argv.append("about:blank")
+        # its own process group: Debian's /usr/bin/chromium* are shell scripts
+        # running the browser as a child, which outlives a terminated script
         self.proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
         self.port = self._devtools_port()
 
@@ -169,14 +177,26 @@ class Browser:
             time.sleep(0.1)
         raise TimeoutError(f"chromium wrote no {marker} in {timeout} s")
 
+    def _group_alive(self):
+        try:
+            os.killpg(self.proc.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """End the browser and every process it started (its process group)."""
+        for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
+            if not self._group_alive():
+                break
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+            deadline = time.monotonic() + grace
+            while self._group_alive() and time.monotonic() < deadline:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=0.2)
+        self.proc.wait()
+        self.proc.stderr.close()
         shutil.rmtree(self.profile, ignore_errors=True)
 
     def __enter__(self):
