@@ -3,8 +3,11 @@ name is that address (what `./cmsalt up --domain <IPv4>` makes): the package
 installation must not depend on the host name (Postfix's own configuration
 refuses a numeric myhostname, see salt/chatmail/postfix/package.sls), the
 relay converges, a second highstate changes nothing, the real Delta Chat
-core logs in with the `dclogin:` URL that /new hands out, and VRFY reveals
-nothing.
+core logs in with the `dclogin:` URL that /new hands out, two such accounts
+chat end-to-end encrypted after a secure join, and VRFY reveals nothing.  Its
+web pages are checked in headless Chromium: the QR code that "Create
+account" shows, decoded from a screenshot, is the link the page shows, and
+Delta Chat logs in with what was decoded.
 
 chatmail/relay's own online test suite runs against this relay, with a second
 IP-only relay converged beside it for its two-relay tests, where its source is
@@ -26,7 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import deltachat, hosts, refsuite
+from tests.acceptance.test_deltachat import DC_TIMEOUT, chat_both_ways
+from tests.harness import browser, deltachat, hosts, refsuite
 from tests.saltopts import write_pillar_tree
 
 pytestmark = pytest.mark.hosts
@@ -204,3 +208,45 @@ def test_reference_suite(relays_and_first, relay, relay2, tmp_path):
         any(n == k or n.startswith((k + "[", k + "::")) for n in result.outcomes)
         for k in refsuite.SKIPS
     ), sorted(result.outcomes)
+
+
+def dclogin_account(dc, client, ip):
+    """A Delta Chat account set up from the dclogin: URL of a fresh /new account."""
+    data = new_account(client, ip)
+    acc = dc.add_account()
+    acc.add_transport_from_qr(data["dclogin_url"])
+    assert acc.get_config("configured_addr") == data["email"]
+    return acc
+
+
+@DC_TIMEOUT
+def test_two_delta_chat_accounts_chat_encrypted(dc, client, relay):
+    """Two accounts of the IP-only relay: secure join, then a message each
+    way, both shown with the padlock (end-to-end encrypted), no error events."""
+    chat_both_ways(dclogin_account(dc, client, relay.ip), dclogin_account(dc, client, relay.ip))
+
+
+PAGES = {"index": "/", "info": "/info.html", "privacy": "/privacy.html"}
+
+
+@DC_TIMEOUT
+def test_pages_and_account_qr_in_a_browser(relay, dc, tmp_path):
+    missing = browser.missing_tools()
+    if missing:
+        pytest.fail(f"apt-get install {' '.join(missing)} (./cmsalt installs them)")
+    with browser.browser() as web:
+        for page, path in PAGES.items():
+            cap = web.capture(f"https://{relay.ip}{path}", probes={"bg": browser.STYLED})
+            (tmp_path / f"{page}.png").write_bytes(cap.png)
+            assert cap.values["bg"] == browser.STYLED_VALUE, page
+            assert f"[{relay.ip}]" in cap.html, page
+            assert browser.decode_qr(cap.png) == [], page
+        cap = browser.create_account(web, f"https://{relay.ip}/")
+    (tmp_path / "account.png").write_bytes(cap.png)
+    assert cap.error == "" and cap.link.startswith("dclogin:"), cap.error
+    [scanned] = browser.decode_qr(cap.png)
+    assert scanned == cap.link
+    # the phone's side: Delta Chat logs in with what it scanned
+    acc = dc.add_account()
+    acc.add_transport_from_qr(scanned)
+    assert acc.get_config("configured_addr").endswith(f"@[{relay.ip}]")

@@ -375,6 +375,17 @@ def test_www_folder_in_the_vhost(render, cc, defaults, tmp_path):
         assert vhost.count(" root ") == 1, folder
 
 
+def _args(state):
+    """The arguments of a state.show_sls entry as one dict (requisites as
+    lists of {module: id})."""
+    [(_module, body)] = [(k, v) for k, v in state.items() if not k.startswith("__")]
+    args = {}
+    for item in body:
+        if isinstance(item, dict):
+            args.update(item)
+    return args
+
+
 def test_www_folder_states(salt_env, example):
     pillar = json.loads(json.dumps(example))
     domains = pillar["chatmail"]["domains"]
@@ -382,8 +393,37 @@ def test_www_folder_states(salt_env, example):
     domains["_test.example.org"]["www_folder"] = "disabled"
     proc = salt_env("state.show_sls", "chatmail.nginx", pillar_data=pillar)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ids = set(json.loads(proc.stdout)["local"])
+    states = json.loads(proc.stdout)["local"]
+    ids = set(states)
     assert "chatmail-nginx-chat.example.org-www-folder-recursed" in ids
     assert "chatmail-nginx-chat.example.org-index-page-file-managed" not in ids
-    assert "chatmail-nginx-_test.example.org-index-page-file-absent" in ids
+    assert "chatmail-nginx-_test.example.org-index-page-file-managed" not in ids
     assert "chatmail-nginx-_test.example.org-autoconfig-file-managed" in ids
+    # switching www_folder leaves nothing of the earlier mode behind: a
+    # cleaning web-root state keeps only what the current mode manages
+    # (salt's file.directory clean keeps the files of required file states,
+    # those a required file.recurse copies included) and the QR code
+    for domain, kept in (
+        ("chat.example.org", ["www-folder-recursed", "autoconfig-file-managed"]),
+        ("_test.example.org", ["autoconfig-file-managed"]),
+    ):
+        args = _args(states[f"chatmail-nginx-{domain}-www-cleaned"])
+        assert args["name"] == f"/var/www/chatmail/{domain}" and args["clean"] is True
+        assert args["exclude_pat"] == r"E@^qr-chatmail-invite\.svg$"
+        required = {r["file"] for r in args["require"]}
+        assert {f"chatmail-nginx-{domain}-{k}" for k in kept} | {
+            f"chatmail-nginx-{domain}-mta-sts-file-managed"
+        } == required, domain
+
+
+def test_generated_pages_keep_their_assets(salt_env, example):
+    proc = salt_env("state.show_sls", "chatmail.nginx", pillar_data=example)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    states = json.loads(proc.stdout)["local"]
+    domain = "chat.example.org"
+    required = {r["file"] for r in _args(states[f"chatmail-nginx-{domain}-www-cleaned"])["require"]}
+    pages = {f"chatmail-nginx-{domain}-{p}-page-file-managed" for p in ("index", "info", "privacy")}
+    assets = {f"chatmail-nginx-{domain}-{a}-file-managed" for a in ("chatmail.css", "qr.js")}
+    assert pages | assets <= required
+    for sid in assets:
+        assert _args(states[sid])["source"].startswith("salt://chatmail/nginx/files/")

@@ -75,11 +75,15 @@ chatmail-nginx-{{ domain }}-www-directory:
     - mode: "0755"
     - makedirs: true
 
-{#-   www_folder (d.www.mode): the generated pages, none (disabled), the
-      operator's salt:// directory copied over the web root, or a host
-      directory the vhost serves instead (path; the generated pages go). #}
-{%-   for page in ['index', 'info', 'privacy'] %}
-{%-     if d.www.mode == 'generated' %}
+{#-   www_folder (d.www.mode): the generated pages (with their style sheet
+      and QR code script), none (disabled), the operator's salt:// directory
+      copied over the web root, or a host directory the vhost serves instead
+      (path).  Whatever an earlier mode left in the web root goes (see the
+      www-cleaned state below). #}
+{%-   set kept = [] %}
+{%-   if d.www.mode == 'generated' %}
+{%-     for page in ['index', 'info', 'privacy'] %}
+{%-       do kept.append('chatmail-nginx-' ~ domain ~ '-' ~ page ~ '-page-file-managed') %}
 
 chatmail-nginx-{{ domain }}-{{ page }}-page-file-managed:
   file.managed:
@@ -93,17 +97,22 @@ chatmail-nginx-{{ domain }}-{{ page }}-page-file-managed:
         page: {{ page }}
     - require:
       - file: chatmail-nginx-{{ domain }}-www-directory
-{%-     elif d.www.mode in ('disabled', 'path') %}
+{%-     endfor %}
+{%-     for asset in ['chatmail.css', 'qr.js'] %}
+{%-       do kept.append('chatmail-nginx-' ~ domain ~ '-' ~ asset ~ '-file-managed') %}
 
-chatmail-nginx-{{ domain }}-{{ page }}-page-file-absent:
-  file.absent:
-    - name: {{ www }}/{{ domain }}/{{ page }}.html
-{%-     endif %}
-{%-   endfor %}
-{%-   if d.www.mode == 'salt' %}
+chatmail-nginx-{{ domain }}-{{ asset }}-file-managed:
+  file.managed:
+    - name: {{ www }}/{{ domain }}/{{ asset }}
+    - source: salt://{{ tpldir }}/files/{{ asset }}
+    - mode: "0644"
+    - require:
+      - file: chatmail-nginx-{{ domain }}-www-directory
+{%-     endfor %}
+{%-   elif d.www.mode == 'salt' %}
+{%-     do kept.append('chatmail-nginx-' ~ domain ~ '-www-folder-recursed') %}
 
-{#-   the operator's files overwrite the generated ones of the same name;
-      others (autoconfig, MTA-STS, QR code) stay (clean: false) #}
+{#-   the operator's files; generated files of the same name are replaced #}
 chatmail-nginx-{{ domain }}-www-folder-recursed:
   file.recurse:
     - name: {{ www }}/{{ domain }}
@@ -115,6 +124,7 @@ chatmail-nginx-{{ domain }}-www-folder-recursed:
     - require:
       - file: chatmail-nginx-{{ domain }}-www-directory
 {%-   endif %}
+{%-   do kept.append('chatmail-nginx-' ~ domain ~ '-autoconfig-file-managed') %}
 
 chatmail-nginx-{{ domain }}-autoconfig-file-managed:
   file.managed:
@@ -128,6 +138,7 @@ chatmail-nginx-{{ domain }}-autoconfig-file-managed:
     - require:
       - file: chatmail-nginx-{{ domain }}-www-directory
 {%-   if not d.is_ip %}
+{%-     do kept.append('chatmail-nginx-' ~ domain ~ '-mta-sts-file-managed') %}
 
 chatmail-nginx-{{ domain }}-mta-sts-file-managed:
   file.managed:
@@ -153,6 +164,21 @@ chatmail-nginx-{{ domain }}-qr-cmd-run:
       - pkg: chatmail-nginx-pkgs-installed
       - file: chatmail-nginx-{{ domain }}-www-directory
 {%-   endif %}
+
+{#-   The web root holds only what this run manages (the states in `kept`)
+      and the QR code (made once by qrencode): a page of an earlier
+      www_folder mode, or a file since removed from the operator's salt://
+      folder, goes.  Files written by hand into the web root go too: use
+      www_folder for your own files. #}
+chatmail-nginx-{{ domain }}-www-cleaned:
+  file.directory:
+    - name: {{ www }}/{{ domain }}
+    - clean: true
+    - exclude_pat: 'E@^qr-chatmail-invite\.svg$'
+    - require:
+{%-   for sid in kept %}
+      - file: {{ sid }}
+{%-   endfor %}
 {%- endfor %}
 
 {#- A domain removed from the pillar loses its vhost and its web directory
