@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from _modules.chatmail_status import UNITS
+from _modules.chatmail_status import OPTIONAL_UNITS, UNITS
 from tests.harness import GATEWAY, hosts
 from tests.harness.__main__ import new_account
 from tests.harness.docker import env as docker_env
@@ -26,8 +26,10 @@ from .conftest import DOMAINS
 
 REPO = Path(__file__).resolve().parents[2]
 ENCRYPTED_EML = REPO / "chatmaild" / "tests" / "mail-data" / "encrypted.eml"
-# the chatmail units: the one list, also used by chatmail_status.report
-SERVICES = list(UNITS)
+# the chatmail units: the one list, also used by chatmail_status.report; the
+# shared relay has both optional components on (TURN by default, the echobot
+# in tests/hosts/pillar)
+SERVICES = [*UNITS, *OPTIONAL_UNITS]
 PORTS = [25, 80, 143, 443, 465, 587, 993]
 DOMAIN = DOMAINS[0]
 
