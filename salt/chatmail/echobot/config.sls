@@ -36,6 +36,8 @@ chatmail-echobot-account-{{ domain }}-present:
   cmd.run:
     - name: {{ localaccount }} {{ paths.ini }} '{{ addr }}' < {{ secret }}
     - unless: {{ localaccount }} --check {{ paths.ini }} '{{ addr }}' < {{ secret }}
+    # the mailboxes' owner may not enter root's home
+    - cwd: /
     - require:
       - cmd: chatmail-echobot-password-{{ domain }}-generated
       - chatmail_venv: chatmail-chatmaild-venv-installed
