@@ -11,7 +11,7 @@ import pytest
 from tests.harness import deltachat
 
 from .conftest import DOMAINS, KEEP, REUSE
-from .test_relay import new_credentials
+from .test_relay import https_get, new_credentials
 
 # an event that never comes fails the test in minutes, not at the suite's 900 s
 pytestmark = [pytest.mark.hosts, pytest.mark.timeout(300)]
@@ -94,8 +94,11 @@ def test_account_and_password(relay, domain):
     stored = f"{MAILBOXES}/{domain}/{addr}/password"
     assert relay.exec("stat", "-c", "%U %a", stored).stdout.split() == ["vmail", "600"]
     assert relay.exec("cat", stored).stdout.startswith("{SHA512-CRYPT}$6$")
-    # its invite link: what a user opens or scans to reach the bot encrypted
-    assert invite(relay, domain).startswith(("https://i.delta.chat/#", "OPENPGP4FPR:"))
+    # its invite link: what a user opens or scans to reach the bot encrypted,
+    # also on the domain's web server
+    link = invite(relay, domain)
+    assert link.startswith(("https://i.delta.chat/#", "OPENPGP4FPR:")), link
+    assert https_get(relay.ip, domain, "/echobot.txt") == (200, link + "\n")
 
 
 def test_echo_comes_back_encrypted(dc, relay):

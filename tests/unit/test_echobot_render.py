@@ -80,3 +80,18 @@ def test_unit_is_sandboxed(render, cc, defaults, example_pillar):  # noqa: F811
         assert want in lines, want
     (exec_start,) = [line for line in lines if line.startswith("ExecStart=")]
     assert exec_start.endswith(" echo@_test.example.org echo@chat.example.org")
+
+
+def test_vhost_serves_the_invite_link_of_its_bot(render, cc, defaults, example_pillar):  # noqa: F811
+    def vhost(echobot, domain):
+        cmap = cc.build(defaults, {}, {**example_pillar, "echobot": echobot})
+        return render(
+            "chatmail/nginx/files/vhost.conf.jinja", chatmail=cmap, domain=domain, https=True
+        )
+
+    want = "alias /run/chatmail-echobot/chat.example.org.txt;"
+    assert want in vhost({"enabled": True}, "chat.example.org")
+    assert "echobot" not in vhost({"enabled": False}, "chat.example.org")
+    only_test = {"enabled": True, "domains": ["_test.example.org"]}
+    assert "echobot" not in vhost(only_test, "chat.example.org")
+    assert "/run/chatmail-echobot/_test.example.org.txt" in vhost(only_test, "_test.example.org")

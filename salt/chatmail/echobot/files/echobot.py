@@ -69,8 +69,14 @@ def setup_account(dc, addr, password):
     else:
         account = dc.add_account()
         log.info("%s: new account", addr)
-    account.set_config("bot", "1")
-    account.set_config("displayname", "Echo")
+    account.update_config(
+        bot="1",
+        displayname="Echo",
+        # no read receipts: an echo is answer enough
+        mdns_enabled="0",
+        # keep a day of messages (and echoed files) in /var/lib/echobot
+        delete_device_after="86400",
+    )
     # also when configured: the password may have been reset
     account.add_transport_from_qr(login_url(addr, password))
     return account
