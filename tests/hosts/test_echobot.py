@@ -4,6 +4,7 @@ Delta Chat client (the core in a bare client host) that joins the bot by its
 invite link, writes to echo@<domain> and gets its message back, encrypted."""
 
 import os
+import re
 import urllib.parse
 
 import pytest
@@ -74,6 +75,10 @@ def test_unit_runs_sandboxed(relay):
         "ProtectHome": "yes",
         "CapabilityBoundingSet": "",
     }, props
+    # systemd's own rating, as the chatmaild units (test_relay.py)
+    out = relay.exec("systemd-analyze", "security", "--no-pager", UNIT).stdout
+    score = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out).group(1))
+    assert score <= 2.0, out[-2000:]
     # the core runs as the bot's user
     pids = relay.exec("pgrep", "-u", "echobot", "-f", "deltachat-rpc-server", check=False)
     assert pids.stdout.split(), "no deltachat-rpc-server running as echobot"
