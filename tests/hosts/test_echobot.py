@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.hosts, pytest.mark.timeout(300)]
 
 UNIT = "chatmail-echobot"
 CLIENT_NAME = "cmsalt-echobot-client"
-SECRETS = "/etc/chatmail/secrets"
+PASSWORDS = "/etc/chatmail/echobot"
 MAILBOXES = "/home/vmail/mail"
 
 
@@ -87,14 +87,14 @@ def test_unit_runs_sandboxed(relay):
 @pytest.mark.parametrize("domain", DOMAINS)
 def test_account_and_password(relay, domain):
     addr = f"echo@{domain}"
-    # the password: generated on the host, root only, handed to the unit alone
-    secret = f"{SECRETS}/echobot.{domain}"
-    assert relay.exec("stat", "-c", "%U:%G %a", secret).stdout.split() == ["root:root", "600"]
+    # the password: generated on the host, for root and the bot's group only
+    assert relay.exec("stat", "-c", "%U:%G %a", PASSWORDS).stdout.split() == ["root:echobot", "750"]
+    secret = f"{PASSWORDS}/{domain}"
+    assert relay.exec("stat", "-c", "%U:%G %a", secret).stdout.split() == ["root:echobot", "640"]
     password = relay.exec("cat", secret).stdout.strip()
     assert len(password) == 48
-    unit = relay.exec("systemctl", "cat", UNIT).stdout
-    assert password not in unit
-    assert f"LoadCredential=echobot.{domain}:{secret}" in unit
+    assert password not in relay.exec("systemctl", "cat", UNIT).stdout
+    assert password not in relay.exec("ps", "-eo", "args").stdout
     # an ordinary account: a password hash in its mailbox, owned by vmail
     stored = f"{MAILBOXES}/{domain}/{addr}/password"
     assert relay.exec("stat", "-c", "%U %a", stored).stdout.split() == ["vmail", "600"]

@@ -38,7 +38,7 @@ def test_on_every_domain(salt_env, example):  # noqa: F811
         name = next(arg["name"] for arg in account if isinstance(arg, dict) and "name" in arg)
         # the account is made as the mailboxes' owner, the password on stdin
         assert name.startswith("setpriv --reuid=vmail --regid=vmail --groups=chatmail -- ")
-        assert name.endswith(f"'echo@{domain}' < /etc/chatmail/secrets/echobot.{domain}")
+        assert name.endswith(f"'echo@{domain}' < /etc/chatmail/echobot/{domain}")
     venv = states["chatmail-echobot-venv-requirements"]["chatmail_venv"]
     assert {"pkgs": ["deltachat-rpc-client==2.65.0", "deltachat-rpc-server==2.65.0"]} in venv
     assert "chatmail-echobot-service-running" in states
@@ -61,14 +61,13 @@ def test_unit_is_sandboxed(render, cc, defaults, example_pillar):  # noqa: F811
         user="echobot",
         state_dir="/var/lib/echobot",
         invites_dir="/run/chatmail-echobot",
-        secret_prefix="/etc/chatmail/secrets/echobot.",
+        passwords_dir="/etc/chatmail/echobot",
     )
     lines = set(text.splitlines())
     for want in [
         "User=echobot",
         "StateDirectory=echobot",
         "RuntimeDirectory=chatmail-echobot",
-        "LoadCredential=echobot.chat.example.org:/etc/chatmail/secrets/echobot.chat.example.org",
         "NoNewPrivileges=true",
         "ProtectSystem=strict",
         "ProtectHome=true",
@@ -79,7 +78,9 @@ def test_unit_is_sandboxed(render, cc, defaults, example_pillar):  # noqa: F811
     ]:
         assert want in lines, want
     (exec_start,) = [line for line in lines if line.startswith("ExecStart=")]
-    assert exec_start.endswith(" echo@_test.example.org echo@chat.example.org")
+    assert exec_start.endswith(
+        " --passwords /etc/chatmail/echobot echo@_test.example.org echo@chat.example.org"
+    )
 
 
 def test_vhost_serves_the_invite_link_of_its_bot(render, cc, defaults, example_pillar):  # noqa: F811

@@ -2,7 +2,7 @@
     echo@<domain> made with it, and the bot's systemd unit. #}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import chatmail with context %}
-{%- from tplroot ~ "/echobot/map.jinja" import accounts, secret_prefix, unit_file, venv, script, user, state_dir, invites_dir with context %}
+{%- from tplroot ~ "/echobot/map.jinja" import accounts, passwords_dir, unit_file, venv, script, user, state_dir, invites_dir with context %}
 {%- set paths = chatmail.lookup.paths %}
 {%- set users = chatmail.lookup.users %}
 
@@ -11,23 +11,37 @@ include:
   - {{ tplroot }}.chatmaild.package
   - {{ tplroot }}.chatmaild.config
   - .package
+
+{#- the bot's passwords: root and the bot's group (its user alone) may read
+    them.  (Not systemd's LoadCredential=: where /run has no ACLs, as in
+    containers, the unit's user could not read the copy.) #}
+chatmail-echobot-passwords-directory:
+  file.directory:
+    - name: {{ passwords_dir }}
+    - user: root
+    - group: {{ user }}
+    - mode: "0750"
+    - require:
+      - file: chatmail-base-config-directory
+      - group: chatmail-echobot-group-present
 {%- for domain, addr in accounts | dictsort %}
-{%-   set secret = secret_prefix ~ domain %}
+{%-   set secret = passwords_dir ~ "/" ~ domain %}
 {#-   doveauth runs chatmaild.localaccount's code path as the mailboxes'
       owner, which reads chatmail.ini through the config group #}
 {%-   set localaccount = "setpriv --reuid=" ~ users.vmail ~ " --regid=" ~ users.vmail
         ~ " --groups=" ~ users.config_group ~ " -- " ~ paths.venv
         ~ "/bin/python -m chatmaild.localaccount" %}
 
-{#- 0600 root: only root reads it; the unit gets a copy (LoadCredential=),
-    the account the hash.  Never in the pillar, never in the output. #}
+{#- root:<bot> 0640; the account gets its hash.  Never in the pillar,
+    never in the output. #}
 chatmail-echobot-password-{{ domain }}-generated:
   cmd.run:
     - name: >-
-        umask 077 && openssl rand -hex 24 > {{ secret }}.tmp && mv {{ secret }}.tmp {{ secret }}
+        umask 027 && openssl rand -hex 24 > {{ secret }}.tmp
+        && chgrp {{ user }} {{ secret }}.tmp && mv {{ secret }}.tmp {{ secret }}
     - creates: {{ secret }}
     - require:
-      - file: chatmail-chatmaild-secrets-directory
+      - file: chatmail-echobot-passwords-directory
 
 {#- the localpart "echo" is shorter than username_min_length, so a first
     login could not create the account: made (or its hash reset to the
@@ -59,7 +73,7 @@ chatmail-echobot-unit-file-managed:
         user: {{ user }}
         state_dir: {{ state_dir }}
         invites_dir: {{ invites_dir }}
-        secret_prefix: {{ secret_prefix }}
+        passwords_dir: {{ passwords_dir }}
 
 chatmail-echobot-daemon-reload-cmd-run:
   cmd.run:

@@ -2,8 +2,8 @@
 
 One Delta Chat core (deltachat-rpc-server) holds one account per address
 given on the command line.  Each logs in to this relay over loopback
-(IMAP 993, SMTP 465) with the password systemd hands the unit as the
-credential ``echobot.<domain>`` (``LoadCredential=``); the account itself is
+(IMAP 993, SMTP 465) with the password in ``<passwords>/<domain>`` (made
+on the host, readable by root and the bot's group); the account itself is
 made by the highstate (chatmaild.localaccount).  The bot's invite link
 (Secure-Join, what a Delta Chat user scans or opens to reach the bot with
 end-to-end encryption) is written to ``<invites>/<domain>.txt``.
@@ -49,8 +49,8 @@ def domain_of(addr):
     return addr.rsplit("@", 1)[1].strip("[]")
 
 
-def read_password(credentials, addr):
-    return (Path(credentials) / f"echobot.{domain_of(addr)}").read_text().strip()
+def read_password(passwords, addr):
+    return (Path(passwords) / domain_of(addr)).read_text().strip()
 
 
 def write_atomic(path, text):
@@ -101,16 +101,13 @@ def log_core(event):
 
 
 def run(args):
-    credentials = args.credentials or os.environ.get("CREDENTIALS_DIRECTORY")
-    if not credentials:
-        sys.exit("no credentials directory (run by the unit, or give --credentials)")
     invites = Path(args.invites)
     env = {**os.environ, "DC_ACCOUNTS_PATH": args.accounts}
     with Rpc(rpc_server_path=args.rpc_server, env=env, stderr=None) as rpc:
         dc = DeltaChat(rpc)
         bots = []
         for addr in args.addrs:
-            account = setup_account(dc, addr, read_password(credentials, addr))
+            account = setup_account(dc, addr, read_password(args.passwords, addr))
             write_atomic(invites / f"{domain_of(addr)}.txt", account.get_qr_code() + "\n")
             hooks = [
                 (echo, events.NewMessage()),
@@ -138,7 +135,7 @@ def main(argv=None):
     parser.add_argument("--accounts", required=True, help="the core's accounts directory")
     parser.add_argument("--rpc-server", required=True, help="path of deltachat-rpc-server")
     parser.add_argument("--invites", required=True, help="directory for <domain>.txt invites")
-    parser.add_argument("--credentials", help="default: $CREDENTIALS_DIRECTORY")
+    parser.add_argument("--passwords", required=True, help="directory of <domain> password files")
     parser.add_argument("addrs", nargs="+", metavar="addr")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
