@@ -122,6 +122,8 @@ IDLE_KEEPALIVE_SECONDS = 120
 
 _SIZE_RE = re.compile(r"^\s*\d+\s*[kKmMgGtT]?[bB]?\s*$")
 _POSTFIX_TIME_RE = re.compile(r"^\d+[smhdw]?$")
+_VERSION_RE = re.compile(r"^\d+(\.\d+){1,3}$")
+_MEMORY_RE = re.compile(r"^(\d+[KMGT]?|\d{1,2}%|100%)$")
 _SYSTEMD_TIME_RE = re.compile(r"^\d+\s*(s|sec|min|m|h|hour|day|d|week|w|month|year|y)?$")
 _PEM_RE = re.compile(
     r"-----BEGIN (?P<label>[A-Z0-9 ]+)-----(?P<body>[A-Za-z0-9+/=\s]*?)-----END (?P=label)-----"
@@ -368,6 +370,7 @@ def _build(defaults, osfamily, pillar, check_files, schema):
     _check_globals(merged, pillar or {}, kinds, errors)
     domains = _build_domains(raw_domains, merged, errors, check_files, kinds, per_domain, schema)
     domain_list, primary = _primary(merged, domains, errors)
+    _check_echobot(merged["echobot"], domains, errors)
     tls_ca = merged["tls_ca"]
     if errors:
         raise ChatmailConfigError(errors)
@@ -654,6 +657,48 @@ def _check_alpn(merged, params, kinds, errors):
             errors.add(path + [name], f"port {port} lies in the TURN relay range")
         else:
             taken[port] = f"alpn:ports:{name}"
+
+
+def _check_echobot(echobot, domains, errors):
+    """``echobot:domains`` names served domains (stored in their canonical
+    form); ``echobot:version`` is a release number such as 2.65.0."""
+    path = ["chatmail", "echobot"]
+    if not _VERSION_RE.match(echobot["version"]):
+        errors.add(
+            path + ["version"], f"not a release number such as 2.65.0: {echobot['version']!r}"
+        )
+    names = []
+    for i, name in enumerate(echobot["domains"]):
+        try:
+            dom = normalize_domain(name)
+        except ValueError as exc:
+            errors.add(path + ["domains", i], str(exc))
+            continue
+        if domains and dom not in domains:
+            errors.add(path + ["domains", i], f"{name!r} is not in chatmail:domains")
+        elif dom not in names:
+            names.append(dom)
+    echobot["domains"] = names
+    limit = str(echobot["memory_max"])
+    if not _MEMORY_RE.match(limit):
+        errors.add(path + ["memory_max"], f"not a systemd size such as 512M or 25%: {limit!r}")
+
+
+def echobot_accounts(chatmail):
+    """{domain: the echobot's address} of the domains that get an echo bot
+    (none unless ``echobot:enabled``; ``echobot:domains`` empty: all).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call chatmail_config.echobot_accounts "$MAP_JSON"
+    """
+    echobot = chatmail["echobot"]
+    if not echobot["enabled"]:
+        return {}
+    wanted = echobot["domains"] or chatmail["domain_list"]
+    return {dom: "echo@" + chatmail["domains"][dom]["address_domain"] for dom in sorted(wanted)}
 
 
 def coturn_ranges(networks):

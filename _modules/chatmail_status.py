@@ -7,7 +7,8 @@ Health of a chatmail relay, per domain.
   configuration file (``/etc/chatmail/chatmail.ini``), the file every chatmail
   daemon reads, so the report describes the deployed relay even where no
   pillar is at hand (``salt-call --local``, the mine, a relay set up by hand);
-- services: ``systemctl is-active`` of every chatmail unit (``UNITS``);
+- services: ``systemctl is-active`` of every chatmail unit (``UNITS``, and
+  ``OPTIONAL_UNITS`` when enabled: coturn, the echobot);
 - certificates: the one Dovecot hands out on port 993 for the domain's SNI
   (IP domains: without SNI) and the file Dovecot's configuration names for it;
 - queue: Postfix queue entries whose sender or a recipient is an address of
@@ -50,6 +51,13 @@ UNITS = (
     "filtermail-incoming",
     "postfix",
     "nginx",
+)
+# Units of components a pillar switch turns on or off (chatmail:turn,
+# chatmail:echobot): checked when enabled, which the highstate does exactly
+# when the switch is on (its clean state disables them).
+OPTIONAL_UNITS = (
+    "coturn",
+    "chatmail-echobot",
 )
 
 DEFAULT_MAILBOXES_DIR = "/home/vmail/mail"
@@ -131,11 +139,38 @@ def _address_domain(address):
 # probes
 
 
+def units():
+    """
+    The chatmail units of this relay: ``UNITS``, and those of
+    ``OPTIONAL_UNITS`` that are enabled (``systemctl is-enabled``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call chatmail_status.units
+    """
+    return _units()
+
+
+def _units():
+    out, _err = _run(["systemctl", "is-enabled", *OPTIONAL_UNITS])
+    answers = out.decode(errors="replace").split() if out is not None else []
+    if len(answers) != len(OPTIONAL_UNITS):
+        # a unit that does not exist answers on stderr only: ask one by one
+        answers = []
+        for unit in OPTIONAL_UNITS:
+            one, _err = _run(["systemctl", "is-enabled", unit])
+            answers.append(one.decode(errors="replace").strip() if one is not None else "")
+    enabled = [u for u, a in zip(OPTIONAL_UNITS, answers, strict=True) if a == "enabled"]
+    return list(UNITS) + enabled
+
+
 def services(units=None):
     """
     ``{unit: state}`` for the chatmail units (``systemctl is-active``:
     active, inactive, failed, activating, ...); ``unknown`` when systemctl
-    cannot tell.
+    cannot tell.  Default: every unit ``units()`` names.
 
     CLI Example:
 
@@ -143,7 +178,7 @@ def services(units=None):
 
         salt-call chatmail_status.services
     """
-    units = list(units or UNITS)
+    units = list(units or _units())
     out, err = _run(["systemctl", "is-active", *units])
     states = out.decode(errors="replace").split() if out is not None else []
     if len(states) != len(units):
@@ -375,7 +410,7 @@ def report(ini=None, host="127.0.0.1", port=993, timeout=TIMEOUT):
 
         {
           "time": <epoch>, "ini": <path>, "mailboxes_dir": <path>,
-          "services": {unit: state},                 # every unit in UNITS
+          "services": {unit: state},                 # every unit of units()
           "queue": {"total": n, "deferred": n, ...} | {"error": ...},
           "disk": {"path", "total", "used", "free", "used_percent"},
           "dovecot": {"installed", "patched", "built_from", "debian", "outdated"},

@@ -1,6 +1,7 @@
 """
 A Python package installed from a source tree into its own virtualenv, and
-reinstalled exactly when the source changed.
+reinstalled exactly when the source changed (``installed``); or a venv of
+pinned distributions from an index or a wheelhouse (``requirements``).
 
 chatmaild reaches the minion as a source tree (``salt://chatmaild``, copied by
 ``file.recurse``); this state makes the venv if it is missing and installs
@@ -124,4 +125,75 @@ def installed(name, source, python="/usr/bin/python3", system_site_packages=True
         f.write(want + "\n")
     ret["changes"] = changes
     ret["comment"] = f"installed {source} into {name}"
+    return ret
+
+
+REQUIREMENTS_FILE = ".installed-requirements"
+
+
+def requirements(name, pkgs, python="/usr/bin/python3", pip_args=""):
+    """
+    Ensure the virtualenv ``name`` (no system site packages) holds exactly
+    the pinned distributions ``pkgs`` (e.g. ``deltachat-rpc-server==2.65.0``),
+    installed by pip from its index or from what ``pip_args`` names (e.g.
+    ``--no-index --find-links=/wheels``).
+
+    pip runs only when the list differs from the one recorded at the last
+    successful install or the venv is missing; a changed list rebuilds the
+    venv from scratch, so nothing of an older list stays behind (a service
+    running from it is restarted by a ``watch``).
+
+    .. code-block:: yaml
+
+        chatmail-echobot-venv-requirements:
+          chatmail_venv.requirements:
+            - name: /usr/local/lib/chatmail-echobot/venv
+            - pkgs:
+              - deltachat-rpc-client==2.65.0
+              - deltachat-rpc-server==2.65.0
+    """
+    ret = {"name": name, "result": True, "changes": {}, "comment": ""}
+    bad = [p for p in pkgs or [] if "==" not in str(p)]
+    if not pkgs or bad:
+        ret["result"] = False
+        ret["comment"] = f"pkgs must be pinned name==version requirements: {bad or pkgs!r}"
+        return ret
+    want = "\n".join(sorted(str(p) for p in pkgs)) + "\n"
+    venv_python = os.path.join(name, "bin", "python")
+    record = os.path.join(name, REQUIREMENTS_FILE)
+    have = None
+    if os.path.isfile(record) and os.path.exists(venv_python):
+        with open(record) as f:
+            have = f.read()
+    if have == want:
+        ret["comment"] = f"{name} holds {', '.join(sorted(pkgs))}"
+        return ret
+    ret["changes"] = {"installed": sorted(str(p) for p in pkgs)}
+    if have is not None:
+        ret["changes"]["replaced"] = have.split()
+    if __opts__["test"]:
+        ret["result"] = None
+        ret["comment"] = f"would install {', '.join(sorted(pkgs))} into {name}"
+        return ret
+    # built where it runs (a venv cannot be moved: its scripts name their
+    # interpreter by path); the record is written last, so a failed
+    # install is retried by the next run
+    shutil.rmtree(name, ignore_errors=True)
+    res = _run([python, "-m", "venv", name])
+    if res["retcode"] == 0:
+        res = _run(
+            [
+                *(venv_python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"),
+                *shlex.split(pip_args or ""),
+                *sorted(str(p) for p in pkgs),
+            ]
+        )
+    if res["retcode"] != 0:
+        ret["changes"] = {}
+        ret["result"] = False
+        ret["comment"] = f"pip install into {name} failed: {res['stderr'] or res['stdout']}"
+        return ret
+    with open(record, "w") as f:
+        f.write(want)
+    ret["comment"] = f"installed {', '.join(sorted(pkgs))} into {name}"
     return ret

@@ -32,6 +32,7 @@ SHARED_RELAY = (
     "tests/hosts/test_port443.py",
     "tests/hosts/test_metrics.py",
     "tests/hosts/test_web.py",
+    "tests/hosts/test_echobot.py",
 )
 # modules sharing the fleet suite's master and relays
 SHARED_FLEET = ("tests/fleet/test_fleet.py", "tests/fleet/test_fleet_metrics.py")

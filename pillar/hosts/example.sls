@@ -292,6 +292,17 @@ chatmail:
                    "fc00::/7", "fe80::/10", "ff00::/8"]
     allowed_peers: []     # exceptions from denied_peers, e.g. [192.168.10.0/24]
 
+  # echo@<domain>: a Delta Chat bot on the relay that sends every message
+  # back, encrypted (docs/calls-and-ports.md); users reach it by its invite
+  # link, /run/chatmail-echobot/<domain>.txt.  Its packages come from PyPI
+  # (or the wheelhouse lookup:pip:args names); its passwords are generated
+  # on the host.
+  echobot:
+    enabled: false
+    domains: []           # the domains that get one (empty: every domain)
+    version: 2.65.0       # of deltachat-rpc-client and deltachat-rpc-server
+    memory_max: 512M      # MemoryMax of its unit
+
   # Thresholds of the on-demand health check: salt-call state.apply chatmail.status
   status:
     days_left: 14         # a certificate (served or on disk) expiring sooner is a problem
@@ -339,14 +350,16 @@ chatmail:
       journald_dropin: /etc/systemd/journald.conf.d/chatmail.conf
       systemd_dir: /etc/systemd/system
       dovecot_repo: /var/lib/chatmail-dovecot  # the patched build's local apt repository
+      echobot_dir: /usr/local/lib/chatmail-echobot  # the echobot's venv and script
     users:
       vmail: vmail
       config_group: chatmail
       metadata_group: chatmail-metadata
+      echobot: echobot   # the echobot's system user
     sockets:
       doveauth: /run/doveauth/doveauth.socket
       metadata: /run/chatmail-metadata/metadata.socket
       lastlogin: /run/chatmail-lastlogin/lastlogin.socket
       newemail: /run/fcgiwrap.socket
     pip:
-      args: ''           # extra pip arguments, e.g. --find-links=/wheels
+      args: ''           # extra pip arguments (chatmaild, echobot), e.g. --no-index --find-links=/wheels

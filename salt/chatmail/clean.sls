@@ -2,6 +2,7 @@
 # data and stay unless their component's clean removes them explicitly).
 include:
   - .metrics.clean
+  - .echobot.clean
   - .dns.clean
   - .nginx.clean
   - .postfix.clean

@@ -12,5 +12,6 @@ include:
   - .postfix
   - .nginx
   - .turn
+  - .echobot
   - .dns
   - .metrics

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import addr, ensure_infra, hosts
+from tests.harness import CACHE, addr, ensure_infra, hosts
 
 HERE = Path(__file__).parent
 PILLAR = HERE / "pillar"
@@ -21,7 +21,15 @@ KEEP = KEEP or REUSE
 # and container names, so concurrent runs never touch each other's hosts.  Kept
 # and reused hosts have fixed addresses (.20 and .21 of the slot's subnet); reuse
 # them from a later session with the same CMSALT_SLOT.
-RELAY = {"name": "cmsalt-test-relay", "fqdn": "chat1.test", "ip": addr(20) if KEEP else "auto"}
+# The relay's pillar switches the echobot on; its Python packages come from the
+# wheels ./cmsalt made for requirements-dev.txt (pillar lookup:pip:args).
+WHEELS = (str(CACHE / "wheels"), "/wheels", "ro")
+RELAY = {
+    "name": "cmsalt-test-relay",
+    "fqdn": "chat1.test",
+    "ip": addr(20) if KEEP else "auto",
+    "extra_mounts": [WHEELS],
+}
 SMOKE = {"name": "cmsalt-test-smoke", "fqdn": "smoke.test", "ip": addr(21) if KEEP else "auto"}
 
 

@@ -26,8 +26,11 @@ from .conftest import DOMAINS
 
 REPO = Path(__file__).resolve().parents[2]
 ENCRYPTED_EML = REPO / "chatmaild" / "tests" / "mail-data" / "encrypted.eml"
-# the chatmail units: the one list, also used by chatmail_status.report
-SERVICES = list(UNITS)
+# the chatmail units: the one list, also used by chatmail_status.report, and
+# coturn, on by default (chatmail:turn) on every relay of the tests (fleet too)
+SERVICES = [*UNITS, "coturn"]
+# the shared relay's pillar (tests/hosts/pillar) also switches the echobot on
+RELAY_SERVICES = [*SERVICES, "chatmail-echobot"]
 PORTS = [25, 80, 143, 443, 465, 587, 993]
 DOMAIN = DOMAINS[0]
 
@@ -128,7 +131,7 @@ def test_highstate_converges(relay_boot):
         pytest.fail(first.summary(), pytrace=False)
 
 
-@pytest.mark.parametrize("unit", SERVICES)
+@pytest.mark.parametrize("unit", RELAY_SERVICES)
 def test_service_active(relay, unit):
     assert relay.is_active(unit), relay.exec(
         "systemctl", "status", "--no-pager", "-l", unit, check=False

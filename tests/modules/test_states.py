@@ -395,3 +395,49 @@ def test_venv_installed_reports_a_failed_build(states, tmp_path):
     assert not (tmp_path / "v" / ".installed-src.sha256").exists()
     ret = states.chatmail_venv.installed(name=str(tmp_path / "w"), source=str(tmp_path / "none"))
     assert ret.result is False and "pyproject.toml missing" in ret.comment
+
+
+# ---------------------------------------------------------------------------
+# chatmail_venv.requirements
+
+
+def test_venv_requirements_from_a_wheelhouse(states, tmp_path):
+    import subprocess
+    import sys
+
+    wheels = tmp_path / "wheels"
+    for version in ("1.0", "2.0"):
+        _package(tmp_path / f"src-{version}", version)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+            + ["-w", str(wheels), str(tmp_path / f"src-{version}")],
+            check=True,
+        )
+    venv = tmp_path / "venv"
+    kw = {"name": str(venv), "pip_args": f"--no-index --find-links={wheels}"}
+
+    def version():
+        code = "import tinypkg; print(tinypkg.VERSION)"
+        return subprocess.run(
+            [str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    ret = states.chatmail_venv.requirements(**kw, pkgs=["tinypkg==1.0"], test=True)
+    assert ret.result is None and ret.changes == {"installed": ["tinypkg==1.0"]}
+    assert not venv.exists()
+    ret = states.chatmail_venv.requirements(**kw, pkgs=["tinypkg==1.0"])
+    assert ret.result is True, ret.comment
+    assert version() == "1.0"
+    for test in (True, False):
+        ret = states.chatmail_venv.requirements(**kw, pkgs=["tinypkg==1.0"], test=test)
+        assert ret.result is True and ret.changes == {}
+    ret = states.chatmail_venv.requirements(**kw, pkgs=["tinypkg==2.0"])
+    assert ret.changes == {"installed": ["tinypkg==2.0"], "replaced": ["tinypkg==1.0"]}
+    assert version() == "2.0"
+    # not in the wheelhouse: fails, and the next run tries again
+    ret = states.chatmail_venv.requirements(**kw, pkgs=["tinypkg==3.0"])
+    assert ret.result is False and "pip install" in ret.comment
+    ret = states.chatmail_venv.requirements(**kw, pkgs=["tinypkg==3.0"], test=True)
+    assert ret.result is None
+    ret = states.chatmail_venv.requirements(**kw, pkgs=["tinypkg"])
+    assert ret.result is False and "pinned" in ret.comment

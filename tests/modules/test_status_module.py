@@ -340,3 +340,29 @@ def test_problems_is_no_state(states):
     assert "chatmail_status.healthy" in states
     assert "chatmail_status.problems" not in states
     assert "chatmail_status._problems" not in states
+
+
+def test_units_add_the_enabled_optional_ones(monkeypatch):
+    """coturn and the echobot count only where their switch is on, i.e.
+    where the highstate enabled their unit; a unit that does not exist
+    answers on stderr only."""
+    assert "coturn" in status_module.OPTIONAL_UNITS
+    assert "chatmail-echobot" in status_module.OPTIONAL_UNITS
+    answers = {"coturn": "enabled", "chatmail-echobot": None}
+    calls = []
+
+    def fake_run(argv, timeout=None, data=None):
+        calls.append(argv)
+        assert argv[:2] == ["systemctl", "is-enabled"]
+        out = [answers[u] for u in argv[2:] if answers[u]]
+        return "\n".join(out).encode() + b"\n", "No such file or directory"
+
+    monkeypatch.setattr(status_module, "_run", fake_run)
+    assert status_module.units() == [*status_module.UNITS, "coturn"]
+    assert len(calls) == 3  # all at once, then one by one
+    answers.update({"coturn": "disabled", "chatmail-echobot": "enabled"})
+    assert status_module.units() == [*status_module.UNITS, "chatmail-echobot"]
+    answers.update({"coturn": "enabled"})
+    calls.clear()
+    assert status_module.units()[-2:] == ["coturn", "chatmail-echobot"]
+    assert len(calls) == 1

@@ -15,3 +15,11 @@ chatmail:
   # the hibernation tests (test_relay.py) do not wait a minute per session
   imap:
     hibernate_timeout: 2
+  # the echobot (echo@chat1.test, echo@_chat2.test; test_echobot.py), its
+  # packages from the wheels made for requirements-dev.txt (conftest.py
+  # mounts them at /wheels): test hosts have no way to PyPI
+  echobot:
+    enabled: true
+  lookup:
+    pip:
+      args: --no-index --find-links=/wheels
