@@ -109,6 +109,7 @@ def mixed(render, certs):
         "limits": {
             "smtp_connection_rate_per_minute": 17,
             "queue_lifetime": "3d",
+            "queue_retry": "20s",
             "imap_login_rate_per_minute": 30,
         },
         "imap": {"hibernate_timeout": 0},
@@ -192,6 +193,8 @@ def test_postfix_main_cf(example):
     assert main["myhostname"] == "chat.example.org"
     assert main["message_size_limit"] == "31457280"
     assert main["maximal_queue_lifetime"] == "5d"
+    # postfix's own retry schedule unless limits:queue_retry says otherwise
+    assert main["minimal_backoff_time"] == main["queue_run_delay"] == "300s"
     assert main["smtpd_client_connection_rate_limit"] == "60"
     assert main["anvil_rate_time_unit"] == "60s"
     assert main["smtp_tls_security_level"] == "verify"
@@ -419,6 +422,7 @@ def test_ip_only_domain(mixed, certs):
     assert main["inet_protocols"] == "ipv4"
     assert main["smtpd_client_connection_rate_limit"] == "17"
     assert main["maximal_queue_lifetime"] == "3d"
+    assert main["minimal_backoff_time"] == main["queue_run_delay"] == "20s"
     assert "192.0.2.7" not in files["/etc/postfix/tls_server_sni"]
     assert "192.0.2.7" not in files["/etc/opendkim/KeyTable"]
     assert "s2026._domainkey.chat.example.net" in files["/etc/opendkim/SigningTable"]
