@@ -184,6 +184,17 @@ def test_clean_states_render(render, certs):
     assert "/etc/dkimkeys" not in absent  # DKIM keys survive a clean
 
 
+def test_postfix_unit_tracks_the_master(example):
+    """Debian's postfix@ unit has GuessMainPID=no and no PIDFile: systemd did
+    not know the master, so Restart=always never fired after a kill -9 of it
+    (tests/faults)."""
+    state = example["states"]["chatmail-postfix-config-systemd-dropin-file-managed"]
+    args = {k: v for arg in state["file"] if isinstance(arg, dict) for k, v in arg.items()}
+    lines = args["contents"].splitlines()
+    assert "PIDFile=/var/spool/postfix/pid/master.pid" in lines
+    assert "Restart=always" in lines
+
+
 def test_postfix_main_cf(example):
     main = cf(example["files"]["/etc/postfix/main.cf"])
     assert main["virtual_mailbox_domains"].split() == ["_test.example.org", "chat.example.org"]
