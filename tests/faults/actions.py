@@ -23,6 +23,11 @@ def unit_name(unit):
 
 
 def main_pid(host, unit):
+    """The unit's main process as systemd knows it; postfix: its master's pid
+    file (what the unit must track, see salt/chatmail/postfix/config.sls)."""
+    if unit == "postfix":
+        out = host.exec("cat", "/var/spool/postfix/pid/master.pid", check=False).stdout
+        return int(out.strip() or 0)
     out = host.exec("systemctl", "show", "-p", "MainPID", "--value", unit_name(unit)).stdout
     return int(out.strip() or 0)
 
@@ -77,10 +82,16 @@ def small_mailboxes(host, size="48m"):
     accounts afterwards) and restart what keeps it open or sees it through
     its own mount namespace; returns the directory."""
     mailboxes = "/home/vmail/mail"
+    # the per-domain directories the highstate made, with their modes
     host.sh(
-        f"set -e; uid=$(id -u vmail); gid=$(id -g vmail);"
-        f" mount -t tmpfs -o size={size},mode=0700,uid=$uid,gid=$gid tmpfs {mailboxes};"
-        " systemctl restart doveauth lastlogin chatmail-metadata dovecot"
+        f"""set -e; cd {mailboxes}
+        dirs=$(for d in */; do d=${{d%/}}; echo "$d:$(stat -c %a "$d")"; done)
+        mount -t tmpfs -o size={size},mode=0700,uid=$(id -u vmail),gid=$(id -g vmail) \\
+          tmpfs {mailboxes}
+        for e in $dirs; do
+          install -d -o vmail -g vmail -m "${{e##*:}}" "{mailboxes}/${{e%:*}}"
+        done
+        systemctl restart doveauth lastlogin chatmail-metadata dovecot"""
     )
     return mailboxes
 
@@ -128,13 +139,12 @@ def replace_certificate(host, domain):
     d = f"/etc/chatmail/tls/{domain}"
     host.sh(
         f"""set -e; cd {d}
-        cert=$(ls *.pem *.crt 2>/dev/null | grep -v key | head -1); key=$(ls *key* | head -1)
         umask 077
         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \\
           -subj '/CN={domain}' -addext 'subjectAltName=DNS:{domain}' \\
-          -keyout "$key.new" -out "$cert.new" 2>/dev/null
-        chmod 0644 "$cert.new"
-        mv "$key.new" "$key"; mv "$cert.new" "$cert"
+          -keyout privkey.pem.new -out fullchain.pem.new 2>/dev/null
+        chmod 0644 fullchain.pem.new
+        mv privkey.pem.new privkey.pem; mv fullchain.pem.new fullchain.pem
         systemctl try-reload-or-restart postfix dovecot nginx""",
         timeout=120,
     )

@@ -22,6 +22,8 @@ PARAMS = {
     "max_load_1m": 1000,
     "max_user_send_per_minute": 1000000,
     "max_user_send_burst_size": 1000000,
+    # the disk-full test makes its accounts on a 48 MB filesystem
+    "min_free_disk_space": "1M",
 }
 LIMITS = {
     "smtp_connection_rate_per_minute": 100000,
