@@ -452,11 +452,12 @@ def _check_globals(merged, pillar, kinds, errors):
         for i, ns in enumerate(merged["dns"][key]):
             if not isinstance(ns, str) or not _is_ip(ns):
                 errors.add(["chatmail", "dns", key, i], f"not an IP address: {ns!r}")
-    qlt = merged["limits"]["queue_lifetime"]
-    if not _POSTFIX_TIME_RE.match(str(qlt)):
-        errors.add(
-            ["chatmail", "limits", "queue_lifetime"], f"not a postfix time such as 5d: {qlt!r}"
-        )
+    for key, example in (("queue_lifetime", "5d"), ("queue_retry", "300s")):
+        value = merged["limits"][key]
+        if not _POSTFIX_TIME_RE.match(str(value)):
+            errors.add(
+                ["chatmail", "limits", key], f"not a postfix time such as {example}: {value!r}"
+            )
     for key, value in merged["limits"].items():
         if isinstance(value, int) and value <= 0:
             errors.add(["chatmail", "limits", key], "must be positive")

@@ -2,8 +2,9 @@
 
 Suites.  Tests that share hosts form one suite: every acceptance test (three
 relays and a client host), the host modules using the session relay
-(test_relay, test_status, test_smoke); every other module is a suite of its
-own.  Under pytest-xdist (``-n N``, as ./cmsalt test runs) a suite runs whole
+(test_relay, test_status, test_smoke); the fault suite (tests/faults: its
+own relay, which it reboots and fills up); every other module is a suite of
+its own.  Under pytest-xdist (``-n N``, as ./cmsalt test runs) a suite runs whole
 in one worker, so its hosts are converged once, and each worker has its own
 harness slot (network, nsd, host names), so suites run side by side.  The
 suites that take longest are sent out first (SLOW), the quick ones fill in.
@@ -43,6 +44,7 @@ SLOW = [
     "acceptance",
     "hosts-relay",
     "tests/kitchen/test_kitchen.py",
+    "faults",
     "tests/hosts/test_tls_ca.py",
     "tests/hosts/test_acme.py",
     "tests/hosts/test_dcaccount.py",
@@ -58,6 +60,8 @@ def suite_of(nodeid):
     path = nodeid.split("::", 1)[0]
     if path.startswith("tests/acceptance/"):
         return "acceptance"
+    if path.startswith("tests/faults/"):
+        return "faults"
     if path in SHARED_RELAY:
         return "hosts-relay"
     if path in SHARED_FLEET:

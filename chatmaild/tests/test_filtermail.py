@@ -4,9 +4,11 @@ the client, and (for DKIM) a real DNS server answering over UDP."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import re
+import signal
 import smtplib
 import socket
 import subprocess
@@ -47,6 +49,7 @@ class SinkHandler:
         self.received = []
         self.refuse_rcpt = {}
         self.peers = set()
+        self.data_delay = 0.0  # seconds between taking a message and the reply
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address in self.refuse_rcpt:
@@ -57,6 +60,8 @@ class SinkHandler:
     async def handle_DATA(self, server, session, envelope):
         self.peers.add(session.peer)
         self.received.append((envelope.mail_from, envelope.rcpt_tos, envelope.original_content))
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         return "250 2.0.0 Ok: queued as SINK1"
 
 
@@ -203,7 +208,7 @@ def filtermail(make_ini, start_daemon, free_port, sink, dns_server):
         ini = make_ini(domains=domains, sections=sections, **values)
         port = out_port if mode == "outgoing" else in_port
         argv = ["filtermail", ini, mode, "--dns-server", f"127.0.0.1:{dns_server.port}"]
-        start_daemon(argv, port=port)
+        start.proc = start_daemon(argv, port=port)
         return port
 
     return start
@@ -427,6 +432,28 @@ def test_outgoing_reinjection_down_is_temporary(filtermail, sink, free_port):
     port = filtermail("outgoing", postfix_reinject_port=free_port())
     code, _ = send(port, SENDER, [RCPT], load_mail("encrypted.eml", SENDER, RCPT))
     assert code == 451
+
+
+def test_stop_finishes_the_transaction_in_data(filtermail, sink):
+    """SIGTERM (a stop, a reboot) while a message is being reinjected:
+    filtermail exits only after its 250, so Postfix never refuses a message
+    it has queued (the sender would send it again: a duplicate, found by
+    tests/faults when the relay rebooted under load)."""
+    port = filtermail("outgoing")
+    sink.data_delay = 1.5
+    result = {}
+    content = load_mail("encrypted.eml", SENDER, RCPT)
+    client = threading.Thread(target=lambda: result.update(r=send(port, SENDER, [RCPT], content)))
+    client.start()
+    deadline = time.monotonic() + 20
+    while not sink.received and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sink.received, "the message did not reach the reinject stand-in"
+    filtermail.proc.send_signal(signal.SIGTERM)
+    client.join(30)
+    assert result["r"][0] == 250, result
+    assert filtermail.proc.wait(10) == 0
+    assert len(sink.received) == 1
 
 
 def test_outgoing_ignores_unknown_rcpt_parameters(filtermail, sink):

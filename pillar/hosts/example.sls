@@ -199,6 +199,7 @@ chatmail:
     smtp_connection_rate_per_minute: 60  # new SMTP connections per client IP and minute
     smtp_max_connections_per_client: 100
     queue_lifetime: 5d                   # postfix maximal_queue_lifetime
+    queue_retry: 300s                    # first retry of deferred mail (postfix minimal_backoff_time, queue_run_delay)
 
   dns:
     check: warn          # off | warn | fail: gate the highstate on the live DNS check

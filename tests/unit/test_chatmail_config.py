@@ -135,6 +135,7 @@ def test_unknown_domain_keys(cc, defaults, values, key):
         ("limits", "imap_max_userip_connections", "many", "must be an integer"),
         ("limits", "imap_max_userip_connections", 0, "must be positive"),
         ("limits", "queue_lifetime", "five days", "not a postfix time"),
+        ("limits", "queue_retry", "soon", "not a postfix time"),
         ("journald", "max_retention", "forever", "not a time span"),
         ("dns", "check", "maybe", "must be one of off, warn, fail"),
         ("dns", "nameservers", ["ns1.example.org"], "not an IP address"),

@@ -109,6 +109,7 @@ def mixed(render, certs):
         "limits": {
             "smtp_connection_rate_per_minute": 17,
             "queue_lifetime": "3d",
+            "queue_retry": "20s",
             "imap_login_rate_per_minute": 30,
         },
         "imap": {"hibernate_timeout": 0},
@@ -183,6 +184,17 @@ def test_clean_states_render(render, certs):
     assert "/etc/dkimkeys" not in absent  # DKIM keys survive a clean
 
 
+def test_postfix_unit_tracks_the_master(example):
+    """Debian's postfix@ unit has GuessMainPID=no and no PIDFile: systemd did
+    not know the master, so Restart=always never fired after a kill -9 of it
+    (tests/faults)."""
+    state = example["states"]["chatmail-postfix-config-systemd-dropin-file-managed"]
+    args = {k: v for arg in state["file"] if isinstance(arg, dict) for k, v in arg.items()}
+    lines = args["contents"].splitlines()
+    assert "PIDFile=/var/spool/postfix/pid/master.pid" in lines
+    assert "Restart=always" in lines
+
+
 def test_postfix_main_cf(example):
     main = cf(example["files"]["/etc/postfix/main.cf"])
     assert main["virtual_mailbox_domains"].split() == ["_test.example.org", "chat.example.org"]
@@ -192,6 +204,10 @@ def test_postfix_main_cf(example):
     assert main["myhostname"] == "chat.example.org"
     assert main["message_size_limit"] == "31457280"
     assert main["maximal_queue_lifetime"] == "5d"
+    # postfix's own retry schedule unless limits:queue_retry says otherwise
+    assert main["minimal_backoff_time"] == main["queue_run_delay"] == "300s"
+    # no notices to a postmaster that has no mailbox (they bounced: tests/faults)
+    assert main["notify_classes"] == ""
     assert main["smtpd_client_connection_rate_limit"] == "60"
     assert main["anvil_rate_time_unit"] == "60s"
     assert main["smtp_tls_security_level"] == "verify"
@@ -438,6 +454,7 @@ def test_ip_only_domain(mixed, certs):
     assert main["inet_protocols"] == "ipv4"
     assert main["smtpd_client_connection_rate_limit"] == "17"
     assert main["maximal_queue_lifetime"] == "3d"
+    assert main["minimal_backoff_time"] == main["queue_run_delay"] == "20s"
     assert "192.0.2.7" not in files["/etc/postfix/tls_server_sni"]
     assert "192.0.2.7" not in files["/etc/opendkim/KeyTable"]
     assert "s2026._domainkey.chat.example.net" in files["/etc/opendkim/SigningTable"]

@@ -306,6 +306,17 @@ class FilterSMTP(SMTP):
             return None
         return {k: v for k, v in result.items() if k in KNOWN_PARAMS}
 
+    async def smtp_DATA(self, arg):
+        # Counted from DATA until the reply to the message is written: a stop
+        # (SIGTERM, see serve) waits for these.  The reinject may already have
+        # queued the message; dropping the connection before our 250 would
+        # make Postfix refuse it to a sender who then sends it again.
+        self.event_handler.in_flight += 1
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self.event_handler.in_flight -= 1
+
     @syntax("XFORWARD attribute=value ...")
     async def smtp_XFORWARD(self, arg):
         """Postfix's XFORWARD (sent before MAIL when we advertise it): the
@@ -343,6 +354,7 @@ class BaseHandler:
     def __init__(self, config, executor=None):
         self.config = config
         self.executor = executor
+        self.in_flight = 0  # sessions between DATA and its reply (FilterSMTP.smtp_DATA)
         self.reinjector = ReinjectClient("127.0.0.1", self.reinject_port)
 
     @property
@@ -627,6 +639,11 @@ async def start_server(config, handler: BaseHandler, host="127.0.0.1", port=None
     return await loop.create_server(factory, host=host, port=port)
 
 
+# Seconds a stop waits for transactions in DATA (below systemd's default
+# TimeoutStopSec of 90 s and Postfix's proxy timeout of 100 s).
+STOP_GRACE = 30.0
+
+
 async def serve(config, mode: str, dns_server=None):
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="filtermail")
     resolver = make_async_resolver(dns_server) if mode == "incoming" else None
@@ -639,7 +656,14 @@ async def serve(config, mode: str, dns_server=None):
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    # no new connections; the transactions already in DATA are finished
+    # (within STOP_GRACE) before the process exits
     server.close()
+    deadline = loop.time() + STOP_GRACE
+    while handler.in_flight and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    if handler.in_flight:
+        log.warning("stopping with %d transactions unfinished", handler.in_flight)
     handler.reinjector.close()
     executor.shutdown(wait=False, cancel_futures=True)
 

@@ -16,11 +16,20 @@ chatmail-dovecot-service-config-checked:
       - file: chatmail-dovecot-config-push-lua-file-managed
       - file: chatmail-dovecot-config-login-limit-file-managed
 
+{#- systemd reads the drop-in (Restart=) before dovecot is (re)started with
+    it, not at some later daemon-reload (found for postfix by tests/faults). #}
+chatmail-dovecot-service-daemon-reloaded:
+  module.run:
+    - service.systemctl_reload: []
+    - onchanges:
+      - file: chatmail-dovecot-config-systemd-dropin-file-managed
+
 chatmail-dovecot-service-running:
   service.running:
     - name: dovecot
     - enable: true
     - require:
+      - module: chatmail-dovecot-service-daemon-reloaded
       - cmd: chatmail-dovecot-service-config-checked
     - watch:
       # a different Dovecot build (dpkg restarts it too; this makes sure)

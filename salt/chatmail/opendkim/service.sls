@@ -14,11 +14,20 @@ chatmail-opendkim-service-config-checked:
       - file: chatmail-opendkim-config-keytable-file-managed
       - file: chatmail-opendkim-config-signingtable-file-managed
 
+{#- systemd reads the drop-in (Restart=) before opendkim is (re)started with
+    it, not at some later daemon-reload (found for postfix by tests/faults). #}
+chatmail-opendkim-service-daemon-reloaded:
+  module.run:
+    - service.systemctl_reload: []
+    - onchanges:
+      - file: chatmail-opendkim-config-systemd-dropin-file-managed
+
 chatmail-opendkim-service-running:
   service.running:
     - name: opendkim
     - enable: true
     - require:
+      - module: chatmail-opendkim-service-daemon-reloaded
       - cmd: chatmail-opendkim-service-config-checked
       - file: chatmail-opendkim-config-socketdir-directory
     - watch:

@@ -74,7 +74,11 @@ chatmail-postfix-config-opendkim-group-present:
       - pkg: chatmail-opendkim-package-pkg-installed
 {%- endif %}
 
-{#- Debian's unit does not restart postfix when its master dies.  Every
+{#- Debian's unit does not restart postfix when its master dies: with
+    GuessMainPID=no and no PIDFile systemd does not know the master, so
+    Restart= alone never fires (a kill -9 of the master left the relay
+    without postfix, found by tests/faults).  PIDFile names the master of
+    the default instance, the only one a relay runs.  Every
     start and reload (e.g. the TLS renewal hook's) first reloads the SNI
     table from the certificate files, which "postmap -F" copies into the .db. #}
 chatmail-postfix-config-systemd-dropin-file-managed:
@@ -85,6 +89,7 @@ chatmail-postfix-config-systemd-dropin-file-managed:
     - contents: |
         # managed by salt (chatmail.postfix)
         [Service]
+        PIDFile=/var/spool/postfix/pid/master.pid
         Restart=always
         RestartSec=2
         ExecStartPre=/bin/sh -c '{{ sni_rebuild }}'

@@ -30,18 +30,30 @@ chatmail-postfix-service-config-checked:
     when the real instance (postfix@-) fails: run and restart the instance.
     The wrapper is started too: installed unconfigured (package.sls) it was
     skipped for want of main.cf. #}
+{#- systemd reads the drop-in (Restart=, PIDFile=: config.sls) before postfix
+    is started or restarted with it: without, the instance started by the
+    first highstate ran without them until a later daemon-reload and restart,
+    and a kill -9 of its master was never restarted (tests/faults). #}
+chatmail-postfix-service-daemon-reloaded:
+  module.run:
+    - service.systemctl_reload: []
+    - onchanges:
+      - file: chatmail-postfix-config-systemd-dropin-file-managed
+
 chatmail-postfix-service-enabled:
   service.running:
     - name: postfix
     - enable: true
     - require:
       - cmd: chatmail-postfix-service-config-checked
+      - module: chatmail-postfix-service-daemon-reloaded
 
 chatmail-postfix-service-running:
   service.running:
     - name: postfix@-
     - require:
       - service: chatmail-postfix-service-enabled
+      - module: chatmail-postfix-service-daemon-reloaded
       - cmd: chatmail-postfix-service-config-checked
     - watch:
 {%- for f in files %}

@@ -1,0 +1,188 @@
+"""Nothing lost under faults (issue 15): the cheap faults, on one relay under a
+steady load of ≥ 20 messages/s (tests/faults/load.py).
+
+Each test: fresh accounts, a few seconds of load, the fault, more load, then
+every submission is accounted for: each accepted (250) message in its
+recipient's mailbox exactly once and complete, each refused one nowhere, no
+file left in Maildir tmp/, no bounce, the postfix queue empty, every chatmail
+unit active again by itself, and delivery resumed (recovery: from the fault
+to the first delivery of a message submitted after it).  The whole matrix
+(postfix/dovecot masters, relay to relay, DNS, expiry, certificate renewal,
+a peer outage) is ``./cmsalt bench faults`` (docs/faults.md).
+"""
+
+import secrets
+import sys
+import time
+
+import pytest
+
+from tests.acceptance.util import set_metadata
+from tests.hosts.test_relay import new_credentials
+
+from . import actions
+from .conftest import PEER_DOMAIN
+from .load import Load, PeerMta, Submitter, create_recipients, imap_login, settle
+
+pytestmark = pytest.mark.hosts
+
+RATE = 30.0  # messages/s offered; the issue asks for ≥ 20
+MIN_RATE = 20.0
+SENDERS = 12  # concurrency to spare: the CI machine is busy
+RECIPIENTS = 8
+WARM = 4.0  # seconds of load before the fault
+AFTER = 10.0  # seconds of load after it
+
+
+def submitters(relay, n=SENDERS):
+    return [Submitter(relay, 587 if i % 2 == 0 else 465) for i in range(n)]
+
+
+def under_load(relay, fault, senders=None, recipients=None, after=AFTER, settle_timeout=150):
+    """Run `fault` (returns when the fault is over: the time recovery is
+    counted from) under load; returns (load, Tally)."""
+    senders = senders if senders is not None else submitters(relay)
+    recipients = recipients or create_recipients(relay, RECIPIENTS)
+    since = time.time()
+    load = Load(senders, recipients, RATE).start()
+    try:
+        time.sleep(WARM)
+        fault_at = time.time()
+        recovered_at = fault() or fault_at
+        time.sleep(after)
+    finally:
+        load.stop()
+    actions.wait_back(relay.host)
+    tally = settle(load, [relay], since, recovered_at, timeout=settle_timeout)
+    warm = [s for s in load.submissions() if s.start < fault_at]
+    rate = len(warm) / max(0.001, fault_at - min((s.start for s in warm), default=fault_at))
+    print(f"\n{tally.row(fault.__name__, f'{rate:.1f} msgs/s before the fault')}", file=sys.stderr)
+    return load, tally, rate
+
+
+# kill -9 of a before-queue filter (filtermail, either direction) between
+# the reinject's 250 and its own: postfix refuses to the sender a message it
+# has already queued ("451 4.3.0 Error: queue file write error"); the sender
+# retries and the recipient gets it twice.  A stop (SIGTERM) no longer does
+# this (filtermail finishes the transactions in DATA); a crash still can.
+PROXY_CRASH = (
+    "known defect: kill -9 of filtermail after the reinject queued a message refuses it "
+    "to the sender (a retry duplicates it); docs/faults.md"
+)
+
+
+def check(tally, rate, proxy_crash=False):
+    assert rate >= MIN_RATE, f"load before the fault was {rate:.1f} msgs/s"
+    assert tally.accepted > 0
+    assert tally.recovery is not None, "nothing submitted after the fault was delivered"
+    problems = tally.problems()
+    if proxy_crash and tally.refused_delivered and problems[0].startswith("refused_delivered"):
+        if len(problems) == 2:  # refused_delivered and the examples: nothing else
+            pytest.xfail(f"{PROXY_CRASH}: {problems}")
+    assert not problems, problems
+
+
+@pytest.mark.parametrize("unit", ["filtermail", "doveauth", "postfix"])
+def test_kill9_daemon_under_submission_load(relay, unit):
+    killed = []
+
+    def kill():
+        killed.append(actions.kill9(relay.host, unit))
+
+    kill.__name__ = f"kill -9 {unit}"
+    _load, tally, rate = under_load(relay, kill)
+    # restarted by systemd: a new main process
+    assert actions.main_pid(relay.host, unit) not in (0, killed[0])
+    check(tally, rate, proxy_crash=unit == "filtermail")
+
+
+def test_kill9_incoming_filtermail_under_mx_load(relay, peer):
+    domain, key = peer
+    # port 25 from one client sustains only ~10-15 messages/s here (docs/
+    # faults.md), so submission load keeps the relay at the rate asked for
+    peers = [PeerMta(relay, domain, key) for _ in range(6)]
+    senders = peers + submitters(relay, 8)
+
+    killed = []
+
+    def kill():
+        killed.append(actions.kill9(relay.host, "filtermail-incoming"))
+
+    kill.__name__ = "kill -9 filtermail-incoming"
+    load, tally, rate = under_load(relay, kill, senders=senders)
+    assert actions.main_pid(relay.host, "filtermail-incoming") not in (0, killed[0])
+    check(tally, rate, proxy_crash=True)
+    by_mx = [s for s in load.submissions() if s.via == "25"]
+    assert PEER_DOMAIN in peers[0].addr
+    assert len(by_mx) > 50 and any(s.outcome == "refused" for s in by_mx)
+
+
+def test_push_queued_before_metadata_crash_is_sent_after(relay, push_gateway):
+    """A push the gateway refused (503, so it waits in the on-disk queue for a
+    retry) is sent by the restarted chatmail-metadata after a kill -9."""
+    sender = Submitter(relay)
+    addr, password = new_credentials(relay.domain)
+    imap = imap_login(relay.ip, addr, password)
+    tok = "tok-" + secrets.token_hex(12)
+    try:
+        typ, data = set_metadata(imap, "INBOX", "/private/devicetoken", tok)
+        assert typ == "OK", data
+    finally:
+        imap.logout()
+    push_gateway.failing.add(tok)
+    load = Load([sender], [(relay, addr)], rate=1.0).start()
+    try:
+        assert push_gateway.wait_for(tok, timeout=60), "no push attempt for the new message"
+    finally:
+        load.stop()
+    queued = relay.host.sh("ls /var/lib/chatmaild/pending_notifications | wc -l").stdout
+    assert int(queued) >= 1, "the refused push is not in the on-disk queue"
+    actions.kill9(relay.host, "chatmail-metadata")
+    killed_at = time.time()
+    push_gateway.failing.discard(tok)
+    actions.wait_back(relay.host, ["chatmail-metadata"])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with push_gateway.cond:
+            after = [t for _p, token, t in push_gateway.requests if token == tok and t > killed_at]
+        if after:
+            break
+        time.sleep(0.5)
+    assert after, "the queued push was not sent after chatmail-metadata came back"
+
+
+def test_reboot_under_load(relay):
+    def reboot():
+        actions.reboot(relay.host)
+        return time.time()
+
+    reboot.__name__ = "reboot (container stop/start)"
+    _load, tally, rate = under_load(relay, reboot, settle_timeout=240)
+    check(tally, rate)
+
+
+def test_mailbox_filesystem_full(relay):
+    """A full mailbox filesystem defers delivery (no bounce, no half-written
+    file) until space is freed; then everything is delivered."""
+    host = relay.host
+    mailboxes = actions.small_mailboxes(host)
+    try:
+        actions.wait_back(host)
+        senders = submitters(relay)
+        recipients = create_recipients(relay, RECIPIENTS)
+        # the senders' accounts are made by their first login, before the disk fills
+        for s in senders:
+            s.connect().quit()
+        state = {}
+
+        def disk_full():
+            state["filler"] = actions.fill(host, mailboxes)
+            time.sleep(10)
+            actions.free(host, state["filler"])
+            return time.time()
+
+        disk_full.__name__ = "mailbox filesystem full for 10 s"
+        _load, tally, rate = under_load(relay, disk_full, senders, recipients)
+        check(tally, rate)
+    finally:
+        actions.unmount_mailboxes(host, mailboxes)
