@@ -40,6 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.faults import actions  # noqa: E402
 from tests.faults.load import (  # noqa: E402
+    RELAY_LIMITS,
+    RELAY_PARAMS,
     TABLE_HEAD,
     Load,
     Submitter,
@@ -49,19 +51,6 @@ from tests.faults.load import (  # noqa: E402
 from tests.harness import acceptance_relays as ar  # noqa: E402
 from tests.harness import ensure_infra, hosts, network_address  # noqa: E402
 
-PARAMS = {
-    "max_load_1m": 1000,
-    "max_user_send_per_minute": 1000000,
-    "max_user_send_burst_size": 1000000,
-    # the disk-full row makes its accounts on a 48 MB filesystem
-    "min_free_disk_space": "1M",
-}
-LIMITS = {
-    "smtp_connection_rate_per_minute": 100000,
-    "smtp_max_connections_per_client": 1000,
-    "imap_login_rate_per_minute": 100000,
-    "imap_max_userip_connections": 1000,
-}
 INI = "/etc/chatmail/chatmail.ini"
 VENV_BIN = "/usr/local/lib/chatmaild/bin"
 
@@ -270,10 +259,10 @@ def main(argv):
     args = parse_args(argv)
     ensure_infra()
     gateway = ar.PushGateway(network_address(), 0)
-    limits = dict(LIMITS, queue_retry=args.queue_retry)
+    limits = dict(RELAY_LIMITS, queue_retry=args.queue_retry)
     specs = [
-        ar.RelaySpec("cmsalt-faultsb-1", "faultsb1.test", params=PARAMS, limits=limits),
-        ar.RelaySpec("cmsalt-faultsb-2", "faultsb2.test", params=PARAMS, limits=limits),
+        ar.RelaySpec("cmsalt-faultsb-1", "faultsb1.test", params=RELAY_PARAMS, limits=limits),
+        ar.RelaySpec("cmsalt-faultsb-2", "faultsb2.test", params=RELAY_PARAMS, limits=limits),
     ]
     progress("booting and converging two relays")
     with tempfile.TemporaryDirectory(prefix="cmsalt-faultsb-") as tmp:

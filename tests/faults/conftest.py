@@ -14,24 +14,12 @@ import pytest
 from tests.harness import acceptance_relays as ar
 from tests.harness import dns, ensure_infra, network_address
 
-from .load import dkim_key, peer_zone
+from .load import RELAY_LIMITS, RELAY_PARAMS, dkim_key, peer_zone
 
 DOMAIN = "faults1.test"
 PEER_DOMAIN = "faultpeer.test"
-PARAMS = {
-    "max_load_1m": 1000,
-    "max_user_send_per_minute": 1000000,
-    "max_user_send_burst_size": 1000000,
-    # the disk-full test makes its accounts on a 48 MB filesystem
-    "min_free_disk_space": "1M",
-}
-LIMITS = {
-    "smtp_connection_rate_per_minute": 100000,
-    "smtp_max_connections_per_client": 1000,
-    "imap_login_rate_per_minute": 100000,
-    "imap_max_userip_connections": 1000,
-    "queue_retry": "10s",
-}
+PARAMS = RELAY_PARAMS
+LIMITS = dict(RELAY_LIMITS, queue_retry="10s")
 
 
 @pytest.fixture(scope="session")

@@ -41,6 +41,22 @@ from dataclasses import dataclass, field
 
 from tests.hosts.test_relay import encrypted_message, imap_login, new_credentials, tls_context
 
+# The relays under fault load (the suite's and the bench's): no load or send
+# limits in the way of one machine sending for many clients.
+RELAY_PARAMS = {
+    "max_load_1m": 1000,
+    "max_user_send_per_minute": 1000000,
+    "max_user_send_burst_size": 1000000,
+    # the disk-full fault makes its accounts on a 48 MB filesystem
+    "min_free_disk_space": "1M",
+}
+RELAY_LIMITS = {
+    "smtp_connection_rate_per_minute": 100000,
+    "smtp_max_connections_per_client": 1000,
+    "imap_login_rate_per_minute": 100000,
+    "imap_max_userip_connections": 1000,
+}
+
 ID_DOMAIN = "faults.test"
 SAMPLE_ID = "<enc.xYzEncBoundary42@example.org>"
 # the last line of the sample: a file without it was cut short

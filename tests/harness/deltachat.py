@@ -56,3 +56,23 @@ def core(host, log_path, accounts_dir, extra_env=None):
         finally:
             rpc.close()
             host.exec("rm", "-rf", accounts_dir, check=False)
+
+
+def module_fixtures(name, fqdn, keep=False, reuse=False):
+    """The pytest fixtures ``client`` (a client host per module, booted after
+    the module's ``relay``) and ``dc`` (a fresh core per test in it), for a
+    host test module to bind: ``client, dc = deltachat.module_fixtures(...)``."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def client(relay):
+        with client_host(name, fqdn, keep, reuse) as host:
+            yield host
+
+    @pytest.fixture
+    def dc(client, tmp_path):
+        log, accounts = tmp_path / "rpc-server.log", f"/root/dc-{tmp_path.name}"
+        with core(client, log, accounts) as dc:
+            yield dc
+
+    return client, dc

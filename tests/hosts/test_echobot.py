@@ -23,17 +23,7 @@ PASSWORDS = "/etc/chatmail/echobot"
 MAILBOXES = "/home/vmail/mail"
 
 
-@pytest.fixture(scope="module")
-def client(relay):
-    with deltachat.client_host(CLIENT_NAME, "echobot-client.test", KEEP, REUSE) as host:
-        yield host
-
-
-@pytest.fixture
-def dc(client, tmp_path):
-    log, accounts = tmp_path / "rpc-server.log", f"/root/dc-{tmp_path.name}"
-    with deltachat.core(client, log, accounts) as dc:
-        yield dc
+client, dc = deltachat.module_fixtures(CLIENT_NAME, "echobot-client.test", KEEP, REUSE)
 
 
 def invite(relay, domain):

@@ -96,17 +96,7 @@ def relay(relay_and_first):
     return host
 
 
-@pytest.fixture(scope="module")
-def client(relay):
-    with deltachat.client_host(CLIENT_NAME, "iprelay-client.test", KEEP, REUSE) as host:
-        yield host
-
-
-@pytest.fixture
-def dc(client, tmp_path):
-    log, accounts = tmp_path / "rpc-server.log", f"/root/dc-{tmp_path.name}"
-    with deltachat.core(client, log, accounts) as dc:
-        yield dc
+client, dc = deltachat.module_fixtures(CLIENT_NAME, "iprelay-client.test", KEEP, REUSE)
 
 
 def test_numeric_host_name_converges(relay_and_first):
