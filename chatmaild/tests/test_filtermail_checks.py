@@ -458,3 +458,17 @@ def test_oversized_dkim_keys_are_refused():
     assert acceptable_key(normal) == normal
     assert acceptable_key(huge) is None
     assert acceptable_key(None) is None
+
+
+def test_bare_cr_after_the_closing_delimiter_is_refused():
+    """'--boundary--' + CR CR LF closes the multipart for Python's parser
+    (a bare CR ends a line there) but not for every recipient's: the short
+    fuzz run found the slow path accepting it."""
+    handler = OutgoingHandler(_CONFIG)
+    content = mail("encrypted.eml")
+    assert handler.check(A, [B], content) == "encrypted"
+    closing = content.rindex(b"--\r\n")
+    tampered = content[:closing] + b"--\r\r\n" + content[closing + 4 :]
+    with pytest.raises(Reject) as exc:
+        handler.check(A, [B], tampered)
+    assert exc.value.args[0].startswith("523 Encryption Needed: bare CR")

@@ -452,6 +452,12 @@ class OutgoingHandler(BaseHandler):
         fast_from = encrypted_sender(content, outgoing=True)
         if fast_from is not None and fast_from.lower() == mail_from.lower():
             return "encrypted"
+        if content.count(b"\r") != content.count(b"\r\n"):
+            # A bare CR ends a line for Python's parser but not for others:
+            # "--boundary--\r\r\n" closes the multipart here and may not in
+            # the recipient's parser (found by the short fuzz run in CI).
+            # No chat client writes one.
+            raise Reject("523 Encryption Needed: bare CR in the message", "encryption_needed")
         msg = parse_message(content)
         from_addr = single_from_address(msg)
         if from_addr is None or from_addr.lower() != mail_from.lower():
