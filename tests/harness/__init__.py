@@ -268,6 +268,11 @@ def release(keep=False):
             if not hosts.list_hosts(slot=SLOT):
                 network.remove_network()
         dns.stop()
+        # this process is done with its slot: free it now, inside the harness
+        # lock, so that of the sessions ending together the last one sees no
+        # slot in use and stops the daemons (each used to see the others'
+        # slots still locked by their exiting processes, and none stopped)
+        fcntl.flock(_SLOT_LOCK, fcntl.LOCK_UN)
         if slots_in_use() or (docker.running() and hosts.list_hosts(slot=None)):
             return False
         if docker.running() and building_dovecot():

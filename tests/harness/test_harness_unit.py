@@ -107,3 +107,36 @@ def test_refsuite_unavailable_without_the_source(monkeypatch, tmp_path):
     subprocess.run(["git", "init", "-q", "--bare", str(empty)], check=True)
     monkeypatch.setenv("CMSALT_REFERENCE_REPO", str(empty))
     assert refsuite.COMMIT[:12] in refsuite.unavailable()
+
+
+RELEASING_PROCESS = """
+import sys, time
+from tests import harness
+print(harness.SLOT, flush=True)
+harness.release()
+print("released", flush=True)
+time.sleep(30)
+"""
+
+
+def test_a_released_slot_is_free_while_its_process_still_runs():
+    """Sessions ending together: each must see the others' released slots
+    free, or none of them stops dockerd and the apt proxy."""
+    import subprocess
+    import sys
+
+    from tests import harness
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RELEASING_PROCESS],
+        cwd=harness.REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        slot = int(proc.stdout.readline())
+        assert proc.stdout.readline().strip() == "released"
+        assert slot not in harness.slots_in_use()
+    finally:
+        proc.kill()
+        proc.wait()
