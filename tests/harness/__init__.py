@@ -69,9 +69,14 @@ def _take_slot():
     raise RuntimeError(f"all {SLOTS - 1} harness slots are in use by other test sessions")
 
 
+def slot_prefix(slot):
+    """The first three octets of `slot`'s /24 test network."""
+    return f"172.31.{77 + slot}"
+
+
 SLOT, _SLOT_LOCK = _take_slot()
 NETWORK = "cmsalt-net" if SLOT == 0 else f"cmsalt-net-s{SLOT}"
-PREFIX = f"172.31.{77 + SLOT}"
+PREFIX = slot_prefix(SLOT)
 SUBNET = f"{PREFIX}.0/24"
 GATEWAY = f"{PREFIX}.1"
 # docker hands out addresses only from the upper half; fixed addresses (boot(ip=...))
@@ -200,7 +205,8 @@ _ensured = False
 def ensure_infra():
     """dockerd, systemd image, this slot's network and nsd, the apt proxy.
     Returns (started_dockerd, tag).  The first call of a process removes what a
-    dead earlier owner of the slot left behind (hosts not marked keep)."""
+    dead earlier owner of the slot left behind (hosts not marked keep) and
+    the kernel bridges of an earlier dockerd (network.remove_stale_bridges)."""
     global _ensured
     from . import docker, image, network
 
@@ -213,6 +219,7 @@ def ensure_infra():
 
             hosts.remove_slot_hosts(keep_kept=True)
             dns.clear()
+            network.remove_stale_bridges()
             _ensured = True
         network.ensure_network()
         tag = image.ensure_image()

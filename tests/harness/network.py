@@ -26,6 +26,7 @@ from . import (
     SLOTS,
     SUBNET,
     pid_alive,
+    slot_prefix,
     start_daemon,
     stop_process,
 )
@@ -53,7 +54,6 @@ def debian_mirror():
 
 
 def ensure_network():
-    remove_stale_bridges()
     if docker("network", "inspect", NETWORK, check=False).returncode == 0:
         return False
     docker(
@@ -76,14 +76,6 @@ def ensure_network():
     return True
 
 
-def _slot_of_address(addr):
-    """The harness slot whose subnet holds the IPv4 `addr`, or None."""
-    parts = addr.split(".")
-    if parts[:2] == ["172", "31"] and 77 <= int(parts[2]) < 77 + SLOTS:
-        return int(parts[2]) - 77
-    return None
-
-
 def remove_stale_bridges():
     """Delete kernel bridges that hold a slot's subnet but belong to no network
     of the running dockerd.  dockerd leaves a network's bridge in the kernel
@@ -96,11 +88,12 @@ def remove_stale_bridges():
     shown = subprocess.run(
         ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True
     ).stdout
+    prefixes = {slot_prefix(slot) for slot in range(SLOTS)}
     removed = []
     for line in shown.splitlines():
         fields = line.split()
         dev, addr = fields[1], fields[3].partition("/")[0]
-        if dev.startswith("br-") and dev not in ours and _slot_of_address(addr) is not None:
+        if dev.startswith("br-") and dev not in ours and addr.rpartition(".")[0] in prefixes:
             subprocess.run(["ip", "link", "del", dev], check=False)
             removed.append(dev)
     return removed

@@ -20,14 +20,15 @@ BLOCK = 500
 _BLOCKS = (HIGH - LOW) // BLOCK
 
 
-def _block() -> int:
+def _block() -> range:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker[2:]) if worker[2:].isdigit() else 0
     session = os.getppid() if "PYTEST_XDIST_WORKER" in os.environ else os.getpid()
-    return (index + 4 * (session % (_BLOCKS // 4))) % _BLOCKS
+    start = LOW + (index + 4 * (session % (_BLOCKS // 4))) % _BLOCKS * BLOCK
+    return range(start, start + BLOCK)
 
 
-_candidates = itertools.cycle(range(LOW + _block() * BLOCK, LOW + (_block() + 1) * BLOCK))
+_candidates = itertools.cycle(_block())
 
 
 def _bindable(host: str, port: int, kind: int) -> bool:
