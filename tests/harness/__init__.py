@@ -98,26 +98,47 @@ def scoped(name):
     return name if not suffix or name.endswith(suffix) else name + suffix
 
 
-def pid_alive(pidfile):
-    """The pid in `pidfile` if that process exists and is not a zombie, else None."""
+def _boot_time():
+    with open("/proc/stat") as stat:
+        for line in stat:
+            if line.startswith("btime "):
+                return int(line.split()[1])
+    raise OSError("no btime in /proc/stat")
+
+
+def pid_alive(pidfile, marker=None):
+    """The pid in `pidfile` if that process exists, is not a zombie, is the
+    one the file was written for, and (with `marker`) has `marker` in its
+    command line; else None.  Process numbers wrap (32768 here), so a stale
+    file from an earlier run names, sooner or later, someone else: another
+    slot's nsd was once stopped that way in the middle of a run.  A process
+    that started after the file was written is not the one it names."""
     try:
         pid = int(open(pidfile).read().strip())
+        written = os.stat(pidfile).st_mtime
         with open(f"/proc/{pid}/stat") as stat:
-            state = stat.read().rsplit(") ", 1)[1][:1]
+            fields = stat.read().rsplit(") ", 1)[1].split()
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            argv = cmdline.read().replace(b"\0", b" ").decode(errors="replace")
+        started = _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
-    return None if state in ("Z", "X") else pid
+    if fields[0] in ("Z", "X") or started > written + 5:
+        return None
+    if marker is not None and marker not in argv:
+        return None
+    return pid
 
 
-def stop_process(pidfile):
-    """SIGTERM the live process named by `pidfile`, SIGKILL it after 5 s.
-    Returns False when no such process was running."""
-    pid = pid_alive(pidfile)
+def stop_process(pidfile, marker=None):
+    """SIGTERM the live process named by `pidfile` (see pid_alive), SIGKILL it
+    after 5 s.  Returns False when no such process was running."""
+    pid = pid_alive(pidfile, marker)
     if pid is None:
         return False
     os.kill(pid, signal.SIGTERM)
     for _ in range(50):
-        if pid_alive(pidfile) is None:
+        if pid_alive(pidfile, marker) is None:
             break
         time.sleep(0.1)
     else:

@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 
 from . import CACHE, GATEWAY, LOG_DIR, SLOT, pid_alive, start_daemon, stop_process
@@ -49,7 +50,7 @@ def zone_text(origin, records, ns_ip=GATEWAY, serial=None):
 
 
 def _pid():
-    return pid_alive(PIDFILE)
+    return pid_alive(PIDFILE, str(CONF))
 
 
 def zones():
@@ -93,7 +94,7 @@ def _answers():
 
 
 def stop():
-    return stop_process(PIDFILE)
+    return stop_process(PIDFILE, str(CONF))
 
 
 def stop_slots(exclude=()):
@@ -101,7 +102,9 @@ def stop_slots(exclude=()):
     for pidfile in glob.glob("/run/cmsalt-nsd*.pid"):
         match = re.fullmatch(r"/run/cmsalt-nsd(?:-s(\d+))?\.pid", pidfile)
         if match and (match.group(1) is None or int(match.group(1)) not in exclude):
-            stop_process(pidfile)
+            slot = match.group(1)
+            conf = f"{CACHE / 'nsd' / f's{slot}' / 'nsd.conf'}" if slot else "nsd"
+            stop_process(pidfile, conf)
 
 
 def _control(*args):
@@ -149,7 +152,12 @@ def restart(timeout=15):
 
 
 def _reload():
-    """Make the running nsd load new, changed and removed zones without a gap."""
+    """Make the running nsd load new, changed and removed zones without a gap
+    (or start it with them, saying so, when this slot's nsd is gone)."""
+    if _pid() is None:
+        print(f"[harness] nsd of slot {SLOT} is not running: starting it", file=sys.stderr)
+        restart()
+        return
     _write_conf()
     _check_conf()
     for args in (("reconfig",), ("reload",)):

@@ -43,7 +43,7 @@ def docker(*args, check=True, input=None, timeout=None, capture=True):
 
 
 def _pid():
-    return pid_alive(PIDFILE)
+    return pid_alive(PIDFILE, "dockerd")
 
 
 def running():

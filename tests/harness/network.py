@@ -123,7 +123,7 @@ def _port_open(host, port):
 
 
 def _acng_pid():
-    return pid_alive(ACNG_PIDFILE)
+    return pid_alive(ACNG_PIDFILE, "apt-cacher-ng")
 
 
 def _write_acng_conf():
@@ -171,7 +171,7 @@ def ensure_proxy(timeout=30):
 
 
 def stop_proxy():
-    if not stop_process(ACNG_PIDFILE):
+    if not stop_process(ACNG_PIDFILE, "apt-cacher-ng"):
         return False
     os.unlink(ACNG_PIDFILE)
     return True

@@ -94,6 +94,19 @@ def test_nsd_never_stops_answering_while_zones_change():
     assert len(answers) > 20 and set(answers) == {0}
 
 
+def test_zones_set_after_this_slots_nsd_died_are_served():
+    """Another process stopping this slot's nsd (a stale pidfile once did)
+    must not fail every later host fixture: set_zones starts it again."""
+    origin = "revive.test"
+    hdns.set_zones({origin: hdns.zone_text(origin, ["@ IN A 192.0.2.7"])})
+    assert hdns.stop()
+    hdns.set_zones({origin: hdns.zone_text(origin, ["@ IN A 192.0.2.8"])})
+    reply = dns.query.udp(
+        dns.message.make_query(origin, dns.rdatatype.A), GATEWAY, port=hdns.PORT, timeout=5
+    )
+    assert [r.address for rr in reply.answer for r in rr] == ["192.0.2.8"]
+
+
 def test_slot_names_and_network_are_this_processes_own():
     network_address()
     assert scoped("cmsalt-x") == ("cmsalt-x" if SLOT == 0 else f"cmsalt-x-s{SLOT}")

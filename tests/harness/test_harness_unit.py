@@ -140,3 +140,36 @@ def test_a_released_slot_is_free_while_its_process_still_runs():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_pid_alive_refuses_a_reused_process_number(tmp_path):
+    """A stale pidfile names whoever got its number later: neither a process
+    started after the file was written nor one without the expected command
+    line is taken for the daemon (stop_process would kill it)."""
+    import os
+    import subprocess
+    import time
+
+    from tests import harness
+
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        pidfile = tmp_path / "daemon.pid"
+        pidfile.write_text(f"{proc.pid}\n")
+        assert harness.pid_alive(pidfile) == proc.pid
+        assert harness.pid_alive(pidfile, "sleep") == proc.pid
+        assert harness.pid_alive(pidfile, "nsd -d -c /somewhere/nsd.conf") is None
+        assert not harness.stop_process(pidfile, "nsd")
+        assert proc.poll() is None
+        # the file is older than the process: written for an earlier one
+        past = time.time() - 120
+        os.utime(pidfile, (past, past))
+        assert harness.pid_alive(pidfile) is None
+        assert not harness.stop_process(pidfile)
+        assert proc.poll() is None
+        pidfile.touch()
+        assert harness.stop_process(pidfile, "sleep")
+        assert proc.wait(10) is not None
+    finally:
+        proc.kill()
+        proc.wait()

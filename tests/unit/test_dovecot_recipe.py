@@ -100,3 +100,14 @@ def test_an_lto_build_may_share_the_version(cache):
     with open(d / "build-info", "a") as info:
         info.write("lto: 1\n")
     build._refuse_same_version("1:2.3.19.1+dfsg1-2.1+deb12u6+chatmail2", build.recipe_id())
+
+
+def test_a_cached_build_is_taken_while_another_build_holds_the_lock(cache):
+    """Another tree's build of a different recipe holds the build lock for
+    minutes: a session whose recipe is cached must not wait for it."""
+    import fcntl
+
+    d = fake_build(cache, f"y-{build.recipe_id()}", "1:2.3.19.1+dfsg1-2.1+deb12u6+chatmail2")
+    with open(cache / ".lock", "a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        assert build.build(check_newer=False, allow_older=True) == (d, False)
