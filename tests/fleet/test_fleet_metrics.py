@@ -56,7 +56,9 @@ def prometheus(master, relays):
     published = master.salt(MINIONS, "chatmail_metrics.targets")
     for minion in MINIONS:
         assert published[minion]["node"] == f"{ADDRESSES[minion]}:9100", published
-    ret = master.salt([PROMETHEUS], "state.apply", "fleet.prometheus", timeout=900)[PROMETHEUS]
+    # queue: the master's schedule may be running a highstate there right now
+    ret = master.salt([PROMETHEUS], "state.apply", "fleet.prometheus", "queue=True", timeout=900)
+    ret = ret[PROMETHEUS]
     failed = [k for k, v in ret.items() if not v.get("result")] if isinstance(ret, dict) else ret
     assert not failed, failed
     return relays[PROMETHEUS]
@@ -78,7 +80,12 @@ def test_every_relay_exporter_is_scraped(prometheus):
             if t["health"] == "up" and t["labels"]["job"].startswith("chatmail_")
         }
         want = {(m, f"chatmail_{k}") for m in MINIONS for k in EXPORTERS}
-        assert want <= up, sorted(want - up)
+        errors = {
+            (t["labels"].get("relay"), t["labels"]["job"]): (t["health"], t.get("lastError"))
+            for t in active
+            if (t["labels"].get("relay"), t["labels"]["job"]) in want - up
+        }
+        assert want <= up, errors or sorted(want - up)
         return True
 
     wait_for(all_up)

@@ -134,6 +134,9 @@ def test_prometheus_config_template():
     assert jobs["chatmail_node"]["file_sd_configs"][0]["files"] == [
         "/etc/prometheus/chatmail-targets/node.json"
     ]
+    # a file read while Salt still had it at 0600 is read again soon
+    assert {job["file_sd_configs"][0]["refresh_interval"] for n, job in jobs.items()
+            if n != "prometheus"} == {"30s"}  # fmt: skip
     assert conf["rule_files"] == ["/etc/prometheus/chatmail-rules.yml"]
 
 
