@@ -425,6 +425,18 @@ def bounces(relay, since):
     return [line for line in out.splitlines() if "status=bounced" in line]
 
 
+def dropped_copies(relay, since, run_id):
+    """Copies of the load's messages LMTP's dedupe script dropped (its
+    "discard action" log lines) since a time.time()."""
+    out = relay.host.sh(
+        f"journalctl --no-pager -o cat --since @{int(since) - 1}"
+        f" | grep -F 'discard action' | grep -F '<fault-{run_id}-'",
+        check=False,
+        timeout=120,
+    ).stdout
+    return len(out.splitlines())
+
+
 @dataclass
 class Tally:
     sent: int = 0
@@ -439,6 +451,7 @@ class Tally:
     unknown_delivered: int = 0
     retried: int = 0  # messages tried more than once (4xx or a broken connection)
     retried_accepted: int = 0  # ... and accepted at last: each must be there once
+    dropped: int = 0  # second copies the relay's LMTP dropped (dedupe_period)
     partial: int = 0  # files without the sample's end
     tmp_left: int = 0  # files left in Maildir tmp/
     other_files: int = 0  # files in the load's mailboxes that are not load messages
@@ -463,6 +476,9 @@ class Tally:
         if self.retried:
             retried = f"retried {self.retried} ({self.retried_accepted} accepted at last)"
             note = f"{note}; {retried}" if note else retried
+        if self.dropped:
+            dropped = f"{self.dropped} second copies dropped by LMTP"
+            note = f"{note}; {dropped}" if note else dropped
         return (
             f"| {fault} | {self.sent} | {self.accepted} | {self.delivered} | {self.duplicated} "
             f"| {self.refused} | {self.unknown} | {self.missing} | {rec} | {note} |"
@@ -483,6 +499,7 @@ def tally(load, relays, since, recovered_at=None):
     found, tmp, other = {}, [], []
     queued = 0
     bounced = []
+    dropped = 0
     for relay in relays:
         addrs = accounts.get(relay.domain, [])
         if addrs:
@@ -493,8 +510,10 @@ def tally(load, relays, since, recovered_at=None):
             other += got["other"]
         queued += queue_size(relay)
         bounced += bounces(relay, since)
+        dropped += dropped_copies(relay, since, load.run_id)
     t = Tally(sent=len(subs), connect_failures=load.connect_failures)
     t.tmp_left, t.other_files, t.queued, t.bounced = len(tmp), len(other), queued, len(bounced)
+    t.dropped = dropped
     ex = t.examples
     if tmp:
         ex["tmp"] = tmp[:3]
