@@ -583,6 +583,37 @@ def test_lmtp_stores_a_message_once_per_mailbox(relay):
     assert "rror" not in log and "arning" not in log, log
 
 
+def test_a_message_submitted_twice_is_stored_once(relay):
+    """The whole path of a sender's retry: the same message submitted twice
+    (as Delta Chat does after a 4xx for a message that was queued all the
+    same) is accepted twice and stored once."""
+    sender, sender_pw = new_credentials()
+    rcpt, rcpt_pw = new_credentials()
+    imap_login(relay.ip, rcpt, rcpt_pw).logout()
+    message_id = f"{sender.split('@')[0]}.{time.time_ns()}@{DOMAIN}"
+    text = encrypted_message(sender, rcpt)
+    text = re.sub(r"(?m)^Message-ID: .*$", f"Message-ID: <{message_id}>", text)
+    mark(relay, "/tmp/dedupe-twice.cursor")
+    for _ in range(2):
+        assert submit(relay.ip, sender, sender_pw, [rcpt], text) == {}
+    deadline = time.monotonic() + 60
+    while True:
+        log = journal_since(relay, "/tmp/dedupe-twice.cursor", message_id)
+        if "discard action:" in log or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    lines = log.splitlines()
+    assert sum("discard action:" in line for line in lines) == 1, log
+    assert sum("stored mail into mailbox 'INBOX'" in line for line in lines) == 1, log
+    imap = imap_login(relay.ip, rcpt, rcpt_pw)
+    try:
+        imap.select("INBOX")
+        typ, data = imap.search(None, "ALL")
+    finally:
+        imap.logout()
+    assert len(data[0].split()) == 1, data
+
+
 def test_dedupe_script_compiled_and_users_have_none(relay):
     host = relay
     svbin = "/etc/dovecot/chatmail-dedupe.svbin"
