@@ -15,7 +15,7 @@ hashes the patches, the script's SUFFIX and RECIPE lines and the options
 (``lto``): a changed patch (or RECIPE bump) builds anew, a new Debian source
 version builds anew, anything else reuses.
 Each directory holds ``chatmail-dovecot.tar`` (what the dovecot state installs),
-the four .debs, dpkg's .buildinfo and ``build-info`` (versions, wall and CPU
+the .debs a relay installs, dpkg's .buildinfo and ``build-info`` (versions, wall and CPU
 seconds).  ``current`` names the newest build of the current recipe.
 
 Publishing copies (hard-links) ``chatmail-dovecot.tar`` with its ``.sha256`` and

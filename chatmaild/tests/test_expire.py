@@ -107,6 +107,33 @@ def test_remove(tree):
     assert "removed 0 of 1 accounts and 0 of 4 messages" in res.stdout
 
 
+def test_dedupe_database_and_locks_are_neither_messages_nor_folders(make_ini, tmp_path):
+    """LMTP's dedupe script (dedupe_period) keeps its ids in
+    .dovecot.lda-dupes and its locks under dovecot-volatile/: expiry neither
+    counts nor removes them (they go with the account)."""
+    from chatmaild.expire import maildir_folders, scan_messages
+
+    ini = make_ini(delete_mails_after=20, delete_large_after=7, delete_inactive_users_after=90)
+    mb = tmp_path / "mailboxes"
+    now = time.time()
+    acc = make_account(mb, f"dedupe123@{DOMAIN}", login_days_ago=1, now=now)
+    old = now - 30 * DAY
+    dupes = acc / ".dovecot.lda-dupes"
+    dupes.write_bytes(b"x" * 300000)
+    locks = acc / "dovecot-volatile" / ".dovecot.lda-dupes.locks"
+    locks.mkdir(parents=True)
+    (locks / "duplicate.lock.0123").write_bytes(b"")
+    for path in (dupes, locks / "duplicate.lock.0123"):
+        os.utime(path, (old, old))
+    msg = add_message(acc, "1.M1.host,S=100:2,S", 25, now=now)
+    assert maildir_folders(acc) == [acc]
+    assert [m.path for m in scan_messages(acc)] == [msg]
+    res = run(ini, "--remove")
+    assert res.returncode == 0, res.stderr
+    assert "removed 0 of 1 accounts and 1 of 1 messages" in res.stdout
+    assert dupes.exists() and (locks / "duplicate.lock.0123").exists()
+
+
 def test_days_offset_previews_future(tree):
     ini, mb, acc, inactive, paths = tree
     res = run(ini, "--days-offset", "18")

@@ -109,6 +109,8 @@ chatmail:
     max_smtp_connections: 1000
     # recipients per message; advertised to clients as maxsmtprecipients
     max_smtp_recipients: 1000
+    # seconds a mailbox remembers a delivered message by its From address and Message-ID: another copy within this time (a sender retrying after a refused transaction) is dropped, so it is stored once (0: off; docs/dovecot.md)
+    dedupe_period: 86400
     # where push notification requests go
     push_notification_url: https://notifications.delta.chat/notify
     # days after which a device token that was not renewed is forgotten
@@ -323,8 +325,8 @@ chatmail:
   lookup:
     pkgs:
       postfix: [postfix]
-      dovecot: [dovecot-imapd, dovecot-lmtpd, dovecot-auth-lua, lua-json]
-      dovecot_build: [dovecot-core, dovecot-imapd, dovecot-lmtpd, dovecot-auth-lua]  # a patched build's packages
+      dovecot: [dovecot-imapd, dovecot-lmtpd, dovecot-auth-lua, dovecot-sieve, lua-json]
+      dovecot_build: [dovecot-core, dovecot-imapd, dovecot-lmtpd, dovecot-auth-lua, dovecot-sieve]  # a patched build's packages
       opendkim: [opendkim, opendkim-tools]
       nginx: [nginx, libnginx-mod-stream]
       unbound: [unbound]

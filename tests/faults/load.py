@@ -16,7 +16,12 @@ first command that refused it): ``accepted`` (250), ``refused`` (a 4xx/5xx
 reply, or the connection lost before the message was sent: the sender knows
 it did not go), ``unknown`` (the connection was lost after the message was
 sent, before the reply).  A sender that loses its connection reconnects after
-a short pause, as a client would; it never resends a message.
+a short pause, as a client would.  Like a real sender (Delta Chat, a peer's
+MTA) it sends a message again, the same bytes on a new connection
+``retry_delay`` seconds later, when it was refused with a 4xx or the
+connection broke, up to ``attempts`` tries in all; a 5xx is final.  A message
+is one submission however often it was tried: its outcome is that of its
+last try (``accepted`` if any try got a 250), ``history`` has every try.
 
 Accounting (``count``): a script run on each relay host walks the Maildirs
 of the load's accounts and reports, per message id, which mailbox holds it
@@ -75,6 +80,15 @@ def crlf(text):
     return text.replace("\r\n", "\n").replace("\n", "\r\n").encode()
 
 
+# A refused (4xx) or broken transaction is tried again this many seconds
+# later, up to ATTEMPTS tries in all: a real sender retries (Delta Chat
+# within seconds, an MTA after minutes), so a message queued although its
+# sender was told 4xx arrives a second time unless the relay drops the
+# copy (dedupe_period, docs/dovecot.md).
+RETRY_DELAY = 3.0
+ATTEMPTS = 4
+
+
 @dataclass
 class Submission:
     id: str
@@ -83,9 +97,14 @@ class Submission:
     via: str  # "587", "465" or "25"
     start: float
     end: float = 0.0
-    outcome: str = ""  # accepted | refused | unknown
+    outcome: str = ""  # accepted | refused | unknown (of the last try)
     code: int | None = None
     reply: str = ""
+    history: list = field(default_factory=list)  # [(outcome, code, reply)] of every try
+
+    @property
+    def attempts(self):
+        return len(self.history)
 
 
 class Lost(Exception):
@@ -221,8 +240,9 @@ class Load:
     """Submit at `rate` messages/s in total from `senders` to `recipients`
     ([(relay, addr)], taken in turn) until stop()."""
 
-    def __init__(self, senders, recipients, rate=25.0):
+    def __init__(self, senders, recipients, rate=25.0, attempts=ATTEMPTS, retry_delay=RETRY_DELAY):
         self.senders, self.recipients, self.rate = senders, recipients, rate
+        self.attempts, self.retry_delay = attempts, retry_delay
         self.subs: list[Submission] = []
         self.connect_failures = 0
         self.lock = threading.Lock()
@@ -265,17 +285,7 @@ class Load:
             msg_id = f"fault-{self.run_id}-{uuid.uuid4().hex[:12]}"
             sub = Submission(msg_id, sender.addr, rcpt, sender.via, time.time())
             data = sender.data(rcpt, msg_id)
-            try:
-                code, reply = transaction(smtp, sender.addr, rcpt, data)
-                sub.code, sub.reply = code, reply.decode("utf-8", "replace")
-                sub.outcome = "accepted" if code == 250 else "refused"
-                if code == 421:
-                    smtp = _drop(smtp)
-            except Lost as exc:
-                sub.outcome = "unknown" if exc.sent else "refused"
-                sub.reply = f"connection lost: {exc}"
-                smtp = _drop(smtp)
-            sub.end = time.time()
+            smtp = self._send(sender, smtp, sub, data)
             with self.lock:
                 self.subs.append(sub)
         if smtp is not None:
@@ -283,6 +293,39 @@ class Load:
                 smtp.quit()
             except (OSError, smtplib.SMTPException):
                 pass
+
+    def _send(self, sender, smtp, sub, data):
+        """Try `sub` until it is accepted, refused for good (5xx) or out of
+        attempts (also after stop(): a sender finishes its retries); returns
+        the connection to go on with (None: broken)."""
+        while True:
+            code, reply = None, ""
+            if smtp is None:
+                try:
+                    smtp = sender.connect()
+                except (OSError, smtplib.SMTPException) as exc:
+                    with self.lock:
+                        self.connect_failures += 1
+                    outcome, reply = "refused", f"connect failed: {exc}"
+            if smtp is not None:
+                try:
+                    code, raw = transaction(smtp, sender.addr, sub.rcpt, data)
+                    reply = raw.decode("utf-8", "replace")
+                    outcome = "accepted" if code == 250 else "refused"
+                    if code == 421 or outcome == "refused" and 400 <= code < 500:
+                        # a new connection for the next try, as clients do
+                        smtp = _drop(smtp)
+                except Lost as exc:
+                    outcome = "unknown" if exc.sent else "refused"
+                    reply = f"connection lost: {exc}"
+                    smtp = _drop(smtp)
+            sub.history.append((outcome, code, reply[:120]))
+            sub.outcome, sub.code, sub.reply = outcome, code, reply
+            final = outcome == "refused" and code is not None and code >= 500
+            if outcome == "accepted" or final or sub.attempts >= self.attempts:
+                sub.end = time.time()
+                return smtp
+            time.sleep(self.retry_delay)
 
     def start(self):
         self.t0 = time.monotonic()
@@ -296,7 +339,7 @@ class Load:
     def stop(self):
         self.stopping.set()
         for t in self.threads:
-            t.join(timeout=90)
+            t.join(timeout=90 + self.attempts * (self.retry_delay + 60))
 
     def run(self, seconds):
         time.sleep(seconds)
@@ -382,6 +425,18 @@ def bounces(relay, since):
     return [line for line in out.splitlines() if "status=bounced" in line]
 
 
+def dropped_copies(relay, since, run_id):
+    """Copies of the load's messages LMTP's dedupe script dropped (its
+    "discard action" log lines) since a time.time()."""
+    out = relay.host.sh(
+        f"journalctl --no-pager -o cat --since @{int(since) - 1}"
+        f" | grep -F 'discard action' | grep -F '<fault-{run_id}-'",
+        check=False,
+        timeout=120,
+    ).stdout
+    return len(out.splitlines())
+
+
 @dataclass
 class Tally:
     sent: int = 0
@@ -392,8 +447,11 @@ class Tally:
     duplicated: int = 0  # any submission found more than once
     missing: int = 0  # accepted, found nowhere
     misplaced: int = 0  # found in a mailbox that is not its recipient's
-    refused_delivered: int = 0  # refused to the sender, delivered all the same
+    refused_delivered: int = 0  # refused to the sender (last try), delivered all the same
     unknown_delivered: int = 0
+    retried: int = 0  # messages tried more than once (4xx or a broken connection)
+    retried_accepted: int = 0  # ... and accepted at last: each must be there once
+    dropped: int = 0  # second copies the relay's LMTP dropped (dedupe_period)
     partial: int = 0  # files without the sample's end
     tmp_left: int = 0  # files left in Maildir tmp/
     other_files: int = 0  # files in the load's mailboxes that are not load messages
@@ -415,6 +473,12 @@ class Tally:
 
     def row(self, fault, note=""):
         rec = "–" if self.recovery is None else f"{self.recovery:.1f} s"
+        if self.retried:
+            retried = f"retried {self.retried} ({self.retried_accepted} accepted at last)"
+            note = f"{note}; {retried}" if note else retried
+        if self.dropped:
+            dropped = f"{self.dropped} second copies dropped by LMTP"
+            note = f"{note}; {dropped}" if note else dropped
         return (
             f"| {fault} | {self.sent} | {self.accepted} | {self.delivered} | {self.duplicated} "
             f"| {self.refused} | {self.unknown} | {self.missing} | {rec} | {note} |"
@@ -435,6 +499,7 @@ def tally(load, relays, since, recovered_at=None):
     found, tmp, other = {}, [], []
     queued = 0
     bounced = []
+    dropped = 0
     for relay in relays:
         addrs = accounts.get(relay.domain, [])
         if addrs:
@@ -445,8 +510,10 @@ def tally(load, relays, since, recovered_at=None):
             other += got["other"]
         queued += queue_size(relay)
         bounced += bounces(relay, since)
+        dropped += dropped_copies(relay, since, load.run_id)
     t = Tally(sent=len(subs), connect_failures=load.connect_failures)
     t.tmp_left, t.other_files, t.queued, t.bounced = len(tmp), len(other), queued, len(bounced)
+    t.dropped = dropped
     ex = t.examples
     if tmp:
         ex["tmp"] = tmp[:3]
@@ -458,9 +525,13 @@ def tally(load, relays, since, recovered_at=None):
     for sub in subs:
         hits = found.get(sub.id, [])
         t.partial += sum(1 for _addr, _mtime, complete in hits if not complete)
+        if sub.attempts > 1:
+            t.retried += 1
+            t.retried_accepted += sub.outcome == "accepted"
         if len(hits) > 1:
             t.duplicated += 1
-            ex.setdefault("duplicated", []).append([sub.id, sub.outcome, sub.reply[:80]])
+            tries = [f"{o} {c or ''} {r[:60]}" for o, c, r in sub.history]
+            ex.setdefault("duplicated", []).append([sub.id, len(hits), tries])
         if any(addr != sub.rcpt for addr, _m, _c in hits):
             t.misplaced += 1
         if sub.outcome == "accepted":

@@ -59,11 +59,14 @@ class PlainSender:
 
 class Server:
     """Stores each message in <root>/<domain>/<rcpt>/new/; `mode(n)` picks
-    what to do with the n-th message: ok, refuse (451), store-and-refuse,
-    twice (stored two times, 250), cut (stored without its end, 250)."""
+    what to do with the n-th message: ok, refuse (451), reject (550),
+    store-and-refuse, twice (stored two times, 250), cut (stored without its
+    end, 250).  `dedupe`: a message already stored for a recipient (by its
+    Message-ID) is not stored again, as the relay's LMTP does."""
 
-    def __init__(self, root, mode):
-        self.root, self.mode, self.n = Path(root), mode, 0
+    def __init__(self, root, mode, dedupe=False):
+        self.root, self.mode, self.n, self.dedupe = Path(root), mode, 0, dedupe
+        self.stored = set()
         server = self
 
         class Handler:
@@ -73,10 +76,12 @@ class Server:
                 content = envelope.original_content
                 if what == "cut":
                     content = content[: len(content) // 2]
-                if what != "refuse":
+                if what not in ("refuse", "reject"):
                     for rcpt in envelope.rcpt_tos:
                         for copy in range(2 if what == "twice" else 1):
                             server.store(rcpt, content, copy)
+                if what == "reject":
+                    return "550 5.7.1 no"
                 return "451 4.3.0 try later" if what in ("refuse", "store-refuse") else "250 OK"
 
         self.port = free_port()
@@ -84,6 +89,10 @@ class Server:
         self.controller.start()
 
     def store(self, rcpt, content, copy):
+        key = (rcpt, content.split(b"Message-ID:", 1)[-1].split(b"\r\n", 1)[0])
+        if self.dedupe and key in self.stored:
+            return
+        self.stored.add(key)
         new = self.root / rcpt.rsplit("@", 1)[1] / rcpt / "new"
         new.mkdir(parents=True, exist_ok=True)
         (new / f"{time.time_ns()}.{copy}").write_bytes(content)
@@ -92,12 +101,13 @@ class Server:
         self.controller.stop()
 
 
-def run(tmp_path, mode, seconds=1.5, rate=40.0):
-    server = Server(tmp_path, mode)
+def run(tmp_path, mode, seconds=1.5, rate=40.0, attempts=1, dedupe=False):
+    server = Server(tmp_path, mode, dedupe)
     relay = LocalRelay("local.test", LocalHost(tmp_path))
     rcpts = [(relay, f"rcpt{i}@local.test") for i in range(3)]
     try:
-        load = L.Load([PlainSender(server.port, "local.test") for _ in range(3)], rcpts, rate)
+        senders = [PlainSender(server.port, "local.test") for _ in range(3)]
+        load = L.Load(senders, rcpts, rate, attempts=attempts, retry_delay=0.05)
         load.start()
         time.sleep(seconds)
         load.stop()
@@ -148,6 +158,35 @@ def test_refused_and_missing(tmp_path):
     t2 = L.tally(load, [], time.time())
     assert t2.missing == t2.accepted  # no relay counted: everything is missing
     assert "missing" in json.dumps(t2.problems())
+
+
+def test_a_refused_message_is_tried_again_and_counted_once(tmp_path):
+    """A 4xx is tried again (the same message, a new connection); it is one
+    submission, accepted at last, and in its mailbox once."""
+    load, t = run(tmp_path, lambda n: "refuse" if n % 4 == 0 else "ok", attempts=3)
+    assert t.retried > 0 and t.retried_accepted == t.retried, t
+    assert t.accepted == t.delivered == t.sent and t.refused == 0, t
+    assert t.problems() == [], t
+    retried = [s for s in load.subs if s.attempts > 1]
+    assert all(s.history[0][:2] == ("refused", 451) and s.outcome == "accepted" for s in retried)
+
+
+def test_a_5xx_is_final(tmp_path):
+    load, t = run(tmp_path, lambda n: "reject" if n % 4 == 0 else "ok", attempts=3)
+    assert t.retried == 0 and t.refused == t.sent // 4, t
+    assert t.problems() == [], t
+
+
+def test_queued_but_refused_then_retried_is_a_duplicate_unless_the_relay_drops_it(tmp_path):
+    """The defect of docs/faults.md: the message was queued although the
+    sender was told 4xx; its retry delivers it again.  A relay that stores a
+    message once per mailbox (dedupe_period) shows it exactly once."""
+    mode = lambda n: "store-refuse" if n % 5 == 0 else "ok"  # noqa: E731
+    load, t = run(tmp_path / "plain", mode, attempts=3)
+    assert t.duplicated == t.retried > 0 and t.refused_delivered == 0, t
+    assert any(p.startswith("duplicated") for p in t.problems())
+    load, t = run(tmp_path / "dedupe", mode, attempts=3, dedupe=True)
+    assert t.retried > 0 and t.problems() == [], t
 
 
 def test_lost_connection_after_the_data_is_unknown():

@@ -15,7 +15,8 @@ from tests.harness import hosts
 
 from .test_relay import idle_announce_latency, imap_login, new_credentials
 
-BUILD_PKGS = ["dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-auth-lua"]
+# dovecot-sieve: the same source package, the same version (the dedupe script)
+BUILD_PKGS = ["dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-auth-lua", "dovecot-sieve"]
 REPO_DIR = "/var/lib/chatmail-dovecot/repo"
 STORAGE_LIB = "/usr/lib/dovecot/libdovecot-storage.so.0.0.0"
 

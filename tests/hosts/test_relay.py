@@ -502,6 +502,153 @@ def test_no_sub_addressing_in_postfix_and_dovecot(relay):
     assert relay.exec("doveconf", "-h", "recipient_delimiter").stdout.strip() == ""
 
 
+# --- exactly once per mailbox (dedupe_period, docs/dovecot.md) -------------------
+
+# Runs inside the relay: delivers each message of stdin's list in its own
+# transaction over Postfix's LMTP socket; prints [[code, reply, seconds]].
+LMTP_EACH = r"""
+import json, smtplib, sys, time
+args = json.load(sys.stdin)
+out = []
+for msg in args["messages"]:
+    with smtplib.LMTP("/var/spool/postfix/private/dovecot-lmtp") as lmtp:
+        lmtp.ehlo_or_helo_if_needed()
+        start = time.perf_counter()
+        lmtp.mail(args["sender"])
+        code, text = lmtp.rcpt(args["rcpt"])
+        if code == 250:
+            code, text = lmtp.data(msg.encode())
+        out.append([code, text.decode(), time.perf_counter() - start])
+print(json.dumps(out))
+"""
+
+
+def lmtp_each(host, rcpt, messages, sender="peer@dedupe.test"):
+    args = json.dumps({"rcpt": rcpt, "sender": sender, "messages": messages})
+    return json.loads(host.exec("python3", "-c", LMTP_EACH, input=args).stdout)
+
+
+def dedupe_msg(from_hdr, msg_id, body):
+    head = f"From: {from_hdr}\r\nTo: <x@{DOMAIN}>\r\nSubject: dedupe\r\n"
+    if msg_id:
+        head += f"Message-ID: {msg_id}\r\n"
+    return f"{head}\r\n{body}\r\n"
+
+
+def test_lmtp_stores_a_message_once_per_mailbox(relay):
+    """The same message twice is stored once (the second copy answered 250:
+    the sender must not retry it forever); the same Message-ID from another
+    From is delivered (nobody else can make a mailbox drop the sender's
+    message); another message with the same From and Message-ID is dropped
+    (within dedupe_period the Message-ID is the identity, as for Delta Chat);
+    without a Message-ID nothing is dropped."""
+    host = relay
+    addr, password = new_credentials(DOMAIN)
+    imap_login(relay.ip, addr, password).logout()
+    mark(host, "/tmp/dedupe.cursor")
+    mid = f"<dedupe-{random.randrange(10**12)}@peer.test>"
+    alice = "Alice <alice@peer.test>"
+    replies = lmtp_each(
+        host,
+        addr,
+        [
+            dedupe_msg(alice, mid, "first"),
+            dedupe_msg(alice, mid, "first"),  # a sender's retry
+            dedupe_msg("Mallory <mallory@evil.test>", mid, "pre-empt"),
+            dedupe_msg(alice, mid, "another body"),
+            dedupe_msg(alice, None, "no id"),
+            dedupe_msg(alice, None, "no id"),
+        ],
+    )
+    assert [r[0] for r in replies] == [250] * 6, replies
+    imap = imap_login(relay.ip, addr, password)
+    try:
+        typ, data = imap.list()
+        assert typ == "OK" and len(data) == 1 and data[0].endswith(b"INBOX"), data
+        imap.select("INBOX")
+        typ, data = imap.search(None, "ALL")
+        bodies = []
+        for num in data[0].split():
+            typ, got = imap.fetch(num, "(BODY.PEEK[TEXT])")
+            bodies.append(got[0][1].decode().strip())
+    finally:
+        imap.logout()
+    assert sorted(bodies) == ["first", "no id", "no id", "pre-empt"], bodies
+    # the retry and the other message dropped, four stored; no Sieve errors
+    # or warnings (the state compiled the script)
+    log = journal_since(host, "/tmp/dedupe.cursor", "sieve: ")
+    lines = log.splitlines()
+    assert sum("discard action:" in line for line in lines) == 2, log
+    assert sum("stored mail into mailbox 'INBOX'" in line for line in lines) == 4, log
+    assert "rror" not in log and "arning" not in log, log
+
+
+def test_a_message_submitted_twice_is_stored_once(relay):
+    """The whole path of a sender's retry: the same message submitted twice
+    (as Delta Chat does after a 4xx for a message that was queued all the
+    same) is accepted twice and stored once."""
+    sender, sender_pw = new_credentials()
+    rcpt, rcpt_pw = new_credentials()
+    imap_login(relay.ip, rcpt, rcpt_pw).logout()
+    message_id = f"{sender.split('@')[0]}.{time.time_ns()}@{DOMAIN}"
+    text = encrypted_message(sender, rcpt)
+    text = re.sub(r"(?m)^Message-ID: .*$", f"Message-ID: <{message_id}>", text)
+    mark(relay, "/tmp/dedupe-twice.cursor")
+    for _ in range(2):
+        assert submit(relay.ip, sender, sender_pw, [rcpt], text) == {}
+    deadline = time.monotonic() + 60
+    while True:
+        log = journal_since(relay, "/tmp/dedupe-twice.cursor", message_id)
+        if "discard action:" in log or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    lines = log.splitlines()
+    assert sum("discard action:" in line for line in lines) == 1, log
+    assert sum("stored mail into mailbox 'INBOX'" in line for line in lines) == 1, log
+    imap = imap_login(relay.ip, rcpt, rcpt_pw)
+    try:
+        imap.select("INBOX")
+        typ, data = imap.search(None, "ALL")
+    finally:
+        imap.logout()
+    assert len(data[0].split()) == 1, data
+
+
+def test_dedupe_script_compiled_and_users_have_none(relay):
+    host = relay
+    svbin = "/etc/dovecot/chatmail-dedupe.svbin"
+    assert host.exec("stat", "-c", "%a %U", svbin).stdout.split() == ["644", "root"]
+    stamp = host.exec("cat", f"{svbin}.stamp").stdout.split()
+    sha = host.sh("sha256sum < /etc/dovecot/chatmail-dedupe.sieve").stdout.split()[0]
+    out = host.exec("dpkg-query", "-W", "-f=${Version}\n", "dovecot-sieve", "dovecot-core").stdout
+    sieve_version, core_version = out.split()
+    assert stamp == [sha, sieve_version] and sieve_version == core_version
+    conf = host.exec("doveconf", "-n").stdout
+    assert "sieve_before = /etc/dovecot/chatmail-dedupe.sieve" in conf
+    assert re.search(r"^protocols = imap lmtp$", conf, re.M), "no managesieve"
+    assert re.search(r"^\s+sieve = $", conf, re.M), "personal scripts are off"
+    installed = host.exec("dpkg-query", "-W", "-f=${Status}", "dovecot-managesieved", check=False)
+    assert "ok installed" not in installed.stdout
+
+
+def test_lmtp_delivery_cost_with_the_dedupe_script(relay):
+    """A micro-measure (printed): LMTP transactions with the dedupe script,
+    40 distinct messages to one mailbox (each checked and remembered)."""
+    addr, password = new_credentials(DOMAIN)
+    imap_login(relay.ip, addr, password).logout()
+    run = random.randrange(10**12)
+    msgs = [
+        dedupe_msg("<alice@peer.test>", f"<cost-{run}-{i}@peer.test>", "x" * 3000)
+        for i in range(40)
+    ]
+    times = sorted(r[2] for r in lmtp_each(relay, addr, msgs))
+    p50, p90 = times[len(times) // 2], times[int(len(times) * 0.9)]
+    print(
+        f"\nLMTP delivery with the dedupe script: p50 {p50 * 1000:.1f} ms, p90 {p90 * 1000:.1f} ms"
+    )
+    assert p50 < 0.5, times
+
+
 INI = "/etc/chatmail/chatmail.ini"
 
 

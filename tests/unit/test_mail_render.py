@@ -385,7 +385,7 @@ def test_dovecot_conf(example, certs):
     ]
     assert f"ssl_cert = <{certs['cert']}" in conf
     assert "mail_home = /home/vmail/mail/%d/%u" in conf
-    assert "mail_location = maildir:~" in conf
+    assert "mail_location = maildir:~:VOLATILEDIR=~/dovecot-volatile" in conf
     # fallback quota: the primary's size; doveauth answers per domain
     assert "quota_rule = *:storage=500M" in conf
     # trimmed at 75%, at 100% and when a session starts over quota; deferred when full

@@ -14,6 +14,9 @@ chatmail-dovecot-clean-config-file-absent:
       - /etc/dovecot/chatmail-auth.conf.ext
       - /etc/dovecot/push_notification.lua
       - /etc/dovecot/chatmail-login-limit.lua
+      - /etc/dovecot/chatmail-dedupe.sieve
+      - /etc/dovecot/chatmail-dedupe.svbin
+      - /etc/dovecot/chatmail-dedupe.svbin.stamp
       - /usr/local/bin/chatmail-quota-warning
       - /etc/systemd/system/dovecot.service.d/chatmail.conf
       - /etc/apt/preferences.d/chatmail-dovecot

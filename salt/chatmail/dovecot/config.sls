@@ -65,6 +65,52 @@ chatmail-dovecot-config-login-limit-file-managed:
     - require:
       - pkg: chatmail-dovecot-package-pkg-installed
 
+{#- Exactly once per mailbox (params dedupe_period, docs/dovecot.md): the
+    relay's Sieve script, run by LMTP before every delivery.  sievec compiles
+    it here, as root, next to it (.svbin, which sievec writes 0600: made
+    readable): LMTP runs as vmail, cannot write /etc/dovecot and would
+    otherwise compile it at every delivery.  The stamp
+    names what the binary was compiled from (the script's sha256 and
+    dovecot-sieve's version, whose binary format may change): compiled again
+    when either changes or the binary is gone. #}
+{%- set sieve = "/etc/dovecot/chatmail-dedupe.sieve" %}
+{%- set svbin = "/etc/dovecot/chatmail-dedupe.svbin" %}
+{%- set stamp = "/etc/dovecot/chatmail-dedupe.svbin.stamp" %}
+{%- set compiled_from = "\"$(sha256sum < " ~ sieve ~ " | cut -c1-64)"
+      ~ " $(dpkg-query -W -f='${Version}' dovecot-sieve)\"" %}
+{%- if chatmail.params.dedupe_period | int > 0 %}
+
+chatmail-dovecot-config-dedupe-sieve-file-managed:
+  file.managed:
+    - name: {{ sieve }}
+    - source: salt://{{ tpldir }}/files/chatmail-dedupe.sieve
+    - user: root
+    - group: root
+    - mode: '0644'
+    - require:
+      - pkg: chatmail-dovecot-package-pkg-installed
+
+chatmail-dovecot-config-dedupe-sieve-compiled-cmd-run:
+  cmd.run:
+    - name: >-
+        sievec {{ sieve }} {{ svbin }} && chmod 0644 {{ svbin }}
+        && echo {{ compiled_from }} > {{ stamp }}
+    - unless: >-
+        test -s {{ svbin }} && test "$(stat -c %a {{ svbin }})" = 644
+        && test "$(cat {{ stamp }} 2>/dev/null)" = {{ compiled_from }}
+    - require:
+      - file: chatmail-dovecot-config-dedupe-sieve-file-managed
+      - file: chatmail-dovecot-config-file-managed
+{%- else %}
+
+chatmail-dovecot-config-dedupe-sieve-file-absent:
+  file.absent:
+    - names:
+      - {{ sieve }}
+      - {{ svbin }}
+      - {{ stamp }}
+{%- endif %}
+
 {#- Dovecot runs this as vmail when a mailbox passes 75% of its quota. #}
 chatmail-dovecot-config-quota-warning-file-managed:
   file.managed:

@@ -31,6 +31,10 @@ chatmail-dovecot-service-running:
     - require:
       - module: chatmail-dovecot-service-daemon-reloaded
       - cmd: chatmail-dovecot-service-config-checked
+{%- if chatmail.params.dedupe_period | int > 0 %}
+      # LMTP finds the dedupe script compiled when it first runs it
+      - cmd: chatmail-dovecot-config-dedupe-sieve-compiled-cmd-run
+{%- endif %}
     - watch:
       # a different Dovecot build (dpkg restarts it too; this makes sure)
       - cmd: chatmail-dovecot-package-version-cmd-run

@@ -18,7 +18,8 @@
 #   chatmail-dovecot.tar   the archive the chatmail.dovecot state installs: a flat
 #                          apt repository (the .debs below, Packages, Release,
 #                          SHA256SUMS, VERSION); deterministic for a given build
-#   *.deb                  dovecot-core, -imapd, -lmtpd, -auth-lua (what a relay installs)
+#   *.deb                  dovecot-core, -imapd, -lmtpd, -auth-lua, -sieve (what a relay
+#                          installs; -sieve is Pigeonhole, built from the same source)
 #   dovecot_*.buildinfo    dpkg's record of the build environment
 #   build-info             source versions, options, wall and CPU seconds
 #
@@ -37,9 +38,9 @@ set -euo pipefail
 # insists) or of what this script builds, so that relays see a new version and
 # install it.  Builds are cached by source version + patches + these two lines
 # + options (dovecot/build.py).
-RECIPE=2
+RECIPE=3
 SUFFIX="chatmail$RECIPE"
-PACKAGES="dovecot-core dovecot-imapd dovecot-lmtpd dovecot-auth-lua"
+PACKAGES="dovecot-core dovecot-imapd dovecot-lmtpd dovecot-auth-lua dovecot-sieve"
 ORIGIN=chatmail-salt
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PATCH_DIR="${DOVECOT_PATCH_DIR:-$HERE/patches}"
