@@ -109,8 +109,8 @@ chatmail:
     max_smtp_connections: 1000
     # recipients per message; advertised to clients as maxsmtprecipients
     max_smtp_recipients: 1000
-    # seconds a mailbox remembers a delivered message by its From address and Message-ID: another copy within this time (a sender retrying after a refused transaction) is dropped, so it is stored once (0: off; docs/dovecot.md)
-    dedupe_period: 86400
+    # seconds a mailbox remembers a delivered message by its From address and Message-ID: another copy within this time (a sender retrying after a refused transaction) is dropped, so it is stored once; 0 (the default): off, because LMTP's Sieve plugin writes a copy per recipient instead of hard links (docs/dovecot.md); 86400 is a day
+    dedupe_period: 0
     # where push notification requests go
     push_notification_url: https://notifications.delta.chat/notify
     # days after which a device token that was not renewed is forgotten

@@ -54,6 +54,8 @@ RELAY_PARAMS = {
     "max_user_send_burst_size": 1000000,
     # the disk-full fault makes its accounts on a 48 MB filesystem
     "min_free_disk_space": "1M",
+    # exactly once per mailbox although senders retry (off by default)
+    "dedupe_period": 86400,
 }
 RELAY_LIMITS = {
     "smtp_connection_rate_per_minute": 100000,

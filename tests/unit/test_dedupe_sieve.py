@@ -46,17 +46,18 @@ pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
 
 @pytest.fixture(scope="module")
 def rendered(render, certs):  # noqa: F811
-    """The relay's dovecot.conf and states for the default pillar."""
-    pillar = {"domains": {DOMAIN: {"tls": {"mode": "external", **certs}}}}
+    """The relay's dovecot.conf and states with the dedupe script on (a day)."""
+    pillar = {
+        "domains": {DOMAIN: {"tls": {"mode": "external", **certs}}},
+        "params": {"dedupe_period": 86400},
+    }
     return render(pillar, sls=["chatmail.dovecot"])
 
 
 @pytest.fixture(scope="module")
 def off(render, certs):  # noqa: F811
-    pillar = {
-        "domains": {DOMAIN: {"tls": {"mode": "external", **certs}}},
-        "params": {"dedupe_period": 0},
-    }
+    """The default pillar: the script is off (it costs LMTP's hard links)."""
+    pillar = {"domains": {DOMAIN: {"tls": {"mode": "external", **certs}}}}
     return render(pillar, sls=["chatmail.dovecot"])
 
 

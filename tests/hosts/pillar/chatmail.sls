@@ -3,6 +3,8 @@ chatmail:
   params:
     # test hosts see the load average of the shared CI machine, not their own
     max_load_1m: 100
+    # exactly once per mailbox (off by default; test_relay.py's dedupe tests)
+    dedupe_period: 86400
   domains:
     chat1.test: {}
     _chat2.test:
