@@ -259,6 +259,16 @@ def test_postfix_master_cf(example):
     assert "header_checks=regexp:/etc/postfix/submission_header_cleanup" in svc["authclean/unix"]
 
 
+def test_qmgr_wakes_up_every_10_seconds(example):
+    """Mail no trigger announced (a postfix reload restarted the queue manager
+    during its delivery, e.g. a certificate renewal) is picked up at qmgr's
+    next wake-up: 10 s, not Debian's 300 s (docs/faults.md)."""
+    svc = master_services(example["files"]["/etc/postfix/master.cf"])
+    # service type private unpriv chroot wakeup maxproc command
+    assert svc["qmgr/unix"][:8] == ["qmgr", "unix", "n", "-", "n", "10", "1", "qmgr"]
+    assert svc["pickup/unix"][5] == "60"
+
+
 # RCPT TO lines on port 25: only the plain form of an account passes the
 # command filter unchanged; everything else becomes "RCPT TO:<@>" (501 5.1.3).
 RCPT_PASSES = [
