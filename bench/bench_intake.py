@@ -1,8 +1,9 @@
 """Benchmark: how fast one sending host gets mail into a relay (docs/faults.md).
 
     python bench/bench_intake.py [--messages 300] [--connections 1,4,8]
-                                 [--backlog 1000] [--parts mx,mx-new,submission,drain]
-                                 [--keep]
+                                 [--backlog 1000] [--peer-connection-rate 60]
+                                 [--parts mx,mx-new,submission,drain,outage]
+                                 [--outage 120] [--rate 20] [--keep]
 
 Boots two relays (intakeb1.test, intakeb2.test) converged from salt/ with the
 fault suite's setup (tests/faults: the harness nsd serving their zones, rate
@@ -18,7 +19,11 @@ limits lifted since the CI machine is every client) and measures:
 * drain: relay 1 holds --backlog messages for relay 2 (submitted to relay 1
   while its smtp transport is deferred), then releases them at once
   (postqueue -f): time until relay 1's queue is empty and every message is in
-  relay 2's mailboxes.
+  relay 2's mailboxes, with relay 2 accepting --peer-connection-rate new
+  port-25 connections a minute from relay 1 (the pillar default, 60);
+* outage (not by default): relay 2 off the network for --outage seconds
+  while --rate msgs/s go from relay 1 to it; then when relay 1's deferred
+  messages are due (postfix's retry times) and how its queue drains.
 
 Every SMTP phase is timed from the client side (connect up to the greeting,
 EHLO, STARTTLS, the EHLO after it, AUTH, MAIL, RCPT, DATA up to 354, the
@@ -203,7 +208,7 @@ DELAYS = re.compile(
 def delays(relay, since, service):
     """[(a, b, c, d)] of the deliveries `service` (lmtp, smtp) logged since a time.time()."""
     out = relay.host.sh(
-        f"journalctl --no-pager -o cat --since @{int(since)} | grep -F ' delays='",
+        f"journalctl --no-pager -o short --since @{int(since)} | grep -F ' delays='",
         check=False,
         timeout=120,
     ).stdout
@@ -280,8 +285,15 @@ class Bench:
         )
 
     def drain(self, recipients):
-        """relay 1 holds --backlog messages for relay 2, then releases them."""
+        """relay 1 holds --backlog messages for relay 2, then releases them.
+        relay 2 limits new port-25 connections from relay 1 to
+        --peer-connection-rate a minute meanwhile (the other rows lift it:
+        this machine is every client there)."""
         r1, n = self.r1, self.args.backlog
+        rate = self.args.peer_connection_rate
+        self.r2.host.sh(
+            f"postconf -e smtpd_client_connection_rate_limit={rate} && postfix reload", timeout=60
+        )
         r1.host.sh("postconf -e 'defer_transports = smtp' && postfix reload", timeout=60)
         try:
             progress(f"drain: queueing {n} messages on relay 1 for relay 2")
@@ -309,16 +321,91 @@ class Bench:
         got = count(self.r2, addrs)
         delivered = sum(1 for i in got["ids"] if i.startswith(f"fault-{run}-"))
         smtp = delays(r1, since, "smtp")
-        rate = f"{queued / empty:.1f}" if empty else "–"
+        log = f"journalctl --no-pager -o cat --since @{int(since)}"
+        connects = self.r2.host.sh(
+            f"{log} | grep -c 'connect from unknown\\[{r1.ip}\\]'", check=False
+        ).stdout.strip()
+        refused = self.r2.host.sh(
+            f"{log} | grep -c 'Connection rate limit exceeded'", check=False
+        ).stdout.strip()
+        reuse = r1.host.exec("postconf", "-h", "smtp_tls_connection_reuse").stdout.strip()
+        msgs = f"{queued / empty:.1f}" if empty else "–"
         took = f"{empty:.0f} s" if empty else f"> {self.args.drain_timeout:.0f} s"
         print(
-            "| relay 1 → relay 2 | queued | queue empty after | msgs/s | relay 1 smtp delays s "
-            "(p50/p90) | relay 2 lmtp delays s | load |\n|---|---:|---:|---:|---|---|---:|\n"
-            f"| drain | {queued} | {took} | {rate} | {delay_summary(smtp)} "
+            "| relay 1 → relay 2 | queued | queue empty after | msgs/s | connections (refused) "
+            "| relay 1 smtp delays s (p50/p90) | relay 2 lmtp delays s | load |\n"
+            "|---|---:|---:|---:|---:|---|---|---:|\n"
+            f"| drain, TLS connection reuse {reuse}, relay 2 accepts {rate} connections/min "
+            f"| {queued} | {took} | {msgs} | {connects} ({refused}) | {delay_summary(smtp)} "
             f"| {delay_summary(delays(self.r2, since, 'lmtp'))} | {os.getloadavg()[0]:.1f} |\n"
             f"\n({delivered} of the {accepted} accepted messages in relay 2's mailboxes)",
             flush=True,
         )
+        lifted = RELAY_LIMITS["smtp_connection_rate_per_minute"]
+        self.r2.host.sh(
+            f"postconf -e smtpd_client_connection_rate_limit={lifted} && postfix reload",
+            timeout=60,
+        )
+
+
+RETRY_TIMES = (
+    "find /var/spool/postfix/deferred -type f -printf '%T@\\n' 2>/dev/null; echo now $(date +%s.%N)"
+)
+
+
+def retry_schedule(relay):
+    """Seconds from now until the next attempt of each deferred message
+    (postfix keeps it as the queue file's modification time)."""
+    lines = relay.host.sh(RETRY_TIMES, check=False, timeout=120).stdout.split()
+    now = float(lines[lines.index("now") + 1])
+    return [float(t) - now for t in lines[: lines.index("now")]]
+
+
+def outage_drain(bench, recipients):
+    """Mail from relay 1 to relay 2 while relay 2 is off the network for
+    --outage seconds; then how relay 1's queue drains."""
+    from tests.faults import actions
+    from tests.faults.load import Load
+
+    args, r1, r2 = bench.args, bench.r1, bench.r2
+    senders = [Submitter(r1, 587 if i % 2 == 0 else 465) for i in range(8)]
+    load = Load(senders, recipients, args.rate).start()
+    try:
+        time.sleep(3)
+        progress(f"outage: relay 2 away for {args.outage:.0f} s")
+        actions.disconnect(r2.host)
+        time.sleep(args.outage)
+    finally:
+        load.stop()
+        actions.reconnect(r2.host)
+    since = time.time()
+    start = time.monotonic()
+    waits = sorted(retry_schedule(r1))
+    progress(f"outage over: {len(waits)} deferred on relay 1")
+    timeline = []
+    empty = None
+    while time.monotonic() - start < args.drain_timeout:
+        q = queue_size(r1)
+        timeline.append((time.monotonic() - start, q))
+        if q == 0:
+            empty = time.monotonic() - start
+            break
+        time.sleep(5)
+    accepted = sum(1 for s in load.submissions() if s.outcome == "accepted")
+    marks = [f"{t:.0f} s: {q}" for t, q in timeline[:: max(1, len(timeline) // 12)]]
+    took = f"{empty:.0f} s" if empty is not None else f"> {args.drain_timeout:.0f} s"
+    quantiles = "/".join(f"{pct(waits, q):.0f}" for q in (0.1, 0.5, 0.9, 1.0)) if waits else "–"
+    print(
+        f"relay 2 away {args.outage:.0f} s, {accepted} messages accepted on relay 1 "
+        f"({args.rate:g}/s offered).\n\n"
+        f"| deferred at the end | next attempt in s (p10/p50/p90/max) | queue empty after "
+        f"| queue on relay 1 | relay 1 smtp delays s (p50/p90) | load |\n"
+        f"|---:|---|---:|---|---|---:|\n"
+        f"| {len(waits)} | {quantiles} "
+        f"| {took} | {', '.join(marks)} | {delay_summary(delays(r1, since, 'smtp'))} "
+        f"| {os.getloadavg()[0]:.1f} |",
+        flush=True,
+    )
 
 
 def parse_args(argv):
@@ -327,7 +414,16 @@ def parse_args(argv):
     parser.add_argument("--connections", default="1,4,8", help="client connections per row")
     parser.add_argument("--backlog", type=int, default=1000, help="messages of the drain row")
     parser.add_argument("--drain-timeout", type=float, default=900.0)
+    parser.add_argument(
+        "--peer-connection-rate",
+        type=int,
+        default=60,
+        help="relay 2's port-25 connections a minute from relay 1 in the drain row "
+        "(default: limits:smtp_connection_rate_per_minute's default)",
+    )
     parser.add_argument("--parts", default="mx,mx-new,submission,drain")
+    parser.add_argument("--outage", type=float, default=120.0, help="seconds (part outage)")
+    parser.add_argument("--rate", type=float, default=20.0, help="msgs/s offered (part outage)")
     parser.add_argument("--queue-retry", default="30s", help="limits:queue_retry of the relays")
     parser.add_argument("--keep", action="store_true", help="keep the relays running")
     args = parser.parse_args(argv)
@@ -380,6 +476,9 @@ def main(argv):
             print(flush=True)
             if "drain" in args.parts:
                 bench.drain(recipients)
+            if "outage" in args.parts:
+                print(flush=True)
+                outage_drain(bench, recipients)
             return 0
         finally:
             gateway.close()
