@@ -2,7 +2,7 @@
 
     python bench/bench_faults.py [--rate 25] [--senders 8] [--after 20]
                                  [--outage 600] [--queue-retry 30s]
-                                 [--faults name,name,...] [--keep]
+                                 [--drain-rate 5] [--faults name,name,...] [--keep]
 
 Boots two relays (faultsb1.test, faultsb2.test) converged from salt/ with the
 acceptance suite's setup (the harness nsd serving their zones, a stand-in
@@ -46,6 +46,7 @@ from tests.faults.load import (  # noqa: E402
     Load,
     Submitter,
     create_recipients,
+    queue_size,
     settle,
 )
 from tests.harness import acceptance_relays as ar  # noqa: E402
@@ -99,8 +100,19 @@ class Bench:
                     actions.wait_back(relay.host, timeout=180)
                 except TimeoutError as exc:
                     notes.append(f"NOT BACK: {exc}")
-            progress(f"{name}: settling ({len(load.submissions())} sent)")
-            tally = settle(load, self.relays, since, recovered_at, timeout=settle_timeout)
+            # the time to wait scales with what is still queued (a long outage
+            # leaves thousands of messages on relay 1): --drain-rate msgs/s
+            backlog = sum(queue_size(relay) for relay in self.relays)
+            timeout = max(settle_timeout, 120 + backlog / args.drain_rate)
+            progress(
+                f"{name}: settling ({len(load.submissions())} sent, {backlog} queued, "
+                f"waiting up to {timeout:.0f} s)"
+            )
+            settle_start = time.monotonic()
+            tally = settle(load, self.relays, since, recovered_at, timeout=timeout)
+            settled = time.monotonic() - settle_start
+            if backlog:
+                notes.append(f"{backlog} queued after the load, settled in {settled:.0f} s")
             warm = [s for s in load.submissions() if s.start < fault_at]
             first = min((s.start for s in warm), default=fault_at)
             rate = len(warm) / max(0.001, fault_at - first)
@@ -250,6 +262,13 @@ def parse_args(argv):
     parser.add_argument("--dns-outage", type=float, default=60.0, help="seconds DNS is down")
     parser.add_argument("--disk-full", type=float, default=20.0, help="seconds the disk is full")
     parser.add_argument("--queue-retry", default="30s", help="limits:queue_retry of the relays")
+    parser.add_argument(
+        "--drain-rate",
+        type=float,
+        default=5.0,
+        help="msgs/s a backlog is assumed to drain at at least: the settle time is "
+        "120 s + backlog / this (600 s at least)",
+    )
     parser.add_argument("--faults", default="", help="comma-separated row keys (default: all)")
     parser.add_argument("--keep", action="store_true", help="keep the relays running")
     return parser.parse_args(argv)

@@ -211,6 +211,8 @@ def test_postfix_main_cf(example):
     assert main["smtpd_client_connection_rate_limit"] == "60"
     assert main["anvil_rate_time_unit"] == "60s"
     assert main["smtp_tls_security_level"] == "verify"
+    # several messages per TLS connection to another relay (tlsproxy in master.cf)
+    assert main["smtp_tls_connection_reuse"] == "yes"
     assert main["smtpd_sender_login_maps"] == "regexp:/etc/postfix/login_map"
     assert main["tls_server_sni_maps"] == "hash:/etc/postfix/tls_server_sni"
     assert main["non_smtpd_milters"] == "unix:opendkim/opendkim.sock"
@@ -257,6 +259,22 @@ def test_postfix_master_cf(example):
     assert svc["reinject_incoming/unix"][2] == "n"
     assert "opendkim" not in inc
     assert "header_checks=regexp:/etc/postfix/submission_header_cleanup" in svc["authclean/unix"]
+
+
+def test_qmgr_wakes_up_every_10_seconds(example):
+    """Mail no trigger announced (a postfix reload restarted the queue manager
+    during its delivery, e.g. a certificate renewal) is picked up at qmgr's
+    next wake-up: 10 s, not Debian's 300 s (docs/faults.md)."""
+    svc = master_services(example["files"]["/etc/postfix/master.cf"])
+    # service type private unpriv chroot wakeup maxproc command
+    assert svc["qmgr/unix"][:8] == ["qmgr", "unix", "n", "-", "n", "10", "1", "qmgr"]
+    assert svc["pickup/unix"][5] == "60"
+
+
+def test_tlsproxy_for_reused_smtp_connections(example):
+    """smtp_tls_connection_reuse needs the tlsproxy service."""
+    svc = master_services(example["files"]["/etc/postfix/master.cf"])
+    assert svc["tlsproxy/unix"][:8] == ["tlsproxy", "unix", "-", "-", "n", "-", "0", "tlsproxy"]
 
 
 # RCPT TO lines on port 25: only the plain form of an account passes the
