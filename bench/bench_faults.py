@@ -29,6 +29,7 @@ it; notes: anything wrong, and units that did not come back).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -274,46 +275,60 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def main(argv):
-    args = parse_args(argv)
+@contextlib.contextmanager
+def two_relays(stem, args):
+    """Relays cmsalt-<stem>-1/-2 (<stem>1.test, <stem>2.test) converged with
+    the fault suite's params and limits (queue retry from --queue-retry) and a
+    push gateway stand-in; removed at the end unless --keep.  Shared by the
+    fault and intake benches."""
     ensure_infra()
     gateway = ar.PushGateway(network_address(), 0)
     limits = dict(RELAY_LIMITS, queue_retry=args.queue_retry)
     specs = [
-        ar.RelaySpec("cmsalt-faultsb-1", "faultsb1.test", params=RELAY_PARAMS, limits=limits),
-        ar.RelaySpec("cmsalt-faultsb-2", "faultsb2.test", params=RELAY_PARAMS, limits=limits),
+        ar.RelaySpec(f"cmsalt-{stem}-{n}", f"{stem}{n}.test", params=RELAY_PARAMS, limits=limits)
+        for n in (1, 2)
     ]
     progress("booting and converging two relays")
-    with tempfile.TemporaryDirectory(prefix="cmsalt-faultsb-") as tmp:
-        relays = ar.up(specs, tmp, gateway.url, keep=args.keep)
-        try:
-            for relay in relays:
-                if not relay.first.ok:
-                    raise SystemExit(f"{relay.domain}: highstate failed\n{relay.first.summary()}")
-            bench = Bench(args, *relays)
-            wanted = [k for k in args.faults.split(",") if k]
-            matrix = [row for row in bench.matrix() if not wanted or row[0] in wanted]
-            print(
-                f"{args.rate:g} msgs/s offered from {args.senders} accounts on relay 1 "
-                f"(587 and 465) to fresh accounts on relay 1 and relay 2; fault "
-                f"{args.warm:g} s in, {args.after:g} s more load after it; "
-                f"limits:queue_retry {args.queue_retry}.\n"
-            )
-            print("\n".join(TABLE_HEAD), flush=True)
-            bad = 0
-            for _key, label, fault, extra in matrix:
-                try:
-                    tally = bench.row(label, fault, **extra)
-                    bad += bool(tally.problems())
-                except Exception as exc:  # a row that broke: say so, go on
-                    print(f"| {label} | | | | | | | | | ROW FAILED: {exc!r:.300} |", flush=True)
-                    bad += 1
-            return 1 if bad else 0
-        finally:
-            gateway.close()
-            if not args.keep:
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"cmsalt-{stem}-") as tmp:
+            relays = ar.up(specs, tmp, gateway.url, keep=args.keep)
+            try:
                 for relay in relays:
-                    hosts.destroy(relay.host)
+                    if not relay.first.ok:
+                        raise SystemExit(
+                            f"{relay.domain}: highstate failed\n{relay.first.summary()}"
+                        )
+                yield relays
+            finally:
+                if not args.keep:
+                    for relay in relays:
+                        hosts.destroy(relay.host)
+    finally:
+        gateway.close()
+
+
+def main(argv):
+    args = parse_args(argv)
+    with two_relays("faultsb", args) as relays:
+        bench = Bench(args, *relays)
+        wanted = [k for k in args.faults.split(",") if k]
+        matrix = [row for row in bench.matrix() if not wanted or row[0] in wanted]
+        print(
+            f"{args.rate:g} msgs/s offered from {args.senders} accounts on relay 1 "
+            f"(587 and 465) to fresh accounts on relay 1 and relay 2; fault "
+            f"{args.warm:g} s in, {args.after:g} s more load after it; "
+            f"limits:queue_retry {args.queue_retry}.\n"
+        )
+        print("\n".join(TABLE_HEAD), flush=True)
+        bad = 0
+        for _key, label, fault, extra in matrix:
+            try:
+                tally = bench.row(label, fault, **extra)
+                bad += bool(tally.problems())
+            except Exception as exc:  # a row that broke: say so, go on
+                print(f"| {label} | | | | | | | | | ROW FAILED: {exc!r:.300} |", flush=True)
+                bad += 1
+        return 1 if bad else 0
 
 
 if __name__ == "__main__":

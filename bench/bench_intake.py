@@ -40,7 +40,6 @@ import os
 import re
 import smtplib
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -50,9 +49,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_faults import two_relays  # noqa: E402
 from tests.faults.load import (  # noqa: E402
     RELAY_LIMITS,
-    RELAY_PARAMS,
     PeerMta,
     Submitter,
     count,
@@ -61,8 +60,7 @@ from tests.faults.load import (  # noqa: E402
     peer_zone,
     queue_size,
 )
-from tests.harness import acceptance_relays as ar  # noqa: E402
-from tests.harness import dns, ensure_infra, hosts, network_address  # noqa: E402
+from tests.harness import dns, network_address  # noqa: E402
 from tests.hosts.test_relay import tls_context  # noqa: E402
 
 PEER_DOMAIN = "intakepeer.test"
@@ -432,61 +430,43 @@ def parse_args(argv):
     return args
 
 
-def up(args, tmp):
-    """Two converged relays and the peer domain's zone; (gateway, relays, key)."""
-    ensure_infra()
-    gateway = ar.PushGateway(network_address(), 0)
-    limits = dict(RELAY_LIMITS, queue_retry=args.queue_retry)
-    specs = [
-        ar.RelaySpec("cmsalt-intakeb-1", "intakeb1.test", params=RELAY_PARAMS, limits=limits),
-        ar.RelaySpec("cmsalt-intakeb-2", "intakeb2.test", params=RELAY_PARAMS, limits=limits),
-    ]
-    progress("booting and converging two relays")
-    relays = ar.up(specs, tmp, gateway.url, keep=args.keep)
-    for relay in relays:
-        if not relay.first.ok:
-            raise SystemExit(f"{relay.domain}: highstate failed\n{relay.first.summary()}")
+def peer_key():
+    """The DKIM key of the peer domain whose mail this machine sends to port
+    25, its zone published."""
     key, txt = dkim_key()
     dns.set_zone(
         PEER_DOMAIN, dns.zone_text(PEER_DOMAIN, peer_zone(PEER_DOMAIN, txt, network_address()))
     )
-    return gateway, relays, key
+    return key
 
 
 def main(argv):
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="cmsalt-intakeb-") as tmp:
-        gateway, relays, key = up(args, tmp)
-        try:
-            bench = Bench(args, *relays, key)
-            progress("accounts")
-            recipients = create_recipients(bench.r2, 8)
-            if {"mx", "mx-new", "submission"} & set(args.parts):
-                print(
-                    f"One sending host (this machine) into relay 2: {args.messages} encrypted "
-                    f"messages per row to 8 accounts, each connection sending the next "
-                    f"message as soon as the previous one is answered; p50/p90 ms per SMTP "
-                    f"phase.\n"
-                )
-                print(HEAD + "\n" + RULE, flush=True)
-            if "mx" in args.parts:
-                bench.mx(recipients)
-            if "mx-new" in args.parts:
-                bench.mx_new(recipients)
-            if "submission" in args.parts:
-                bench.submission(recipients)
+    with two_relays("intakeb", args) as relays:
+        bench = Bench(args, *relays, peer_key())
+        progress("accounts")
+        recipients = create_recipients(bench.r2, 8)
+        if {"mx", "mx-new", "submission"} & set(args.parts):
+            print(
+                f"One sending host (this machine) into relay 2: {args.messages} encrypted "
+                f"messages per row to 8 accounts, each connection sending the next "
+                f"message as soon as the previous one is answered; p50/p90 ms per SMTP "
+                f"phase.\n"
+            )
+            print(HEAD + "\n" + RULE, flush=True)
+        if "mx" in args.parts:
+            bench.mx(recipients)
+        if "mx-new" in args.parts:
+            bench.mx_new(recipients)
+        if "submission" in args.parts:
+            bench.submission(recipients)
+        print(flush=True)
+        if "drain" in args.parts:
+            bench.drain(recipients)
+        if "outage" in args.parts:
             print(flush=True)
-            if "drain" in args.parts:
-                bench.drain(recipients)
-            if "outage" in args.parts:
-                print(flush=True)
-                outage_drain(bench, recipients)
-            return 0
-        finally:
-            gateway.close()
-            if not args.keep:
-                for relay in relays:
-                    hosts.destroy(relay.host)
+            outage_drain(bench, recipients)
+        return 0
 
 
 if __name__ == "__main__":
