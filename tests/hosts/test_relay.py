@@ -200,13 +200,21 @@ def dkim_signed(host, message_id, domain):
     return any(re.search(pattern.format(q, re.escape(domain)), log) for q in queue_ids)
 
 
-def test_encrypted_message_delivered_dkim_signed(relay):
+def sender_and_recipient(relay):
+    """Two fresh accounts (the recipient logged in once, so it exists) and
+    the encrypted sample from one to the other with a Message-ID of its own:
+    (sender, sender's password, recipient, recipient's password, id, text)."""
     sender, sender_pw = new_credentials()
     rcpt, rcpt_pw = new_credentials()
     imap_login(relay.ip, rcpt, rcpt_pw).logout()
     message_id = f"{sender.split('@')[0]}.{time.time_ns()}@{DOMAIN}"
     text = encrypted_message(sender, rcpt)
     text = re.sub(r"(?m)^Message-ID: .*$", f"Message-ID: <{message_id}>", text)
+    return sender, sender_pw, rcpt, rcpt_pw, message_id, text
+
+
+def test_encrypted_message_delivered_dkim_signed(relay):
+    sender, sender_pw, rcpt, rcpt_pw, message_id, text = sender_and_recipient(relay)
     submit(relay.ip, sender, sender_pw, [rcpt], text)
 
     imap = imap_login(relay.ip, rcpt, rcpt_pw)
@@ -587,12 +595,7 @@ def test_a_message_submitted_twice_is_stored_once(relay):
     """The whole path of a sender's retry: the same message submitted twice
     (as Delta Chat does after a 4xx for a message that was queued all the
     same) is accepted twice and stored once."""
-    sender, sender_pw = new_credentials()
-    rcpt, rcpt_pw = new_credentials()
-    imap_login(relay.ip, rcpt, rcpt_pw).logout()
-    message_id = f"{sender.split('@')[0]}.{time.time_ns()}@{DOMAIN}"
-    text = encrypted_message(sender, rcpt)
-    text = re.sub(r"(?m)^Message-ID: .*$", f"Message-ID: <{message_id}>", text)
+    sender, sender_pw, rcpt, rcpt_pw, message_id, text = sender_and_recipient(relay)
     mark(relay, "/tmp/dedupe-twice.cursor")
     for _ in range(2):
         assert submit(relay.ip, sender, sender_pw, [rcpt], text) == {}
