@@ -16,3 +16,15 @@ def machine() -> str:
     except OSError:
         pass
     return f"{platform.node()}: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+def release_harness_at_exit(keep=False):
+    """At the exit of a benchmark that booted test hosts: remove what is left
+    of its slot and, when no other session uses the harness, stop dockerd,
+    nsd and the apt proxy, as a test session does at its end (without this
+    they stayed running after every host benchmark)."""
+    import atexit
+
+    from tests import harness
+
+    atexit.register(harness.release, keep=keep)

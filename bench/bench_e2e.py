@@ -82,6 +82,7 @@ sys.path.insert(0, str(ROOT))
 
 import deltachat_rpc_server  # noqa: E402
 
+from bench import release_harness_at_exit  # noqa: E402
 from tests.acceptance.test_deltachat import dclogin_url  # noqa: E402
 from tests.harness import GATEWAY, dns, ensure_infra, hosts  # noqa: E402
 from tests.harness import acceptance_relays as ar  # noqa: E402
@@ -494,7 +495,7 @@ def raise_inotify_instances(minimum):
 
 def dovecot_memory(relay):
     out = relay.host.exec("python3", "-c", MEMORY_SCRIPT).stdout.split(maxsplit=2)
-    return int(out[0]), int(out[1]), out[2] if len(out) > 2 else ""
+    return int(out[0]), int(out[1]), out[2].strip() if len(out) > 2 else ""
 
 
 def hibernated_sessions(relay):
@@ -867,6 +868,7 @@ PART_FUNCTIONS = (
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    release_harness_at_exit(keep=args.keep)
     global SPECS
     SPECS = [spec for b in args.builds for spec in BUILDS[b][2]]
 

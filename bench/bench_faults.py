@@ -39,6 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import release_harness_at_exit  # noqa: E402
 from tests.faults import actions  # noqa: E402
 from tests.faults.load import (  # noqa: E402
     RELAY_LIMITS,
@@ -309,6 +310,7 @@ def two_relays(stem, args):
 
 def main(argv):
     args = parse_args(argv)
+    release_harness_at_exit(keep=args.keep)
     with two_relays("faultsb", args) as relays:
         bench = Bench(args, *relays)
         wanted = [k for k in args.faults.split(",") if k]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import release_harness_at_exit  # noqa: E402
 from tests.fleet.conftest import write_pillar  # noqa: E402
 from tests.harness import ensure_infra, fleet_master, hosts  # noqa: E402
 
@@ -71,6 +72,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="1,2,3")
     args = parser.parse_args(argv)
+    release_harness_at_exit()
     ensure_infra()
     rows = [one_round(int(n)) for n in args.sizes.split(",")]
     print(

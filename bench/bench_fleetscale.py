@@ -44,6 +44,7 @@ import salt.config
 import salt.loader
 import yaml
 
+from bench import release_harness_at_exit  # noqa: E402
 from tests.harness import fleet_master
 
 REPO = Path(__file__).resolve().parents[1]
@@ -408,6 +409,7 @@ def print_table(rows):
 
 
 def main(argv=None):
+    release_harness_at_exit()
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="10,50,100,200")
     parser.add_argument("--keep-going", action="store_true", help="report a failed size, go on")

@@ -49,6 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import release_harness_at_exit  # noqa: E402
 from bench.bench_faults import two_relays  # noqa: E402
 from tests.faults.load import (  # noqa: E402
     RELAY_LIMITS,
@@ -442,6 +443,7 @@ def peer_key():
 
 def main(argv):
     args = parse_args(argv)
+    release_harness_at_exit(keep=args.keep)
     with two_relays("intakeb", args) as relays:
         bench = Bench(args, *relays, peer_key())
         progress("accounts")
