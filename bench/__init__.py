@@ -2,6 +2,8 @@
 
 import os
 import platform
+import sys
+import time
 from pathlib import Path
 
 
@@ -28,3 +30,9 @@ def release_harness_at_exit(keep=False):
     from tests import harness
 
     atexit.register(harness.release, keep=keep)
+
+
+def progress(text):
+    """A progress line on stderr with the time and the 1-minute load."""
+    stamp = time.strftime("%H:%M:%S", time.gmtime())
+    print(f"[{stamp} load {os.getloadavg()[0]:.1f}] {text}", file=sys.stderr, flush=True)

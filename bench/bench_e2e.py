@@ -82,7 +82,7 @@ sys.path.insert(0, str(ROOT))
 
 import deltachat_rpc_server  # noqa: E402
 
-from bench import release_harness_at_exit  # noqa: E402
+from bench import progress, release_harness_at_exit  # noqa: E402
 from tests.acceptance.test_deltachat import dclogin_url  # noqa: E402
 from tests.harness import GATEWAY, dns, ensure_infra, hosts  # noqa: E402
 from tests.harness import acceptance_relays as ar  # noqa: E402
@@ -181,11 +181,6 @@ def pattern_label(pattern, gap):
         "random": f"random 0–{RANDOM_MAX:g} s",
         "pace": f"{DC_PACE:g} s pace",
     }[pattern]
-
-
-def progress(text):
-    stamp = time.strftime("%H:%M:%S", time.gmtime())
-    print(f"[{stamp} load {load1():.1f}] {text}", file=sys.stderr, flush=True)
 
 
 # --- hosts --------------------------------------------------------------------
@@ -890,20 +885,19 @@ def main(argv=None) -> int:
             # the lost rows (about 25 minutes of random gaps) run in the
             # background beside the idle and Delta Chat rows, on their own
             # accounts; the parts after those wait for them
-            lost = None
-            if "lost" in args.parts:
-                lost = ThreadPoolExecutor(max_workers=1)
-                lost_done = lost.submit(part_lost, run)
-            for name, function in PART_FUNCTIONS:
-                if lost and name not in ("idle", "lost", "dc"):
-                    lost_done.result()
-                    lost.shutdown()
-                    lost = None
-                if name in args.parts and name != "lost":
-                    function(run)
-            if lost:
-                lost_done.result()
-                lost.shutdown()
+            background = ThreadPoolExecutor(max_workers=1)
+            lost = background.submit(part_lost, run) if "lost" in args.parts else None
+            try:
+                for name, function in PART_FUNCTIONS:
+                    if lost and name not in ("idle", "lost", "dc"):
+                        lost.result()
+                        lost = None
+                    if name in args.parts and name != "lost":
+                        function(run)
+                if lost:
+                    lost.result()
+            finally:
+                background.shutdown(wait=False)
             print(json.dumps({"relays": [r.domain for r in run.relays]}), file=sys.stderr)
         finally:
             loads.append(os.getloadavg())

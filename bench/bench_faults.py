@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import release_harness_at_exit  # noqa: E402
+from bench import progress, release_harness_at_exit  # noqa: E402
 from tests.faults import actions  # noqa: E402
 from tests.faults.load import (  # noqa: E402
     RELAY_LIMITS,
@@ -56,11 +55,6 @@ from tests.harness import ensure_infra, hosts, network_address  # noqa: E402
 
 INI = "/etc/chatmail/chatmail.ini"
 VENV_BIN = "/usr/local/lib/chatmaild/bin"
-
-
-def progress(text):
-    stamp = time.strftime("%H:%M:%S", time.gmtime())
-    print(f"[{stamp} load {os.getloadavg()[0]:.1f}] {text}", file=sys.stderr, flush=True)
 
 
 class Bench:

@@ -49,7 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import release_harness_at_exit  # noqa: E402
+from bench import progress, release_harness_at_exit  # noqa: E402
 from bench.bench_faults import two_relays  # noqa: E402
 from tests.faults.load import (  # noqa: E402
     RELAY_LIMITS,
@@ -67,11 +67,6 @@ from tests.hosts.test_relay import tls_context  # noqa: E402
 PEER_DOMAIN = "intakepeer.test"
 CONN_PHASES = ("connect", "ehlo", "starttls", "ehlo2", "auth")
 TX_PHASES = ("mail", "rcpt", "data", "eod")
-
-
-def progress(text):
-    stamp = time.strftime("%H:%M:%S", time.gmtime())
-    print(f"[{stamp} load {os.getloadavg()[0]:.1f}] {text}", file=sys.stderr, flush=True)
 
 
 def pct(values, q):

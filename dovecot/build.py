@@ -245,19 +245,17 @@ def build(lto=False, check_newer=True, allow_older=False, rebuild=False):
     """The build dir of the newest buildable source for the current recipe
     (built now unless cached).  Returns (build dir, built now?)."""
     rid = recipe_id(lto)
+    reuse = not check_newer and not rebuild
     # A finished build is moved into place whole, so a cached one is taken
     # without the lock: a session must not wait out another tree's build of
     # a different recipe (seen: every host session of the machine stalled
-    # for a helper's rebuild).
-    if not check_newer and not rebuild:
-        cached = newest_cached(lto)
-        if cached:
-            return cached, False
+    # for a helper's rebuild).  Asked again under the lock: the build we
+    # waited for may be the one we need.
+    if reuse and (cached := newest_cached(lto)):
+        return cached, False
     with _Lock():
-        if not check_newer and not rebuild:
-            cached = newest_cached(lto)
-            if cached:
-                return cached, False
+        if reuse and (cached := newest_cached(lto)):
+            return cached, False
         tmp = CACHE_DIR / f".tmp-{rid}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

@@ -267,16 +267,21 @@ class Load:
                 due = now
             return due
 
+    def _connect(self, sender):
+        """(connection, None), or (None, the error) counted as a failed connect."""
+        try:
+            return sender.connect(), None
+        except (OSError, smtplib.SMTPException) as exc:
+            with self.lock:
+                self.connect_failures += 1
+            return None, exc
+
     def _run(self, sender):
         smtp = None
         while not self.stopping.is_set():
             if smtp is None:
-                try:
-                    smtp = sender.connect()
-                except (OSError, smtplib.SMTPException):
-                    with self.lock:
-                        self.connect_failures += 1
-                    smtp = None
+                smtp, _error = self._connect(sender)
+                if smtp is None:
                     self.stopping.wait(0.5)
                     continue
             due = self._next_slot()
@@ -303,12 +308,9 @@ class Load:
         while True:
             code, reply = None, ""
             if smtp is None:
-                try:
-                    smtp = sender.connect()
-                except (OSError, smtplib.SMTPException) as exc:
-                    with self.lock:
-                        self.connect_failures += 1
-                    outcome, reply = "refused", f"connect failed: {exc}"
+                smtp, error = self._connect(sender)
+                if smtp is None:
+                    outcome, reply = "refused", f"connect failed: {error}"
             if smtp is not None:
                 try:
                     code, raw = transaction(smtp, sender.addr, sub.rcpt, data)
@@ -475,12 +477,12 @@ class Tally:
 
     def row(self, fault, note=""):
         rec = "–" if self.recovery is None else f"{self.recovery:.1f} s"
+        notes = [note] if note else []
         if self.retried:
-            retried = f"retried {self.retried} ({self.retried_accepted} accepted at last)"
-            note = f"{note}; {retried}" if note else retried
+            notes.append(f"retried {self.retried} ({self.retried_accepted} accepted at last)")
         if self.dropped:
-            dropped = f"{self.dropped} second copies dropped by LMTP"
-            note = f"{note}; {dropped}" if note else dropped
+            notes.append(f"{self.dropped} second copies dropped by LMTP")
+        note = "; ".join(notes)
         return (
             f"| {fault} | {self.sent} | {self.accepted} | {self.delivered} | {self.duplicated} "
             f"| {self.refused} | {self.unknown} | {self.missing} | {rec} | {note} |"

@@ -57,6 +57,11 @@ class PlainSender:
         return L.crlf(L.message(self.addr, rcpt, msg_id))
 
 
+def message_id(content):
+    """The Message-ID header's value of a message's bytes."""
+    return content.split(b"Message-ID:", 1)[-1].split(b"\r\n", 1)[0]
+
+
 class Server:
     """Stores each message in <root>/<domain>/<rcpt>/new/; `mode(n)` picks
     what to do with the n-th message: ok, refuse (451), reject (550),
@@ -77,7 +82,7 @@ class Server:
                 server.n += 1
                 what = server.mode(server.n)
                 content = envelope.original_content
-                msg_id = content.split(b"Message-ID:", 1)[-1].split(b"\r\n", 1)[0]
+                msg_id = message_id(content)
                 if what == "refuse" and server.refuse_once:
                     what = "ok" if msg_id in server.refused else what
                     server.refused.add(msg_id)
@@ -96,7 +101,7 @@ class Server:
         self.controller.start()
 
     def store(self, rcpt, content, copy):
-        key = (rcpt, content.split(b"Message-ID:", 1)[-1].split(b"\r\n", 1)[0])
+        key = (rcpt, message_id(content))
         if self.dedupe and key in self.stored:
             return
         self.stored.add(key)

@@ -73,17 +73,16 @@ def test_targets_come_from_the_mine(prometheus):
 
 def test_every_relay_exporter_is_scraped(prometheus):
     def all_up():
-        active = api("targets")["activeTargets"]
-        up = {
-            (t["labels"].get("relay"), t["labels"]["job"])
-            for t in active
-            if t["health"] == "up" and t["labels"]["job"].startswith("chatmail_")
+        targets = {
+            (t["labels"].get("relay"), t["labels"]["job"]): t
+            for t in api("targets")["activeTargets"]
         }
+        up = {k for k, t in targets.items() if t["health"] == "up" and k[1].startswith("chatmail_")}
         want = {(m, f"chatmail_{k}") for m in MINIONS for k in EXPORTERS}
         errors = {
-            (t["labels"].get("relay"), t["labels"]["job"]): (t["health"], t.get("lastError"))
-            for t in active
-            if (t["labels"].get("relay"), t["labels"]["job"]) in want - up
+            k: (targets[k]["health"], targets[k].get("lastError"))
+            for k in want - up
+            if k in targets
         }
         assert want <= up, errors or sorted(want - up)
         return True

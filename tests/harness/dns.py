@@ -19,7 +19,13 @@ import time
 
 from . import CACHE, GATEWAY, LOG_DIR, SLOT, pid_alive, start_daemon, stop_process
 
-NSD_DIR = CACHE / "nsd" / f"s{SLOT}"
+
+def nsd_dir(slot):
+    """The directory of `slot`'s nsd (config, zones, control socket)."""
+    return CACHE / "nsd" / f"s{slot}"
+
+
+NSD_DIR = nsd_dir(SLOT)
 ZONE_DIR = NSD_DIR / "zones"
 CONF = NSD_DIR / "nsd.conf"
 CONTROL = NSD_DIR / "control.sock"
@@ -103,7 +109,7 @@ def stop_slots(exclude=()):
         match = re.fullmatch(r"/run/cmsalt-nsd(?:-s(\d+))?\.pid", pidfile)
         if match and (match.group(1) is None or int(match.group(1)) not in exclude):
             slot = match.group(1)
-            conf = f"{CACHE / 'nsd' / f's{slot}' / 'nsd.conf'}" if slot else "nsd"
+            conf = str(nsd_dir(slot) / "nsd.conf") if slot else "nsd"
             stop_process(pidfile, conf)
 
 
