@@ -27,7 +27,10 @@ measures:
   - the real Delta Chat core (rpc server in the client host): A sends a text,
     B's `IncomingMsg` event; its patterns are back-to-back, "1.1 s pace" (one
     message every 1.1 s, or at once when the previous one took longer) and
-    random 0–3 s after B received the previous one;
+    random 0–3 s after B received the previous one; back-to-back twice: with
+    one sender (which the core itself paces at one message a second after a
+    burst of three) and with 12 senders taking turns (B gets each message in
+    the first milliseconds of its new IDLE, as in the SMTP row);
 * lost announcements (--parts lost): --lost-n messages SMTP → IDLE on one
   relay at random 0–3 s gaps, per build; every message must be announced
   (column "> 2 s": announced, but later than 2 s; "stuck": not within 10 s);
@@ -139,6 +142,10 @@ STUCK_S = 10.0
 # Announced, but late: counted in the "> 2 s" column.
 SLOW_S = 2.0
 DC_PACE = 1.1
+# Back-to-back Delta Chat rows also run with this many senders taking turns:
+# each then sends about once a second, within the core's own rate limit.
+DC_TURNS = 12
+DC_SEEDS = {"b2b": 10, "pace": 11, "random": 12}  # the random row's gaps
 RANDOM_MAX = 3.0
 
 
@@ -269,15 +276,21 @@ def wait_nudged(client, acc, kind, **match):
     raise SystemExit(f"{kind} did not arrive even after nudging the core")
 
 
-def dc_latency(client, relay_a, relay_b, n, gap, pace=None):
+def dc_latency(client, relay_a, relay_b, n, gap, pace=None, senders=1):
     """A → B text messages; before each send wait gap() seconds after B
     received the previous one, or (pace) until `pace` seconds after the
-    previous send.  Returns (latencies of messages seen within STUCK_S,
-    number stuck)."""
-    a, b = client.account(relay_a), client.account(relay_b)
-    chat = a.secure_join(b.get_qr_code())
-    wait_nudged(client, b, "SecurejoinInviterProgress", progress=1000)
-    wait_nudged(client, a, "SecurejoinJoinerProgress", progress=1000)
+    previous send.  With senders > 1, that many accounts A1..Ak take turns
+    (each secure-joined with B): the core paces its own sending at one
+    message a second after a burst of three (its Ratelimit(3 s, 3) in
+    context.rs), so one sender cannot send back-to-back; k senders in turn
+    can.  Returns (latencies of messages seen within STUCK_S, number stuck)."""
+    b = client.account(relay_b)
+    chats = []
+    for _ in range(senders):
+        a = client.account(relay_a)
+        chats.append(a.secure_join(b.get_qr_code()))
+        wait_nudged(client, b, "SecurejoinInviterProgress", progress=1000)
+        wait_nudged(client, a, "SecurejoinJoinerProgress", progress=1000)
     samples, stuck = [], 0
     start = None
     for i in range(n):
@@ -287,7 +300,7 @@ def dc_latency(client, relay_a, relay_b, n, gap, pace=None):
             time.sleep(gap())
         b.clear_all_events()
         start = time.monotonic()
-        chat.send_text(f"bench {i}")
+        chats[i % senders].send_text(f"bench {i}")
         if wait_nudged(client, b, "IncomingMsg"):
             samples.append(time.monotonic() - start)
         else:
@@ -725,17 +738,21 @@ def part_dc(run):
             for pair, relay_a, relay_b in pairs:
                 if pair not in wanted:
                     continue
-                for seed, pattern in enumerate(("b2b", "pace", "random")):
+                rows = (("b2b", 1), ("b2b", DC_TURNS), ("pace", 1), ("random", 1))
+                for pattern, senders in rows:
                     text = f"Delta Chat A → B, {pair}, "
                     text += pattern_label(pattern, args.gap)
+                    if pattern == "b2b":
+                        text += f", {senders} sender" if senders == 1 else f", {senders} in turn"
                     progress(f"{label}: {text}")
                     samples, stuck = dc_latency(
                         client,
                         relay_a,
                         relay_b,
                         args.n,
-                        gap_fn(pattern, args.gap, 10 + seed),
+                        gap_fn(pattern, args.gap, DC_SEEDS[pattern]),
                         pace=DC_PACE if pattern == "pace" else None,
+                        senders=senders,
                     )
                     run.record(text, samples, stuck, label)
     finally:
