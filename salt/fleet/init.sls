@@ -57,6 +57,8 @@ chatmail-fleet-minion-service-running:
 
 {%- if was_running %}
 
+{#- cmd.run: a minion cannot restart itself inside its own run (service.running
+    would kill the run); systemd restarts it 5 s after the run ends. #}
 chatmail-fleet-minion-restart-cmd-run:
   cmd.run:
     - name: systemd-run --on-active=5 --unit=chatmail-fleet-minion-restart systemctl restart salt-minion

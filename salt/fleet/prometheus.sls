@@ -89,6 +89,7 @@ chatmail-fleet-prometheus-{{ kind }}-targets-file-managed:
       - file: chatmail-fleet-prometheus-targets-directory
 {%- endfor %}
 
+{#- cmd.run: no Salt state validates a Prometheus configuration (promtool). #}
 chatmail-fleet-prometheus-config-checked:
   cmd.run:
     - name: /usr/bin/promtool check config /etc/prometheus/prometheus.yml
@@ -111,8 +112,9 @@ chatmail-fleet-prometheus-service-running:
 
 {#- ARGS (address, retention) are read at start only #}
 chatmail-fleet-prometheus-restarted:
-  cmd.run:
-    - name: systemctl restart prometheus
+  module.run:
+    - service.restart:
+      - name: prometheus
     - onchanges:
       - file: chatmail-fleet-prometheus-default-file-managed
     - require:

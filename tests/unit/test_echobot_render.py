@@ -26,7 +26,7 @@ def test_off_by_default_only_cleans(salt_env, example):  # noqa: F811
     assert set(states) == {
         "chatmail-echobot-service-dead",
         "chatmail-echobot-clean-files-absent",
-        "chatmail-echobot-clean-daemon-reload-cmd-run",
+        "chatmail-echobot-clean-daemon-reloaded",
     }
 
 

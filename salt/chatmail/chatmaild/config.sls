@@ -44,7 +44,8 @@ chatmail-chatmaild-secrets-directory:
 {%-   if not chatmail.domains[domain].turn_secret %}
 
 {#- no secret in the pillar: the relay's own TURN server (chatmail.turn)
-    gets one made here, once; it never leaves the host. #}
+    gets one made here, once; it never leaves the host.  cmd.run: a
+    file state would carry the secret in its return and diff. #}
 chatmail-chatmaild-turn-secret-{{ domain }}-generated:
   cmd.run:
     - name: >-
@@ -67,16 +68,16 @@ chatmail-chatmaild-turn-secret-{{ domain }}-file-managed:
       - file: chatmail-chatmaild-secrets-directory
 {%-   endif %}
 {%- endfor %}
-{%- if salt['file.directory_exists'](paths.secrets_dir) %}
-{%-   for entry in salt['file.readdir'](paths.secrets_dir) | sort
-        if entry.startswith('turn_secret.')
-        and (paths.secrets_dir ~ '/' ~ entry) not in secrets.values() %}
 
-chatmail-chatmaild-stale-{{ entry }}-file-absent:
-  file.absent:
-    - name: {{ paths.secrets_dir }}/{{ entry }}
-{%-   endfor %}
-{%- endif %}
+{#- secret files of domains the pillar no longer has #}
+chatmail-chatmaild-stale-turn-secrets-pruned:
+  chatmail_files.pruned:
+    - name: {{ paths.secrets_dir }}
+    - match: 'turn_secret.*'
+    - kind: file
+    - keep: {{ secrets.values() | map('regex_replace', '^.*/', '') | list | json }}
+    - require:
+      - file: chatmail-chatmaild-secrets-directory
 
 {#- /new: fcgiwrap (www-data) runs chatmail-newemail, which reads chatmail.ini;
     only that service gets the group, not nginx's workers. #}

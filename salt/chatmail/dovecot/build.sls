@@ -31,6 +31,7 @@ chatmail-dovecot-build-recipe-file-recurse:
     - dir_mode: '0755'
     - file_mode: '0644'
 
+{#- cmd.run: the build is the recipe's own script (also run by ./cmsalt build-dovecot). #}
 chatmail-dovecot-build-cmd-run:
   cmd.run:
     - name: >-

@@ -90,6 +90,7 @@ chatmail-dovecot-config-dedupe-sieve-file-managed:
     - require:
       - pkg: chatmail-dovecot-package-pkg-installed
 
+{#- cmd.run: no Salt state compiles a Sieve script (sievec). #}
 chatmail-dovecot-config-dedupe-sieve-compiled-cmd-run:
   cmd.run:
     - name: >-

@@ -2,7 +2,10 @@
     patched: every package of the build at exactly the build's version
     (VERSION in the local repository), also when that means leaving a newer
     Debian version (the status report flags an outdated build).
-    debian: a patched build still installed is replaced by Debian's version. #}
+    debian: a patched build still installed is replaced by Debian's version.
+    cmd.run: the version is read from the repository unpacked in this same
+    run (pkg.installed takes it at render time), and going back to Debian's
+    version is a downgrade, which the pkg states do not do. #}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import chatmail with context %}
 {%- set build_pkgs = chatmail.lookup.pkgs.dovecot_build %}
@@ -37,7 +40,7 @@ chatmail-dovecot-package-version-cmd-run:
         dpkg-query -W -f='${Version}\n' {{ build_pkgs | join(' ') }} 2>/dev/null
         | grep -q '+chatmail'
     - require:
-      - cmd: chatmail-dovecot-repo-apt-update-cmd-run
+      - module: chatmail-dovecot-repo-apt-updated
 {%- endif %}
 
 chatmail-dovecot-package-pkg-installed:

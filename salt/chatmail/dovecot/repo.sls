@@ -66,7 +66,8 @@ chatmail-dovecot-repo-pin-file-managed:
         Pin: release o=chatmail-salt
         Pin-Priority: 1001
 
-{#- Only this one source: the rest of apt's lists stay as they are. #}
+{#- Only this one source: the rest of apt's lists stay as they are (cmd.run:
+    pkg.refresh_db would update every source). #}
 chatmail-dovecot-repo-apt-update-cmd-run:
   cmd.run:
     - name: >-
@@ -88,9 +89,9 @@ chatmail-dovecot-repo-file-absent:
 
 {#- apt forgets the removed repository's packages (a patched build still
     installed is replaced by chatmail.dovecot.package). #}
-chatmail-dovecot-repo-apt-update-cmd-run:
-  cmd.run:
-    - name: apt-get update -qq
+chatmail-dovecot-repo-apt-updated:
+  module.run:
+    - pkg.refresh_db: []
     - onchanges:
       - file: chatmail-dovecot-repo-file-absent
 {%- endif %}

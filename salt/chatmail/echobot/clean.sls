@@ -19,8 +19,8 @@ chatmail-echobot-clean-files-absent:
     - require:
       - service: chatmail-echobot-service-dead
 
-chatmail-echobot-clean-daemon-reload-cmd-run:
-  cmd.run:
-    - name: systemctl daemon-reload
+chatmail-echobot-clean-daemon-reloaded:
+  module.run:
+    - service.systemctl_reload: []
     - onchanges:
       - file: chatmail-echobot-clean-files-absent

@@ -33,7 +33,8 @@ chatmail-echobot-passwords-directory:
         ~ "/bin/python -m chatmaild.localaccount" %}
 
 {#- root:<bot> 0640; the account gets its hash.  Never in the pillar,
-    never in the output. #}
+    never in the output (cmd.run: a file state would carry it in its
+    return and diff). #}
 chatmail-echobot-password-{{ domain }}-generated:
   cmd.run:
     - name: >-
@@ -45,7 +46,8 @@ chatmail-echobot-password-{{ domain }}-generated:
 
 {#- the localpart "echo" is shorter than username_min_length, so a first
     login could not create the account: made (or its hash reset to the
-    password) here; from then on it is an ordinary account #}
+    password) here; from then on it is an ordinary account (cmd.run:
+    chatmaild's own tool writes the account) #}
 chatmail-echobot-account-{{ domain }}-present:
   cmd.run:
     - name: {{ localaccount }} {{ paths.ini }} '{{ addr }}' < {{ secret }}
@@ -75,8 +77,8 @@ chatmail-echobot-unit-file-managed:
         invites_dir: {{ invites_dir }}
         passwords_dir: {{ passwords_dir }}
 
-chatmail-echobot-daemon-reload-cmd-run:
-  cmd.run:
-    - name: systemctl daemon-reload
+chatmail-echobot-daemon-reloaded:
+  module.run:
+    - service.systemctl_reload: []
     - onchanges:
       - file: chatmail-echobot-unit-file-managed

@@ -21,5 +21,5 @@ chatmail-echobot-service-running:
       - cmd: chatmail-echobot-account-{{ domain }}-present
 {%- endfor %}
     - require:
-      - cmd: chatmail-echobot-daemon-reload-cmd-run
+      - module: chatmail-echobot-daemon-reloaded
       - user: chatmail-echobot-user-present

@@ -38,8 +38,8 @@ chatmail-metrics-clean-files-absent:
       - service: chatmail-metrics-{{ name }}-timer-dead
 {%- endfor %}
 
-chatmail-metrics-clean-daemon-reload-cmd-run:
-  cmd.run:
-    - name: systemctl daemon-reload
+chatmail-metrics-clean-daemon-reloaded:
+  module.run:
+    - service.systemctl_reload: []
     - onchanges:
       - file: chatmail-metrics-clean-files-absent

@@ -8,9 +8,9 @@ include:
   - .package
   - .config
 
-chatmail-metrics-daemon-reload-cmd-run:
-  cmd.run:
-    - name: systemctl daemon-reload
+chatmail-metrics-daemon-reloaded:
+  module.run:
+    - service.systemctl_reload: []
     - onchanges:
       - file: chatmail-metrics-mtail-unit-file-managed
 {%- for name in timers %}
@@ -45,7 +45,7 @@ chatmail-metrics-mtail-service-running:
       - file: chatmail-metrics-mtail-program-file-managed
       - pkg: chatmail-metrics-pkgs-installed
     - require:
-      - cmd: chatmail-metrics-daemon-reload-cmd-run
+      - module: chatmail-metrics-daemon-reloaded
 
 {%- for name in timers %}
 
@@ -56,6 +56,6 @@ chatmail-metrics-{{ name }}-timer-running:
     - watch:
       - file: chatmail-metrics-{{ name }}-timer-file-managed
     - require:
-      - cmd: chatmail-metrics-daemon-reload-cmd-run
+      - module: chatmail-metrics-daemon-reloaded
       - file: chatmail-metrics-public-directory
 {%- endfor %}

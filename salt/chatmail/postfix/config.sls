@@ -49,6 +49,7 @@ chatmail-postfix-config-tls-server-sni-file-managed:
     - require:
       - pkg: chatmail-postfix-package-pkg-installed
 
+{#- cmd.run: no Salt state builds a postfix lookup table (postmap -F). #}
 chatmail-postfix-config-tls-server-sni-cmd-run:
   cmd.run:
     - name: {{ sni_rebuild | yaml_encode }}

@@ -19,8 +19,8 @@ chatmail-turn-clean-files-absent:
     - require:
       - service: chatmail-turn-service-dead
 
-chatmail-turn-clean-daemon-reload-cmd-run:
-  cmd.run:
-    - name: systemctl daemon-reload
+chatmail-turn-clean-daemon-reloaded:
+  module.run:
+    - service.systemctl_reload: []
     - onchanges:
       - file: chatmail-turn-clean-files-absent

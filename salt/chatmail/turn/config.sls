@@ -48,8 +48,8 @@ chatmail-turn-dropin-file-managed:
         chatmail: {{ chatmail | json }}
         prepare: {{ prepare }}
 
-chatmail-turn-dropin-daemon-reload-cmd-run:
-  cmd.run:
-    - name: systemctl daemon-reload
+chatmail-turn-dropin-daemon-reloaded:
+  module.run:
+    - service.systemctl_reload: []
     - onchanges:
       - file: chatmail-turn-dropin-file-managed

@@ -15,4 +15,4 @@ chatmail-turn-pkgs-installed:
       - file: chatmail-turn-dropin-file-managed
       - file: chatmail-turn-prepare-file-managed
       - file: chatmail-turn-config-file-managed
-      - cmd: chatmail-turn-dropin-daemon-reload-cmd-run
+      - module: chatmail-turn-dropin-daemon-reloaded

@@ -27,4 +27,4 @@ chatmail-turn-service-running:
 {%-   endif %}
 {%- endfor %}
     - require:
-      - cmd: chatmail-turn-dropin-daemon-reload-cmd-run
+      - module: chatmail-turn-dropin-daemon-reloaded
