@@ -32,6 +32,14 @@ def release_harness_at_exit(keep=False):
     atexit.register(harness.release, keep=keep)
 
 
+def percentile(values, q):
+    """The nearest-rank q-quantile (0 <= q <= 1) of values; nan if empty."""
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
 def progress(text):
     """A progress line on stderr with the time and the 1-minute load."""
     stamp = time.strftime("%H:%M:%S", time.gmtime())

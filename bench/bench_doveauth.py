@@ -24,6 +24,10 @@ import time
 import warnings
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import percentile  # noqa: E402
+
 PHASE_TIMEOUT = 30.0
 DOMAIN = "bench.example.org"
 
@@ -127,13 +131,6 @@ def hash_costs(n: int = 200, repeats: int = 3) -> list[tuple[str, float, float]]
                 t.join()
             best[name][1] = max(best[name][1], (n // 2 * 2) / (time.perf_counter() - t0))
     return [(name, best[name][0] * 1000, best[name][1]) for name, _ in impls]
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 def main(argv=None) -> int:

@@ -145,7 +145,8 @@ DC_PACE = 1.1
 # Back-to-back Delta Chat rows also run with this many senders taking turns:
 # each then sends about once a second, within the core's own rate limit.
 DC_TURNS = 12
-DC_SEEDS = {"b2b": 10, "pace": 11, "random": 12}  # the random row's gaps
+# gap_fn seeds per Delta Chat pattern (only "random" draws gaps; 12 as before)
+DC_SEEDS = {"b2b": 10, "pace": 11, "random": 12}
 RANDOM_MAX = 3.0
 
 

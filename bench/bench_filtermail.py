@@ -33,6 +33,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import percentile as pct  # noqa: E402
+
 SAMPLE = ROOT / "chatmaild" / "tests" / "mail-data" / "encrypted.eml"
 DOMAIN = "bench.example.org"
 RCPT = "rcpt00001@example.net"
@@ -166,11 +170,6 @@ def cpu_seconds(pid: int) -> float:
     """User+system CPU time of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main(argv=None) -> int:

@@ -49,6 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import percentile as pct  # noqa: E402
 from bench import progress, release_harness_at_exit  # noqa: E402
 from bench.bench_faults import two_relays  # noqa: E402
 from tests.faults.load import (  # noqa: E402
@@ -67,13 +68,6 @@ from tests.hosts.test_relay import tls_context  # noqa: E402
 PEER_DOMAIN = "intakepeer.test"
 CONN_PHASES = ("connect", "ehlo", "starttls", "ehlo2", "auth")
 TX_PHASES = ("mail", "rcpt", "data", "eod")
-
-
-def pct(values, q):
-    if not values:
-        return None
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 def ms(values):
