@@ -152,12 +152,25 @@ def test_pid_alive_refuses_a_reused_process_number(tmp_path):
 
     from tests import harness
 
+    def state():
+        """What pid_alive saw, for a failure's message (it failed once in a
+        CI run, not since: this says why if it does again)."""
+        facts = {"poll": proc.poll(), "now": time.time(), "mtime": pidfile.stat().st_mtime}
+        for name in ("stat", "cmdline"):
+            try:
+                facts[name] = open(f"/proc/{proc.pid}/{name}", "rb").read()
+            except OSError as exc:
+                facts[name] = exc
+        facts["btime"] = harness._boot_time()
+        facts["fds"] = len(os.listdir("/proc/self/fd"))
+        return facts
+
     proc = subprocess.Popen(["sleep", "60"])
     try:
         pidfile = tmp_path / "daemon.pid"
         pidfile.write_text(f"{proc.pid}\n")
-        assert harness.pid_alive(pidfile) == proc.pid
-        assert harness.pid_alive(pidfile, "sleep") == proc.pid
+        assert harness.pid_alive(pidfile) == proc.pid, state()
+        assert harness.pid_alive(pidfile, "sleep") == proc.pid, state()
         assert harness.pid_alive(pidfile, "nsd -d -c /somewhere/nsd.conf") is None
         assert not harness.stop_process(pidfile, "nsd")
         assert proc.poll() is None
