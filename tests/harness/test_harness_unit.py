@@ -158,7 +158,8 @@ def test_pid_alive_refuses_a_reused_process_number(tmp_path):
         facts = {"poll": proc.poll(), "now": time.time(), "mtime": pidfile.stat().st_mtime}
         for name in ("stat", "cmdline"):
             try:
-                facts[name] = open(f"/proc/{proc.pid}/{name}", "rb").read()
+                with open(f"/proc/{proc.pid}/{name}", "rb") as proc_file:
+                    facts[name] = proc_file.read()
             except OSError as exc:
                 facts[name] = exc
         facts["btime"] = harness._boot_time()
