@@ -44,7 +44,7 @@ import salt.config
 import salt.loader
 import yaml
 
-from bench import release_harness_at_exit  # noqa: E402
+from bench import release_harness_at_exit
 from tests.harness import fleet_master
 
 REPO = Path(__file__).resolve().parents[1]
